@@ -1,0 +1,1 @@
+"""leadmesh services: the shared kit and one package per service."""

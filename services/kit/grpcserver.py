@@ -1,0 +1,157 @@
+"""The one way a service serves gRPC: mTLS, health, reflection, caller checks, errors, spans.
+
+`start_server` binds (port 0 in tests) and returns the running server with its bound port;
+`serve_forever` runs until SIGTERM/SIGINT and stops gracefully: health turns NOT_SERVING, new calls
+are refused, in-flight calls finish within the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from services.kit import callers
+from services.kit.config import MeshSettings
+from services.kit.errors import DomainError, PermissionDenied, to_grpc_status
+from services.kit.pki import load_mesh_certificate
+
+log = logging.getLogger("leadmesh.grpc")
+
+# {full method name: mesh names allowed to call it}; a method not listed is refused to everyone.
+AllowedCallers = Mapping[str, frozenset[str]]
+
+
+class AccessInterceptor(grpc.aio.ServerInterceptor):
+    """Checks the caller's certificate against the method's table, maps domain errors to status."""
+
+    def __init__(self, allowed: AllowedCallers, insecure: bool) -> None:
+        self._allowed = allowed
+        self._insecure = insecure
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        behavior, method = handler.unary_unary, details.method
+
+        async def guarded(request, context):
+            started, outcome, peer = time.perf_counter(), "OK", None
+            try:
+                peer = callers.peer_name(context, self._insecure)
+                self._authorize(method, peer)
+                callers.check_user_context(context, peer)
+                return await behavior(request, context)
+            except DomainError as error:
+                outcome = error.code.name
+                status = to_grpc_status(error)
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            except asyncio.CancelledError:
+                outcome = "CANCELLED"
+                raise
+            except Exception as error:
+                if isinstance(error, grpc.aio.AbortError):
+                    raise
+                outcome = "INTERNAL"
+                log.exception("unhandled error", extra={"rpc_method": method})
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            finally:
+                log.info(
+                    "rpc",
+                    extra={
+                        "rpc_method": method,
+                        "peer": peer,
+                        "code": outcome,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    },
+                )
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _authorize(self, method: str, peer: str | None) -> None:
+        if peer is None:
+            raise PermissionDenied("CALLER_UNKNOWN", "the caller presented no mesh identity")
+        if method.startswith(callers.OPEN_METHOD_PREFIXES):
+            return
+        if peer not in self._allowed.get(method, frozenset()):
+            raise PermissionDenied(
+                "CALLER_NOT_ALLOWED", f"{peer} may not call {method.rsplit('/', 1)[-1]}"
+            )
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(
+    *,
+    name: str,
+    mesh: MeshSettings,
+    port: int,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: list[str],
+    allowed: AllowedCallers,
+) -> RunningServer:
+    server = grpc.aio.server(
+        interceptors=[aio_server_interceptor(), AccessInterceptor(allowed, mesh.insecure_internal)],
+        options=[("grpc.so_reuseport", 0)],
+    )
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    address = f"{mesh.host}:{port}"
+    if mesh.insecure_internal:
+        log.warning("internal traffic is PLAINTEXT (LEADMESH_INSECURE_INTERNAL=1)")
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, server_credentials(mesh, name))
+    if bound == 0:
+        raise OSError(f"{name}: could not bind {address}")
+    await server.start()
+    for service in ("", *service_names):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    log.info("listening", extra={"service": name, "port": bound})
+    return RunningServer(server, bound, health_servicer)
+
+
+def server_credentials(mesh: MeshSettings, name: str) -> grpc.ServerCredentials:
+    cert = load_mesh_certificate(mesh.pki_dir, name)
+    return grpc.ssl_server_credentials(
+        [(cert.key_pem, cert.cert_pem)], root_certificates=cert.ca_pem, require_client_auth=True
+    )
+
+
+async def serve_forever(
+    running: RunningServer, *, grace: float = 5.0, on_stop: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping", extra={"grace_s": grace})
+    await running.stop(grace)
+    if on_stop is not None:
+        await on_stop()

@@ -1,0 +1,78 @@
+"""The kit's pure parts: configuration masking, the error mapping, the settable clock, PKI names."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import grpc
+from pydantic import SecretStr
+
+from services.kit.clock import SettableClock, SystemClock, as_utc
+from services.kit.config import MeshSettings, database_url, describe
+from services.kit.errors import InvalidArgument, ResourceExhausted, from_rpc_error, to_grpc_status
+from services.kit.pki import ensure_mesh_pki, load_mesh_certificate, spiffe_name
+
+
+def test_describe_masks_secrets_and_url_passwords(monkeypatch, tmp_path):
+    monkeypatch.setenv("REDIS_URL", "redis://:hunter2@127.0.0.1:6379/0")
+    monkeypatch.setenv("IDENTITY_PORT", "6000")
+    mesh = MeshSettings(var_dir=tmp_path)
+    shown = describe(mesh)
+    assert shown["IDENTITY_PORT"] == 6000
+    assert "hunter2" not in str(shown)
+    assert shown["REDIS_URL"].startswith("redis://:***@127.0.0.1")
+    assert mesh.addr("identity") == "127.0.0.1:6000"
+
+
+def test_database_url_defaults_to_a_sqlite_file_per_service(tmp_path):
+    mesh = MeshSettings(var_dir=tmp_path)
+    assert database_url(None, mesh, "identity") == f"sqlite:///{tmp_path}/identity/identity.db"
+    given = SecretStr("postgresql://u:p@h/db")
+    assert database_url(given, mesh, "identity") == "postgresql://u:p@h/db"
+
+
+def test_clocks():
+    clock = SettableClock(datetime(2026, 3, 1, tzinfo=UTC))
+    assert clock.advance(days=2) == datetime(2026, 3, 3, tzinfo=UTC)
+    ahead = SystemClock(offset_seconds=86400).now() - datetime.now(UTC)
+    assert 86399 < ahead.total_seconds() < 86401
+    assert as_utc(datetime(2026, 1, 1)).tzinfo is UTC
+
+
+class _FakeCall(grpc.RpcError):
+    """What a failed call looks like to a client: code, details and trailing metadata."""
+
+    def __init__(self, status: grpc.Status) -> None:
+        self._status = status
+
+    def code(self):
+        return self._status.code
+
+    def details(self):
+        return self._status.details
+
+    def trailing_metadata(self):
+        return self._status.trailing_metadata
+
+
+def test_domain_errors_round_trip_through_rich_status():
+    status = to_grpc_status(InvalidArgument("PASSWORD_TOO_SHORT", "too short", field="password"))
+    remote = from_rpc_error(_FakeCall(status))
+    assert remote.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert remote.reason == "PASSWORD_TOO_SHORT"
+    assert remote.violations[0].field == "password"
+
+    throttled = from_rpc_error(
+        _FakeCall(to_grpc_status(ResourceExhausted("LOGIN_THROTTLED", "wait", retry_after=42.5)))
+    )
+    assert throttled.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert throttled.retry_after == 42.5
+
+
+def test_mesh_certificates_carry_their_spiffe_name(tmp_path):
+    ensure_mesh_pki(tmp_path / "pki")
+    first = load_mesh_certificate(tmp_path / "pki", "vault")
+    ensure_mesh_pki(tmp_path / "pki")  # idempotent: never overwrites
+    assert load_mesh_certificate(tmp_path / "pki", "vault").cert_pem == first.cert_pem
+    assert spiffe_name(first.cert_pem) == "vault"
+    assert (tmp_path / "pki" / "vault.key").stat().st_mode & 0o077 == 0
