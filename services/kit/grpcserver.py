@@ -144,7 +144,10 @@ def server_credentials(mesh: MeshSettings, name: str) -> grpc.ServerCredentials:
 
 
 async def serve_forever(
-    running: RunningServer, *, grace: float = 5.0, on_stop: Callable[[], Awaitable[None]] | None = None
+    running: RunningServer,
+    *,
+    grace: float = 5.0,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

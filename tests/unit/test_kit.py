@@ -1,4 +1,4 @@
-"""The kit's pure parts: configuration masking, the error mapping, the settable clock, PKI names."""
+"""The kit's pure parts: configuration masking, the error mapping, the settable clock."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pydantic import SecretStr
 from services.kit.clock import SettableClock, SystemClock, as_utc
 from services.kit.config import MeshSettings, database_url, describe
 from services.kit.errors import InvalidArgument, ResourceExhausted, from_rpc_error, to_grpc_status
-from services.kit.pki import ensure_mesh_pki, load_mesh_certificate, spiffe_name
 
 
 def test_describe_masks_secrets_and_url_passwords(monkeypatch, tmp_path):
@@ -67,12 +66,3 @@ def test_domain_errors_round_trip_through_rich_status():
     )
     assert throttled.code is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert throttled.retry_after == 42.5
-
-
-def test_mesh_certificates_carry_their_spiffe_name(tmp_path):
-    ensure_mesh_pki(tmp_path / "pki")
-    first = load_mesh_certificate(tmp_path / "pki", "vault")
-    ensure_mesh_pki(tmp_path / "pki")  # idempotent: never overwrites
-    assert load_mesh_certificate(tmp_path / "pki", "vault").cert_pem == first.cert_pem
-    assert spiffe_name(first.cert_pem) == "vault"
-    assert (tmp_path / "pki" / "vault.key").stat().st_mode & 0o077 == 0

@@ -1,0 +1,70 @@
+"""The FastAPI application: routes, error mapping, middleware, upstream channels."""
+
+from __future__ import annotations
+
+import ipaddress
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+from gateway import problems
+from gateway.middleware import AccessLog, BodyLimit, CsrfGuard, SecurityHeaders
+from gateway.routes import accounts, consents, health, me
+from gateway.settings import GatewaySettings
+from gateway.upstreams import Upstreams
+from services.kit.clock import Clock, SystemClock
+
+DESCRIPTION = """The leadmesh REST API.
+
+Errors are `application/problem+json` with a stable `code`. Browser sessions use the `lm_session`
+cookie; every POST, PUT, PATCH and DELETE that carries it must echo the `lm_csrf` cookie in the
+`X-CSRF-Token` header.
+"""
+
+# Span attributes that may carry a raw URL or query string (tokens travel in some of them).
+_URL_ATTRIBUTES = ("http.url", "http.target", "url.full", "url.query")
+
+
+def _scrub_span(span, _scope) -> None:
+    if span and span.is_recording():
+        for name in _URL_ATTRIBUTES:
+            span.set_attribute(name, "[redacted]")
+
+
+def create_app(settings: GatewaySettings, *, clock: Clock | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.upstreams = Upstreams(settings)
+        try:
+            yield
+        finally:
+            await app.state.upstreams.close()
+
+    app = FastAPI(
+        title="leadmesh",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.clock = clock or SystemClock(settings.mesh.clock_offset_seconds)
+    app.state.trusted_proxies = [
+        ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies
+    ]
+    for module in (health, accounts, me, consents):
+        app.include_router(module.router)
+    problems.install(app)
+    # Added innermost first: the access log sees everything, CSRF runs last before routing.
+    app.add_middleware(CsrfGuard)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders, hsts_max_age=settings.hsts_max_age)
+    app.add_middleware(AccessLog)
+    FastAPIInstrumentor.instrument_app(
+        app,
+        excluded_urls="healthz,readyz",
+        server_request_hook=_scrub_span,
+        exclude_spans=["receive", "send"],
+    )
+    return app

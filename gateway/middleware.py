@@ -1,0 +1,179 @@
+"""Pure-ASGI middleware (no per-request task or body copy beyond what each one needs).
+
+Order, outside in: access log → security headers → body limit → CSRF.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.auth import CSRF_HEADER, SESSION_COOKIE, csrf_matches
+
+log = logging.getLogger("leadmesh.gateway.access")
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+async def _send_problem(send: Send, status: int, code: str, detail: str, title: str) -> None:
+    body = json.dumps(
+        {
+            "type": f"urn:leadmesh:problem:{code.lower().replace('_', '-')}",
+            "title": title,
+            "status": status,
+            "detail": detail,
+            "code": code,
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class AccessLog:
+    """One line per request: method, route template (never the raw path: it may hold tokens),
+    status and duration."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 0
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = scope.get("route")
+            log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "route": getattr(route, "path", None) or "(unmatched)",
+                    "status": status or 500,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )
+
+
+class SecurityHeaders:
+    """HSTS on every HTTPS response, and no caching or sniffing of API answers."""
+
+    def __init__(self, app: ASGIApp, hsts_max_age: int) -> None:
+        self.app = app
+        self._headers = [
+            (b"strict-transport-security", f"max-age={hsts_max_age}; includeSubDomains".encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+            (b"x-frame-options", b"DENY"),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        cacheable = scope["path"] in ("/docs", "/openapi.json")
+
+        async def add_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                headers.extend(self._headers)
+                if not cacheable:
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, add_headers)
+
+
+class BodyLimit:
+    """Refuses bodies over the limit with 413 before the application reads them: by
+    Content-Length when given, else by counting a chunked body as it arrives."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
+                return await self._too_large(send)
+            return await self.app(scope, receive, send)
+        if b"chunked" not in headers.get(b"transfer-encoding", b""):
+            return await self.app(scope, receive, send)
+        # A chunked body: read it here, up to the limit, and hand it on whole.
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._too_large(send)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Send) -> None:
+        await _send_problem(
+            send,
+            413,
+            "BODY_TOO_LARGE",
+            f"request bodies are limited to {self.max_bytes} bytes",
+            "Content Too Large",
+        )
+
+
+class CsrfGuard:
+    """Every state-changing request that carries the session cookie must echo the CSRF token
+    (bound to that session) in X-CSRF-Token; requests without the cookie are not at risk."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in UNSAFE_METHODS:
+            return await self.app(scope, receive, send)
+        connection = HTTPConnection(scope)
+        session = connection.cookies.get(SESSION_COOKIE)
+        if session and not csrf_matches(session, connection.headers.get(CSRF_HEADER)):
+            return await _send_problem(
+                send,
+                403,
+                "CSRF_TOKEN_INVALID",
+                f"echo the lm_csrf cookie in the {CSRF_HEADER} header",
+                "Forbidden",
+            )
+        await self.app(scope, receive, send)

@@ -1,0 +1,163 @@
+"""Signing up, signing in and out, password resets, and the unsubscribe link of marketing mail."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from leadmesh.identity.v1 import identity_pb2
+from pydantic import BaseModel, Field
+
+from gateway.auth import (
+    SESSION_COOKIE,
+    clear_session_cookies,
+    client,
+    clock,
+    csrf_token_for,
+    remember_email,
+    set_session_cookies,
+    upstreams,
+)
+from gateway.schemas import (
+    Account,
+    Email,
+    Password,
+    Purpose,
+    Session,
+    SignedIn,
+    Strict,
+    purpose_from_proto,
+)
+from gateway.upstreams import Upstreams, call
+
+router = APIRouter(prefix="/v1", tags=["accounts"])
+
+
+class NewAccount(Strict):
+    email: Email
+    password: Password
+
+
+class Credentials(Strict):
+    email: Email
+    password: Password
+    remember_email: bool = False
+
+
+class ResetRequest(Strict):
+    email: Email
+
+
+class ResetConfirmation(Strict):
+    token: Annotated[str, Field(min_length=1, max_length=200)]
+    new_password: Password
+
+
+class Accepted(BaseModel):
+    status: str = "accepted"
+
+
+class Unsubscribed(BaseModel):
+    purpose: Purpose
+    subscribed: bool = False
+
+
+@router.post("/accounts", status_code=status.HTTP_201_CREATED, response_model=Account)
+async def create_account(
+    body: NewAccount, response: Response, identity: Upstreams = Depends(upstreams)
+) -> Account:
+    account = await call(
+        identity.identity.CreateAccount,
+        identity_pb2.CreateAccountRequest(email=body.email, password=body.password),
+    )
+    response.headers["Location"] = "/v1/me"
+    return Account.of(account)
+
+
+def signed_in(request: Request, response: Response, reply: identity_pb2.LoginResponse) -> SignedIn:
+    """Sets the session cookies of a fresh session and describes it."""
+    now = clock(request).now()
+    expire = reply.session.expire_time.ToDatetime(tzinfo=now.tzinfo)
+    set_session_cookies(response, reply.session_token, expire, now)
+    return SignedIn(
+        account=Account.of(reply.account),
+        session=Session.of(reply.session),
+        csrf_token=csrf_token_for(reply.session_token),
+    )
+
+
+@router.post("/sessions", response_model=SignedIn)
+async def login(
+    body: Credentials,
+    request: Request,
+    response: Response,
+    identity: Upstreams = Depends(upstreams),
+) -> SignedIn:
+    seen = client(request)
+    reply = await call(
+        identity.identity.Login,
+        identity_pb2.LoginRequest(
+            email=body.email,
+            password=body.password,
+            ip_address=seen.ip_address,
+            user_agent=seen.user_agent,
+        ),
+    )
+    days = request.app.state.settings.remember_email_days
+    remember_email(response, body.email if body.remember_email else None, days)
+    return signed_in(request, response, reply)
+
+
+@router.delete("/sessions/current", status_code=status.HTTP_204_NO_CONTENT)
+async def logout(
+    request: Request, response: Response, identity: Upstreams = Depends(upstreams)
+) -> None:
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        await call(
+            identity.identity.EndSession, identity_pb2.EndSessionRequest(session_token=token)
+        )
+    clear_session_cookies(response)
+
+
+@router.post("/password-resets", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
+async def request_password_reset(
+    body: ResetRequest, identity: Upstreams = Depends(upstreams)
+) -> Accepted:
+    """Sends a reset link if the address has an account; answers the same either way."""
+    await call(
+        identity.identity.RequestPasswordReset,
+        identity_pb2.RequestPasswordResetRequest(email=body.email),
+    )
+    return Accepted()
+
+
+@router.post("/password-resets/confirm", status_code=status.HTTP_204_NO_CONTENT)
+async def confirm_password_reset(
+    body: ResetConfirmation, response: Response, identity: Upstreams = Depends(upstreams)
+) -> None:
+    await call(
+        identity.identity.ConfirmPasswordReset,
+        identity_pb2.ConfirmPasswordResetRequest(token=body.token, new_password=body.new_password),
+    )
+    clear_session_cookies(response)
+
+
+UnsubscribeToken = Annotated[str, Query(min_length=1, max_length=500)]
+
+
+@router.get("/unsubscribe", response_model=Unsubscribed, tags=["consents"])
+async def unsubscribe(
+    token: UnsubscribeToken, identity: Upstreams = Depends(upstreams)
+) -> Unsubscribed:
+    """The link in every marketing e-mail: withdraws that consent, no sign-in needed."""
+    reply = await call(identity.identity.Unsubscribe, identity_pb2.UnsubscribeRequest(token=token))
+    return Unsubscribed(purpose=purpose_from_proto(reply.purpose))
+
+
+@router.post("/unsubscribe", response_model=Unsubscribed, tags=["consents"])
+async def unsubscribe_one_click(
+    token: UnsubscribeToken, identity: Upstreams = Depends(upstreams)
+) -> Unsubscribed:
+    """RFC 8058 one-click: mail clients POST `List-Unsubscribe=One-Click` to the link."""
+    return await unsubscribe(token, identity)

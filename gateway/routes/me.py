@@ -1,0 +1,168 @@
+"""The signed-in person's own account: profile, password, plan, history, sessions, deletion."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from leadmesh.identity.v1 import identity_pb2
+from pydantic import BaseModel, Field
+
+from gateway.auth import Principal, clear_session_cookies, client, principal, upstreams
+from gateway.routes.accounts import signed_in
+from gateway.schemas import (
+    Account,
+    LoginAttempt,
+    Page,
+    Password,
+    PostalAddress,
+    Session,
+    ShortText,
+    SignedIn,
+    Strict,
+    timestamp,
+)
+from gateway.upstreams import Upstreams, call
+
+router = APIRouter(prefix="/v1/me", tags=["me"])
+
+PageSize = Annotated[int, Query(ge=1, le=100, description="at most 100")]
+PageToken = Annotated[str | None, Query(max_length=200)]
+
+
+class PasswordChange(Strict):
+    current_password: Password
+    new_password: Password
+
+
+class PlanChange(Strict):
+    plan: Annotated[str, Field(min_length=1, max_length=64)]
+    billing_name: ShortText = ""
+    billing_address: PostalAddress | None = None
+    payment_reference: Annotated[str, Field(max_length=200)] = ""
+
+
+class Revoked(BaseModel):
+    revoked_count: int
+
+
+class DeletionConfirmation(Strict):
+    password: Password
+
+
+class DeletionRequested(BaseModel):
+    request_time: datetime | None
+    erase_deadline: datetime | None
+
+
+@router.get("", response_model=Account)
+async def me(
+    who: Principal = Depends(principal), identity: Upstreams = Depends(upstreams)
+) -> Account:
+    account = await call(
+        identity.identity.GetAccount, identity_pb2.GetAccountRequest(), user_id=who.account_id
+    )
+    return Account.of(account)
+
+
+@router.put("/password", response_model=SignedIn)
+async def change_password(
+    body: PasswordChange,
+    request: Request,
+    response: Response,
+    who: Principal = Depends(principal),
+    identity: Upstreams = Depends(upstreams),
+) -> SignedIn:
+    """Every session of the account ends; this one continues under a new token."""
+    seen = client(request)
+    reply = await call(
+        identity.identity.ChangePassword,
+        identity_pb2.ChangePasswordRequest(
+            current_password=body.current_password,
+            new_password=body.new_password,
+            ip_address=seen.ip_address,
+            user_agent=seen.user_agent,
+        ),
+        user_id=who.account_id,
+    )
+    return signed_in(request, response, reply)
+
+
+@router.put("/plan", response_model=Account)
+async def change_plan(
+    body: PlanChange, who: Principal = Depends(principal), identity: Upstreams = Depends(upstreams)
+) -> Account:
+    address = body.billing_address or PostalAddress()
+    account = await call(
+        identity.identity.UpdatePlan,
+        identity_pb2.UpdatePlanRequest(
+            plan=body.plan,
+            billing_name=body.billing_name,
+            billing_address=identity_pb2.PostalAddress(**address.model_dump()),
+            payment_reference=body.payment_reference,
+        ),
+        user_id=who.account_id,
+    )
+    return Account.of(account)
+
+
+@router.get("/login-history", response_model=Page[LoginAttempt])
+async def login_history(
+    page_size: PageSize = 20,
+    page_token: PageToken = None,
+    who: Principal = Depends(principal),
+    identity: Upstreams = Depends(upstreams),
+) -> Page[LoginAttempt]:
+    reply = await call(
+        identity.identity.ListLoginAttempts,
+        identity_pb2.ListLoginAttemptsRequest(page_size=page_size, page_token=page_token or ""),
+        user_id=who.account_id,
+    )
+    return Page[LoginAttempt](
+        items=[LoginAttempt.of(a) for a in reply.attempts],
+        next_page_token=reply.next_page_token or None,
+    )
+
+
+@router.get("/sessions", response_model=Page[Session])
+async def sessions(
+    who: Principal = Depends(principal), identity: Upstreams = Depends(upstreams)
+) -> Page[Session]:
+    reply = await call(
+        identity.identity.ListSessions,
+        identity_pb2.ListSessionsRequest(current_session_id=who.session_id),
+        user_id=who.account_id,
+    )
+    return Page[Session](items=[Session.of(s) for s in reply.sessions])
+
+
+@router.delete("/sessions/others", response_model=Revoked)
+async def end_other_sessions(
+    who: Principal = Depends(principal), identity: Upstreams = Depends(upstreams)
+) -> Revoked:
+    reply = await call(
+        identity.identity.RevokeOtherSessions,
+        identity_pb2.RevokeOtherSessionsRequest(current_session_id=who.session_id),
+        user_id=who.account_id,
+    )
+    return Revoked(revoked_count=reply.revoked_count)
+
+
+@router.delete("", status_code=status.HTTP_202_ACCEPTED, response_model=DeletionRequested)
+async def request_deletion(
+    body: DeletionConfirmation,
+    response: Response,
+    who: Principal = Depends(principal),
+    identity: Upstreams = Depends(upstreams),
+) -> DeletionRequested:
+    """Disables the account and ends every session now; erasure follows within 60 days."""
+    reply = await call(
+        identity.identity.RequestDeletion,
+        identity_pb2.RequestDeletionRequest(password=body.password),
+        user_id=who.account_id,
+    )
+    clear_session_cookies(response)
+    return DeletionRequested(
+        request_time=timestamp(reply.request_time), erase_deadline=timestamp(reply.erase_deadline)
+    )

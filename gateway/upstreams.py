@@ -1,0 +1,67 @@
+"""The gateway's gRPC clients: one mTLS channel per upstream service, opened once per process.
+
+`call` runs one RPC for the acting user (if any) and turns a failed call into `UpstreamError`,
+which `problems` renders as application/problem+json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from leadmesh.identity.v1 import identity_pb2_grpc
+
+from gateway.settings import UPSTREAMS, GatewaySettings
+from services.kit.callers import user_metadata
+from services.kit.errors import RemoteError, from_rpc_error
+from services.kit.grpcclient import open_channel
+
+Reply = TypeVar("Reply")
+
+
+class UpstreamError(Exception):
+    def __init__(self, remote: RemoteError) -> None:
+        super().__init__(remote.message)
+        self.remote = remote
+
+
+class Upstreams:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self._settings = settings
+        self._channels = {
+            name: open_channel(settings.mesh, name, caller="gateway") for name in UPSTREAMS
+        }
+        self.identity = identity_pb2_grpc.IdentityServiceStub(self._channels["identity"])
+
+    async def close(self) -> None:
+        await asyncio.gather(*(channel.close() for channel in self._channels.values()))
+
+    async def health(self) -> dict[str, str]:
+        """Each upstream's gRPC health: SERVING, NOT_SERVING or why it could not be asked."""
+
+        async def check(name: str, channel: grpc.aio.Channel) -> tuple[str, str]:
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                reply = await stub.Check(
+                    health_pb2.HealthCheckRequest(service=""),
+                    timeout=self._settings.readiness_timeout,
+                )
+            except grpc.aio.AioRpcError as error:
+                return name, error.code().name
+            return name, health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+        results = await asyncio.gather(*(check(n, c) for n, c in self._channels.items()))
+        return dict(results)
+
+
+async def call(
+    method: Callable[..., Awaitable[Reply]], request: Any, *, user_id: str | None = None
+) -> Reply:
+    metadata = user_metadata(user_id) if user_id else None
+    try:
+        return await method(request, metadata=metadata)
+    except grpc.aio.AioRpcError as error:
+        raise UpstreamError(from_rpc_error(error)) from None

@@ -1,0 +1,1 @@
+"""`leadmesh`, the operators' command line: up, status, config, migrate."""

@@ -1,0 +1,127 @@
+"""The `leadmesh` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from services.cli.mesh import PROCESSES
+
+
+def _config(_args: argparse.Namespace) -> int:
+    """Effective configuration of every process, secrets masked."""
+    from services.kit.config import describe
+
+    merged: dict[str, object] = {}
+    for process in PROCESSES:
+        settings = process.settings()
+        merged.update(describe(settings))
+        if process.migrations is not None:
+            key = f"{process.name.upper()}_DATABASE_URL"
+            merged[key] = describe_url(process.database_url(settings))
+    for key in sorted(merged):
+        print(f"{key}={_show(merged[key])}")
+    return 0
+
+
+def describe_url(url: str) -> str:
+    from sqlalchemy import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _show(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _status(_args: argparse.Namespace) -> int:
+    from gateway.settings import GatewaySettings
+    from services.cli.probes import gateway_health, grpc_health
+    from services.kit.config import MeshSettings
+
+    mesh, gateway, healthy = MeshSettings(), GatewaySettings(), True
+    for process in PROCESSES:
+        if process.grpc:
+            state = grpc_health(mesh, process.name)
+        else:
+            code, body = gateway_health(gateway, "/readyz")
+            state = body.get("status", "") if code else "UNAVAILABLE"
+            state = {"ready": "SERVING", "not ready": "NOT_SERVING"}.get(state, state)
+        healthy &= state == "SERVING"
+        print(f"{process.name:<10} {state}")
+    return 0 if healthy else 1
+
+
+def _migrate(_args: argparse.Namespace) -> int:
+    from services.cli.supervisor import prepare
+    from services.kit.config import MeshSettings
+
+    prepare(MeshSettings())
+    print("every service's database is at its newest migration")
+    return 0
+
+
+def _announce(args: argparse.Namespace) -> int:
+    """Sends a marketing e-mail to every account that consented to the purpose."""
+    import grpc
+    from leadmesh.identity.v1 import identity_pb2, identity_pb2_grpc
+
+    from services.cli.probes import operator_channel
+    from services.kit.config import MeshSettings
+    from services.kit.errors import from_rpc_error
+
+    body = args.body if args.body is not None else open(args.body_file, encoding="utf-8").read()
+    purpose = identity_pb2.Purpose.Value(f"PURPOSE_{args.purpose.upper()}")
+    channel, metadata = operator_channel(MeshSettings(), "identity")
+    with channel:
+        stub = identity_pb2_grpc.IdentityServiceStub(channel)
+        request = identity_pb2.SendAnnouncementRequest(
+            purpose=purpose, subject=args.subject, body=body
+        )
+        try:
+            reply = stub.SendAnnouncement(request, metadata=metadata, timeout=300)
+        except grpc.RpcError as error:
+            remote = from_rpc_error(error)
+            print(f"refused: {remote.code.name} {remote.reason} {remote.message}", file=sys.stderr)
+            return 1
+    print(f"sent to {reply.recipient_count} recipients")
+    return 0
+
+
+def _up(_args: argparse.Namespace) -> int:
+    from services.cli.supervisor import up
+
+    return up()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="leadmesh", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="start the whole mesh on this machine").set_defaults(run=_up)
+    commands.add_parser("status", help="health of every process").set_defaults(run=_status)
+    commands.add_parser("config", help="the effective configuration, secrets masked").set_defaults(
+        run=_config
+    )
+    commands.add_parser(
+        "migrate", help="create the mesh CA and migrate every database"
+    ).set_defaults(run=_migrate)
+    announce = commands.add_parser(
+        "announce", help="e-mail every account that consented to a marketing purpose"
+    )
+    announce.add_argument("--purpose", required=True, choices=["business_matters", "new_features"])
+    announce.add_argument("--subject", required=True)
+    text = announce.add_mutually_exclusive_group(required=True)
+    text.add_argument("--body", help="plain text")
+    text.add_argument("--body-file", help="a file holding the plain text")
+    announce.set_defaults(run=_announce)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

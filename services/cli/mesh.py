@@ -1,0 +1,52 @@
+"""The processes of the mesh, in start order, and what the launcher needs to know of each."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic_settings import BaseSettings
+
+from services.kit.config import database_url
+
+
+@dataclass(frozen=True)
+class Process:
+    name: str
+    # `python -m <module>` serves; `python -m <module> migrate` is not used: the launcher migrates.
+    module: str
+    settings_class: str
+    migrations: str | None = None
+    grpc: bool = True
+
+    def settings(self) -> BaseSettings:
+        module, _, name = self.settings_class.partition(":")
+        return getattr(importlib.import_module(module), name)()
+
+    def migrations_dir(self) -> Path | None:
+        if self.migrations is None:
+            return None
+        module, _, name = self.migrations.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def database_url(self, settings: BaseSettings) -> str:
+        return database_url(getattr(settings, "database_url", None), settings.mesh, self.name)
+
+
+PROCESSES = (
+    Process(
+        "identity",
+        "services.identity",
+        "services.identity.settings:IdentitySettings",
+        migrations="services.identity:MIGRATIONS",
+    ),
+    Process("gateway", "gateway", "gateway.settings:GatewaySettings", grpc=False),
+)
+
+
+def by_name(name: str) -> Process:
+    for process in PROCESSES:
+        if process.name == name:
+            return process
+    raise KeyError(name)
