@@ -39,13 +39,15 @@ def _show(value: object) -> str:
     return str(value)
 
 
-def _status(_args: argparse.Namespace) -> int:
+def _status(args: argparse.Namespace) -> int:
     from gateway.settings import GatewaySettings
     from services.cli.probes import gateway_health, grpc_health
     from services.kit.config import MeshSettings
 
     mesh, gateway, healthy = MeshSettings(), GatewaySettings(), True
     for process in PROCESSES:
+        if args.only and process.name not in args.only:
+            continue
         if process.grpc:
             state = grpc_health(mesh, process.name)
         else:
@@ -103,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="leadmesh", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="start the whole mesh on this machine").set_defaults(run=_up)
-    commands.add_parser("status", help="health of every process").set_defaults(run=_status)
+    status = commands.add_parser("status", help="health of every process (exit 1 if any is down)")
+    status.add_argument("--only", action="append", metavar="PROCESS", help="check just these")
+    status.set_defaults(run=_status)
     commands.add_parser("config", help="the effective configuration, secrets masked").set_defaults(
         run=_config
     )

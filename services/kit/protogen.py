@@ -7,6 +7,7 @@ the project's virtual environment is used. Run: `python -m services.kit.protogen
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import site
 import sys
@@ -44,10 +45,17 @@ def install_path(out: Path = ROOT / "gen") -> Path:
     return pth
 
 
-def main() -> None:
-    sources = generate()
-    pth = install_path()
-    sys.stderr.write(f"generated stubs for {len(sources)} protos; path file {pth}\n")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="generate gRPC stubs from protos/")
+    parser.add_argument("--protos", type=Path, default=ROOT / "protos")
+    parser.add_argument("--out", type=Path, default=ROOT / "gen")
+    parser.add_argument(
+        "--no-path-file", action="store_true", help="do not add the output to site-packages"
+    )
+    args = parser.parse_args(argv)
+    sources = generate(args.protos.resolve(), args.out.resolve())
+    note = "" if args.no_path_file else f"; path file {install_path(args.out.resolve())}"
+    sys.stderr.write(f"generated stubs for {len(sources)} protos into {args.out}{note}\n")
 
 
 if __name__ == "__main__":
