@@ -72,4 +72,8 @@ def instrument_engine(engine) -> None:
     """Database spans beneath the RPC that caused them (statements only, never parameters)."""
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
-    SQLAlchemyInstrumentor().instrument(engine=getattr(engine, "sync_engine", engine))
+    # The instrumentation declares SQLAlchemy < 2.1 but only uses the cursor-execute events,
+    # which 2.1 keeps; without skipping the check it silently instruments nothing.
+    SQLAlchemyInstrumentor().instrument(
+        engine=getattr(engine, "sync_engine", engine), skip_dep_check=True
+    )

@@ -1,0 +1,230 @@
+"""The gRPC face of identity: protobuf in, use cases, protobuf out. Who may call what is
+`ALLOWED_CALLERS`; the kit's interceptor enforces it and maps domain errors to status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import empty_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+from leadmesh.identity.v1 import identity_pb2 as pb
+from leadmesh.identity.v1 import identity_pb2_grpc
+
+from services.identity import store
+from services.identity.billing import ADDRESS_FIELDS, Billing, PlanChange
+from services.identity.consents import Consent, Consents
+from services.identity.domain import Identity, SignedIn
+from services.kit.callers import acting_user
+from services.kit.errors import InvalidArgument
+
+SERVICE = pb.DESCRIPTOR.services_by_name["IdentityService"].full_name
+_GATEWAY_METHODS = (
+    "CreateAccount",
+    "Login",
+    "AuthenticateSession",
+    "EndSession",
+    "GetAccount",
+    "ChangePassword",
+    "UpdatePlan",
+    "ListLoginAttempts",
+    "ListSessions",
+    "RevokeOtherSessions",
+    "GetConsents",
+    "UpdateConsents",
+    "Unsubscribe",
+    "RequestPasswordReset",
+    "ConfirmPasswordReset",
+    "RequestDeletion",
+)
+ALLOWED_CALLERS = {
+    **{f"/{SERVICE}/{method}": frozenset({"gateway"}) for method in _GATEWAY_METHODS},
+    f"/{SERVICE}/SendAnnouncement": frozenset({"operator"}),
+}
+
+
+def _ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def purpose_name(value: int) -> str:
+    if value == pb.PURPOSE_UNSPECIFIED or value not in pb.Purpose.values():
+        raise InvalidArgument("UNKNOWN_PURPOSE", "name a consent purpose", field="purpose")
+    return pb.Purpose.Name(value).removeprefix("PURPOSE_").lower()
+
+
+def purpose_value(name: str) -> int:
+    return pb.Purpose.Value(f"PURPOSE_{name.upper()}")
+
+
+def account_pb(account: store.Account) -> pb.Account:
+    address = account.billing_address or {}
+    return pb.Account(
+        id=account.id,
+        email=account.email,
+        plan=account.plan,
+        billing_name=account.billing_name or "",
+        billing_address=pb.PostalAddress(**{k: address.get(k, "") for k in ADDRESS_FIELDS}),
+        create_time=_ts(account.create_time),
+        update_time=_ts(account.update_time),
+    )
+
+
+def session_pb(session: store.Session, current_id: str = "") -> pb.Session:
+    return pb.Session(
+        id=session.id,
+        create_time=_ts(session.create_time),
+        last_use_time=_ts(session.last_use_time),
+        expire_time=_ts(session.expire_time),
+        absolute_expire_time=_ts(session.absolute_expire_time),
+        ip_address=session.ip_address,
+        user_agent=session.user_agent,
+        current=bool(current_id) and session.id == current_id,
+    )
+
+
+def login_pb(signed_in: SignedIn) -> pb.LoginResponse:
+    return pb.LoginResponse(
+        session_token=signed_in.token,
+        session=session_pb(signed_in.session),
+        account=account_pb(signed_in.account),
+    )
+
+
+def consents_pb(consents: list[Consent]) -> pb.Consents:
+    return pb.Consents(
+        consents=[
+            pb.Consent(
+                purpose=purpose_value(c.purpose),
+                granted=c.granted,
+                update_time=_ts(c.update_time),
+                history=[
+                    pb.ConsentEvent(
+                        granted=e.granted, event_time=_ts(e.event_time), source=e.source
+                    )
+                    for e in c.history
+                ],
+            )
+            for c in consents
+        ]
+    )
+
+
+_OUTCOMES = {
+    "success": pb.LOGIN_OUTCOME_SUCCESS,
+    "bad_password": pb.LOGIN_OUTCOME_BAD_PASSWORD,
+    "throttled": pb.LOGIN_OUTCOME_THROTTLED,
+    "disabled": pb.LOGIN_OUTCOME_DISABLED,
+}
+
+
+class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
+    def __init__(self, identity: Identity, billing: Billing, consents: Consents) -> None:
+        self.identity = identity
+        self.billing = billing
+        self.consents = consents
+
+    async def CreateAccount(self, request, context):  # noqa: N802 - gRPC method names
+        return account_pb(await self.identity.create_account(request.email, request.password))
+
+    async def Login(self, request, context):  # noqa: N802
+        signed_in = await self.identity.login(
+            request.email, request.password, request.ip_address, request.user_agent
+        )
+        return login_pb(signed_in)
+
+    async def AuthenticateSession(self, request, context):  # noqa: N802
+        session = await self.identity.authenticate(request.session_token)
+        return pb.AuthenticateSessionResponse(
+            account_id=session.account_id, session=session_pb(session)
+        )
+
+    async def EndSession(self, request, context):  # noqa: N802
+        await self.identity.end_session(request.session_token)
+        return empty_pb2.Empty()
+
+    async def GetAccount(self, request, context):  # noqa: N802
+        return account_pb(await self.identity.account(acting_user(context)))
+
+    async def ChangePassword(self, request, context):  # noqa: N802
+        signed_in = await self.identity.change_password(
+            acting_user(context),
+            request.current_password,
+            request.new_password,
+            request.ip_address,
+            request.user_agent,
+        )
+        return login_pb(signed_in)
+
+    async def UpdatePlan(self, request, context):  # noqa: N802
+        address = {k: getattr(request.billing_address, k) for k in ADDRESS_FIELDS}
+        change = PlanChange(
+            plan=request.plan,
+            billing_name=request.billing_name,
+            billing_address=address,
+            payment_reference=request.payment_reference,
+        )
+        return account_pb(await self.billing.change_plan(acting_user(context), change))
+
+    async def ListLoginAttempts(self, request, context):  # noqa: N802
+        attempts, next_token = await self.identity.login_attempts(
+            acting_user(context), request.page_size, request.page_token
+        )
+        return pb.ListLoginAttemptsResponse(
+            attempts=[
+                pb.LoginAttempt(
+                    attempt_time=_ts(a.attempt_time),
+                    ip_address=a.ip_address,
+                    user_agent=a.user_agent,
+                    outcome=_OUTCOMES.get(a.outcome, pb.LOGIN_OUTCOME_UNSPECIFIED),
+                )
+                for a in attempts
+            ],
+            next_page_token=next_token,
+        )
+
+    async def ListSessions(self, request, context):  # noqa: N802
+        sessions = await self.identity.sessions(acting_user(context))
+        return pb.ListSessionsResponse(
+            sessions=[session_pb(s, request.current_session_id) for s in sessions]
+        )
+
+    async def RevokeOtherSessions(self, request, context):  # noqa: N802
+        count = await self.identity.revoke_other_sessions(
+            acting_user(context), request.current_session_id
+        )
+        return pb.RevokeOtherSessionsResponse(revoked_count=count)
+
+    async def GetConsents(self, request, context):  # noqa: N802
+        return consents_pb(await self.consents.get(acting_user(context)))
+
+    async def UpdateConsents(self, request, context):  # noqa: N802
+        changes = [(purpose_name(c.purpose), c.granted) for c in request.changes]
+        return consents_pb(await self.consents.update(acting_user(context), changes))
+
+    async def Unsubscribe(self, request, context):  # noqa: N802
+        purpose = await self.consents.unsubscribe(request.token)
+        return pb.UnsubscribeResponse(purpose=purpose_value(purpose))
+
+    async def RequestPasswordReset(self, request, context):  # noqa: N802
+        await self.identity.request_password_reset(request.email)
+        return empty_pb2.Empty()
+
+    async def ConfirmPasswordReset(self, request, context):  # noqa: N802
+        await self.identity.confirm_password_reset(request.token, request.new_password)
+        return empty_pb2.Empty()
+
+    async def RequestDeletion(self, request, context):  # noqa: N802
+        requested, deadline = await self.identity.request_deletion(
+            acting_user(context), request.password
+        )
+        return pb.DeletionRequest(request_time=_ts(requested), erase_deadline=_ts(deadline))
+
+    async def SendAnnouncement(self, request, context):  # noqa: N802
+        count = await self.consents.announce(
+            purpose_name(request.purpose), request.subject, request.body
+        )
+        return pb.SendAnnouncementResponse(recipient_count=count)

@@ -1,0 +1,162 @@
+"""Consents per purpose with their history, unsubscribe links, and announcements.
+
+An unsubscribe token is `<payload>.<mac>`: the payload names the account and the purpose, the mac
+is HMAC-SHA256 under the service's unsubscribe key. It needs no storage, works without logging in,
+and works again (idempotent) after use, as RFC 8058 one-click links must.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from urllib.parse import quote
+
+from services.identity.domain import PURPOSES
+from services.identity.mail import Mailer, compose
+from services.identity.store import ConsentEvent, Store
+from services.kit.clock import Clock
+from services.kit.errors import InvalidArgument
+
+log = logging.getLogger("leadmesh.identity.consents")
+
+BATCH = 100
+
+
+@dataclass
+class Consent:
+    purpose: str
+    granted: bool = False
+    update_time: datetime | None = None
+    history: list[ConsentEvent] = field(default_factory=list)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def check_purpose(purpose: str) -> str:
+    if purpose not in PURPOSES:
+        raise InvalidArgument(
+            "UNKNOWN_PURPOSE", f"purposes are: {', '.join(PURPOSES)}", field="purpose"
+        )
+    return purpose
+
+
+class Consents:
+    def __init__(
+        self,
+        store: Store,
+        mailer: Mailer,
+        clock: Clock,
+        key: bytes,
+        *,
+        public_url: str,
+        sender: str,
+    ) -> None:
+        self.store = store
+        self.mailer = mailer
+        self.clock = clock
+        self._key = key
+        self._public_url = public_url.rstrip("/")
+        self._sender = sender
+
+    async def get(self, account_id: str) -> list[Consent]:
+        async with self.store.begin() as tx:
+            events = await tx.consent_history(account_id)
+        return _fold(events)
+
+    async def update(self, account_id: str, changes: list[tuple[str, bool]]) -> list[Consent]:
+        """Records a change per purpose whose state differs; others keep their state."""
+        for purpose, _ in changes:
+            check_purpose(purpose)
+        now = self.clock.now()
+        async with self.store.begin() as tx:
+            current = {c.purpose: c.granted for c in _fold(await tx.consent_history(account_id))}
+            for purpose, granted in changes:
+                if current[purpose] != granted:
+                    await tx.add_consent_event(account_id, purpose, granted, now, "settings")
+                    current[purpose] = granted
+            events = await tx.consent_history(account_id)
+        return _fold(events)
+
+    def unsubscribe_token(self, account_id: str, purpose: str) -> str:
+        payload = f"{account_id}:{purpose}".encode()
+        return f"{_b64(payload)}.{_b64(self._mac(payload))}"
+
+    def _mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, b"unsubscribe v1|" + payload, hashlib.sha256).digest()
+
+    async def unsubscribe(self, token: str) -> str:
+        """Withdraws the consent a link names; returns the purpose. Idempotent."""
+        invalid = InvalidArgument(
+            "UNSUBSCRIBE_TOKEN_INVALID", "this unsubscribe link is not valid", field="token"
+        )
+        try:
+            encoded_payload, encoded_mac = token.split(".")
+            payload, mac = _unb64(encoded_payload), _unb64(encoded_mac)
+            account_id, purpose = payload.decode().split(":")
+        except (ValueError, UnicodeDecodeError):
+            raise invalid from None
+        if not hmac.compare_digest(mac, self._mac(payload)) or purpose not in PURPOSES:
+            raise invalid
+        async with self.store.begin() as tx:
+            account = await tx.account(account_id)
+            if account is not None:
+                state = {c.purpose: c.granted for c in _fold(await tx.consent_history(account_id))}
+                if state[purpose]:
+                    await tx.add_consent_event(
+                        account_id, purpose, False, self.clock.now(), "unsubscribe"
+                    )
+        log.info("unsubscribed", extra={"purpose": purpose})
+        return purpose
+
+    async def announce(self, purpose: str, subject: str, body: str) -> int:
+        """Mails every active account that consents to `purpose`, each message with its own
+        one-click unsubscribe link (RFC 8058 List-Unsubscribe and List-Unsubscribe-Post)."""
+        check_purpose(purpose)
+        if not subject.strip() or not body.strip():
+            raise InvalidArgument("EMPTY_ANNOUNCEMENT", "subject and body are required")
+        async with self.store.begin() as tx:
+            recipients = await tx.consenting_accounts(purpose)
+        now = self.clock.now()
+        for start in range(0, len(recipients), BATCH):
+            batch = []
+            for account_id, address in recipients[start : start + BATCH]:
+                token = self.unsubscribe_token(account_id, purpose)
+                link = f"{self._public_url}/v1/unsubscribe?token={quote(token, safe='')}"
+                batch.append(
+                    compose(
+                        sender=self._sender,
+                        to=address,
+                        subject=subject,
+                        body=f"{body.rstrip()}\n\n--\nTo stop receiving these e-mails: {link}\n",
+                        when=now,
+                        headers={
+                            "List-Unsubscribe": f"<{link}>",
+                            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                        },
+                    )
+                )
+            await self.mailer.send(batch)
+        log.info("announcement sent", extra={"purpose": purpose, "recipients": len(recipients)})
+        return len(recipients)
+
+
+def _fold(events: list[ConsentEvent]) -> list[Consent]:
+    """One Consent per purpose, its state the latest event's, its history oldest first."""
+    consents = {purpose: Consent(purpose) for purpose in PURPOSES}
+    for event in events:
+        consent = consents.get(event.purpose)
+        if consent is None:
+            continue
+        consent.granted, consent.update_time = event.granted, event.event_time
+        consent.history.append(event)
+    return list(consents.values())

@@ -1,0 +1,96 @@
+"""Outgoing e-mail: SMTP when SMTP_URL is set, otherwise `.eml` files under var/outbox/.
+
+smtplib blocks, so sending runs in a thread. `smtp://host:port` upgrades with STARTTLS when the
+server offers it (verifying its certificate), `smtps://` is TLS from the first byte; credentials
+come from the URL's user and password. Messages carry reset links and unsubscribe tokens: the
+outbox files are readable by their owner only, and neither addresses nor links are logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import smtplib
+import ssl
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+log = logging.getLogger("leadmesh.identity.mail")
+
+
+def compose(
+    *,
+    sender: str,
+    to: str,
+    subject: str,
+    body: str,
+    when: datetime,
+    headers: dict[str, str] | None = None,
+) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = to
+    message["Subject"] = subject
+    message["Date"] = format_datetime(when)
+    message["Message-ID"] = make_msgid(domain="leadmesh.localhost")
+    for name, value in (headers or {}).items():
+        message[name] = value
+    message.set_content(body)
+    return message
+
+
+class Mailer:
+    def __init__(self, smtp_url: str | None, outbox: Path, timeout: float = 30.0) -> None:
+        self._smtp = urlsplit(smtp_url) if smtp_url else None
+        self._outbox = outbox
+        self._timeout = timeout
+
+    @property
+    def transport(self) -> str:
+        return "smtp" if self._smtp else "outbox"
+
+    async def send(self, messages: Sequence[EmailMessage]) -> None:
+        if messages:
+            await asyncio.to_thread(self._send_blocking, list(messages))
+
+    def _send_blocking(self, messages: list[EmailMessage]) -> None:
+        if self._smtp is None:
+            for message in messages:
+                self._write(message)
+        else:
+            self._deliver(messages)
+        log.info("mail sent", extra={"count": len(messages), "transport": self.transport})
+
+    def _write(self, message: EmailMessage) -> None:
+        self._outbox.mkdir(parents=True, exist_ok=True)
+        name = f"{datetime.now().strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.eml"
+        path = self._outbox / name
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(message.as_bytes())
+
+    def _deliver(self, messages: list[EmailMessage]) -> None:
+        url = self._smtp
+        assert url is not None
+        host, context = url.hostname or "127.0.0.1", ssl.create_default_context()
+        if url.scheme == "smtps":
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                host, url.port or 465, timeout=self._timeout, context=context
+            )
+        else:
+            client = smtplib.SMTP(host, url.port or 25, timeout=self._timeout)
+        with client:
+            client.ehlo()
+            if url.scheme != "smtps" and client.has_extn("starttls"):
+                client.starttls(context=context)
+                client.ehlo()
+            if url.username:
+                client.login(unquote(url.username), unquote(url.password or ""))
+            for message in messages:
+                client.send_message(message)

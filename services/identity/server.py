@@ -1,0 +1,190 @@
+"""Serving identity: `python -m services.identity` (serve) or `python -m services.identity migrate`.
+
+`start()` builds every part from settings and binds (port 0 in tests); tests and the launcher use
+the same function, so what is tested is what runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+
+from leadmesh.identity.v1 import identity_pb2_grpc
+
+from services.identity import MIGRATIONS
+from services.identity.api import ALLOWED_CALLERS, SERVICE, IdentityApi
+from services.identity.billing import Billing
+from services.identity.consents import Consents
+from services.identity.domain import Identity
+from services.identity.mail import Mailer
+from services.identity.passwords import PasswordHasher
+from services.identity.settings import IdentitySettings
+from services.identity.store import Store
+from services.identity.throttle import (
+    Counters,
+    Limits,
+    LoginThrottle,
+    MemoryCounters,
+    RedisCounters,
+)
+from services.kit.clock import Clock, SystemClock
+from services.kit.config import database_url
+from services.kit.db import create_service_engine, migrate
+from services.kit.grpcserver import RunningServer, serve_forever, start_server
+from services.kit.logs import setup_logging
+from services.kit.telemetry import instrument_engine, setup_telemetry
+
+log = logging.getLogger("leadmesh.identity")
+
+
+def unsubscribe_key(settings: IdentitySettings) -> bytes:
+    """The HMAC key of unsubscribe links: the setting, else a key generated once under var/
+    (replicas behind one gateway must share the setting)."""
+    if settings.unsubscribe_secret is not None:
+        return settings.unsubscribe_secret.get_secret_value().encode()
+    path = settings.var_dir / "unsubscribe.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip().encode()
+        with os.fdopen(descriptor, "w") as out:
+            out.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def make_counters(settings: IdentitySettings, clock: Clock) -> Counters:
+    url = settings.mesh.redis()
+    return RedisCounters(url) if url else MemoryCounters(clock)
+
+
+def limits(settings: IdentitySettings) -> Limits:
+    return Limits(
+        window_seconds=settings.lockout_window_seconds,
+        account_ip_limit=settings.lockout_account_ip_limit,
+        ip_limit=settings.lockout_ip_limit,
+        account_limit=settings.lockout_account_limit,
+        backoff_cap_seconds=settings.lockout_backoff_cap_seconds,
+        account_memory_seconds=settings.lockout_account_memory_seconds,
+    )
+
+
+@dataclass
+class Parts:
+    identity: Identity
+    billing: Billing
+    consents: Consents
+    store: Store
+
+    async def close(self) -> None:
+        await self.identity.drain()
+        self.identity.hasher.close()
+        await self.identity.throttle.counters.close()
+        await self.store.close()
+
+
+def build(settings: IdentitySettings, clock: Clock | None = None) -> Parts:
+    """Every part of the service, wired from settings; nothing listens yet."""
+    clock = clock or SystemClock(settings.mesh.clock_offset_seconds)
+    engine = create_service_engine(database_url(settings.database_url, settings.mesh, "identity"))
+    instrument_engine(engine)
+    store = Store(engine)
+    mailer = Mailer(
+        settings.smtp_url.get_secret_value() if settings.smtp_url else None, settings.outbox_dir
+    )
+    identity = Identity(
+        settings,
+        store,
+        PasswordHasher(settings.pbkdf2_iterations, settings.hash_threads, settings.hash_nice),
+        LoginThrottle(make_counters(settings, clock), limits(settings)),
+        mailer,
+        clock,
+    )
+    billing = Billing(store, settings.plans, clock)
+    consents = Consents(
+        store,
+        mailer,
+        clock,
+        unsubscribe_key(settings),
+        public_url=settings.mesh.public_url,
+        sender=settings.mail_from,
+    )
+    return Parts(identity, billing, consents, store)
+
+
+@dataclass
+class RunningIdentity:
+    parts: Parts
+    running: RunningServer
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.running.stop(grace)
+        await self.parts.close()
+
+
+async def start(
+    settings: IdentitySettings, *, clock: Clock | None = None, port: int | None = None
+) -> RunningIdentity:
+    parts = build(settings, clock)
+    api = IdentityApi(parts.identity, parts.billing, parts.consents)
+    running = await start_server(
+        name="identity",
+        mesh=settings.mesh,
+        port=settings.mesh.identity_port if port is None else port,
+        register=lambda server: identity_pb2_grpc.add_IdentityServiceServicer_to_server(
+            api, server
+        ),
+        service_names=[SERVICE],
+        allowed=ALLOWED_CALLERS,
+    )
+    return RunningIdentity(parts, running)
+
+
+async def _serve(settings: IdentitySettings) -> None:
+    if settings.mesh.redis():
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+        RedisInstrumentor().instrument()
+    service = await start(settings)
+    log.info(
+        "identity ready",
+        extra={
+            "mail": service.parts.identity.mailer.transport,
+            "counters": "redis" if settings.mesh.redis() else "memory",
+            "pbkdf2_iterations": settings.pbkdf2_iterations,
+        },
+    )
+    await serve_forever(service.running, on_stop=service.parts.close)
+
+
+def migrate_database(settings: IdentitySettings) -> None:
+    migrate(database_url(settings.database_url, settings.mesh, "identity"), MIGRATIONS)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.identity")
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
+    args = parser.parse_args(argv)
+    settings = IdentitySettings()
+    setup_logging("identity", settings.mesh.log_level)
+    if args.command == "migrate":
+        migrate_database(settings)
+        return 0
+    provider = setup_telemetry("identity", settings.mesh)
+    try:
+        asyncio.run(_serve(settings))
+    finally:
+        provider.shutdown()
+    return 0
+
+
+__all__ = ["RunningIdentity", "build", "main", "start"]

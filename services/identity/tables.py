@@ -1,0 +1,140 @@
+"""Identity's tables (SQLAlchemy Core). Migrations in `migrations/` create exactly these; a test
+compares the two.
+
+Personal data and its categories (retention): accounts (until erasure), sessions and reset tokens
+(1 day after expiry), login attempts with IP addresses (90 days), consent events (with the account),
+accounting records (10 years, detached from an erased account).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+Time = DateTime(timezone=True)
+# Autoincrementing on both SQLite (INTEGER PRIMARY KEY) and PostgreSQL (BIGINT identity).
+Serial = BigInteger().with_variant(Integer(), "sqlite")
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("email", String(320), nullable=False),
+    # casefold()ed: one account per address whatever its letter case.
+    Column("email_key", String(320), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("plan", String(64), nullable=False),
+    Column("billing_name", String(200), nullable=True),
+    Column("billing_address", JSON, nullable=True),
+    # "active" or "disabled" (deletion requested).
+    Column("status", String(16), nullable=False),
+    Column("create_time", Time, nullable=False),
+    Column("update_time", Time, nullable=False),
+    Column("deletion_request_time", Time, nullable=True),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column(
+        "account_id",
+        String(36),
+        ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    # SHA-256 of the bearer token, hex; the token itself is never stored.
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("create_time", Time, nullable=False),
+    Column("last_use_time", Time, nullable=False),
+    Column("expire_time", Time, nullable=False),
+    Column("absolute_expire_time", Time, nullable=False),
+    Column("revoke_time", Time, nullable=True),
+    Column("ip_address", String(64), nullable=False),
+    Column("user_agent", String(512), nullable=False),
+)
+
+login_attempts = Table(
+    "login_attempts",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("account_id", String(36), ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("attempt_time", Time, nullable=False),
+    Column("ip_address", String(64), nullable=False),
+    Column("user_agent", String(512), nullable=False),
+    # success, bad_password, throttled, disabled
+    Column("outcome", String(16), nullable=False),
+    Index("ix_login_attempts_account_id_id", "account_id", "id"),
+    Index("ix_login_attempts_attempt_time", "attempt_time"),
+)
+
+consent_events = Table(
+    "consent_events",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("account_id", String(36), ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("granted", Boolean, nullable=False),
+    Column("event_time", Time, nullable=False),
+    # signup, settings, unsubscribe
+    Column("source", String(16), nullable=False),
+    Index("ix_consent_events_account_id_purpose", "account_id", "purpose"),
+)
+
+reset_tokens = Table(
+    "reset_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column(
+        "account_id",
+        String(36),
+        ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("create_time", Time, nullable=False),
+    Column("expire_time", Time, nullable=False),
+    Column("use_time", Time, nullable=True),
+)
+
+accounting_records = Table(
+    "accounting_records",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    # Kept for 10 years (commercial law); detached (NULL) when the account is erased.
+    Column(
+        "account_id",
+        String(36),
+        ForeignKey("accounts.id", ondelete="SET NULL"),
+        nullable=True,
+        index=True,
+    ),
+    Column("plan", String(64), nullable=False),
+    Column("amount", Integer, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("billing_name", String(200), nullable=False),
+    Column("billing_address", JSON, nullable=False),
+    Column("payment_reference", String(200), nullable=False),
+    Column("record_time", Time, nullable=False),
+)
