@@ -1,0 +1,195 @@
+"""The whole mesh as a user meets it: `leadmesh up` in its own process group, over HTTPS, with a
+real SMTP server (aiosmtpd) on loopback receiving the mail it sends."""
+
+from __future__ import annotations
+
+import email
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+
+from tests.conftest import free_port
+
+# Short enough for a test to outwait, long enough to lock out within.
+LOCKOUT_WINDOW_SECONDS = 6
+
+
+class Inbox:
+    """An aiosmtpd handler keeping every delivered message."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+        self._arrived = threading.Condition()
+
+    async def handle_DATA(self, _server, _session, envelope) -> str:  # noqa: N802 - aiosmtpd API
+        message = email.message_from_bytes(envelope.content, policy=policy.default)
+        with self._arrived:
+            self.messages.append(message)
+            self._arrived.notify_all()
+        return "250 OK"
+
+    def wait_for(self, to: str, subject_contains: str = "", timeout: float = 15.0) -> EmailMessage:
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while True:
+                for message in reversed(self.messages):
+                    if to in str(message["To"]) and subject_contains in str(message["Subject"]):
+                        return message
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no mail to {to!r} within {timeout}s")
+                self._arrived.wait(remaining)
+
+
+@pytest.fixture(scope="session")
+def inbox() -> Iterator[Inbox]:
+    handler = Inbox()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    handler.port = controller.port  # type: ignore[attr-defined]
+    yield handler
+    controller.stop()
+
+
+@dataclass
+class Mesh:
+    base_url: str
+    http_url: str
+    var_dir: Path
+    tls_cert: Path
+    process: subprocess.Popen
+    env: dict[str, str]
+    output: list[str] = field(default_factory=list)
+
+    def leadmesh(self, *args: str) -> subprocess.CompletedProcess:
+        """The operators' command line, against this mesh."""
+        return subprocess.run(
+            [sys.executable, "-m", "services.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def client(self, **kwargs) -> httpx.Client:
+        context = ssl.create_default_context(cafile=str(self.tls_cert))
+        return httpx.Client(base_url=self.base_url, verify=context, timeout=30, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def mesh_up(tmp_path_factory: pytest.TempPathFactory, inbox: Inbox) -> Iterator[Mesh]:
+    var = tmp_path_factory.mktemp("mesh-var")
+    https_port, http_port = free_port(), free_port()
+    env = dict(
+        os.environ,
+        LEADMESH_VAR_DIR=str(var),
+        LEADMESH_PUBLIC_URL=f"https://localhost:{https_port}",
+        LEADMESH_FRONTEND_URL=f"https://localhost:{https_port}",
+        GATEWAY_HTTPS_PORT=str(https_port),
+        GATEWAY_HTTP_PORT=str(http_port),
+        IDENTITY_PORT=str(free_port()),
+        VAULT_PORT=str(free_port()),
+        RUNNER_PORT=str(free_port()),
+        RETENTION_PORT=str(free_port()),
+        SMTP_URL=f"smtp://127.0.0.1:{inbox.port}",  # type: ignore[attr-defined]
+        IDENTITY_LOCKOUT_WINDOW_SECONDS=str(LOCKOUT_WINDOW_SECONDS),
+        # Tests play clients at several addresses through X-Forwarded-For from loopback.
+        OTEL_BSP_SCHEDULE_DELAY="200",  # export spans every 0.2 s, so tests need not wait long
+        GATEWAY_TRUSTED_PROXIES='["127.0.0.1/32", "::1/128"]',
+    )
+    env.pop("REDIS_URL", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    mesh = Mesh(
+        base_url=f"https://localhost:{https_port}",
+        http_url=f"http://127.0.0.1:{http_port}",
+        var_dir=var,
+        tls_cert=var / "gateway" / "tls.pem",
+        process=process,
+        env=env,
+    )
+    up = threading.Event()
+
+    def pump() -> None:
+        for line in process.stdout:  # type: ignore[union-attr]
+            mesh.output.append(line)
+            if line.startswith("leadmesh is up"):
+                up.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + 120
+    while not up.is_set():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("leadmesh up did not come up:\n" + "".join(mesh.output[-60:]))
+        time.sleep(0.1)
+    yield mesh
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+
+
+@pytest.fixture
+def api(mesh_up: Mesh) -> Iterator[httpx.Client]:
+    with mesh_up.client() as client:
+        yield client
+
+
+_counter = iter(range(10**6))
+
+
+def spans(var_dir: Path) -> list[dict]:
+    """Every span every process has exported so far (OTLP-JSON lines under var/traces/)."""
+    found = []
+    for path in sorted((var_dir / "traces").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            for resource in json.loads(line).get("resourceSpans", []):
+                service = next(
+                    a["value"]["stringValue"]
+                    for a in resource["resource"]["attributes"]
+                    if a["key"] == "service.name"
+                )
+                for scope in resource.get("scopeSpans", []):
+                    found += [{**span, "service": service} for span in scope.get("spans", [])]
+    return found
+
+
+def new_email(label: str = "user") -> str:
+    return f"{label}-{os.getpid()}-{next(_counter)}-{time.monotonic_ns()}@example.com"
+
+
+PASSWORD = "correct horse battery staple 42"
+
+
+def register_and_login(client: httpx.Client, address: str | None = None) -> str:
+    address = address or new_email()
+    created = client.post("/v1/accounts", json={"email": address, "password": PASSWORD})
+    assert created.status_code == 201, created.text
+    signed = client.post("/v1/sessions", json={"email": address, "password": PASSWORD})
+    assert signed.status_code == 200, signed.text
+    client.headers["X-CSRF-Token"] = client.cookies["lm_csrf"]
+    return address
