@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -78,13 +79,22 @@ def describe(settings: BaseSettings, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, field in type(settings).model_fields.items():
         value = getattr(settings, name)
-        env = field.validation_alias if isinstance(field.validation_alias, str) else None
+        env = _env_name(field.validation_alias)
         env = env or (settings.model_config.get("env_prefix", "") + name).upper()
         if isinstance(value, BaseSettings):
             out.update(describe(value))
             continue
         out[env] = _mask(env, value)
     return out
+
+
+def _env_name(alias: Any) -> str | None:
+    """The variable a field reads: its alias, or the first of its alias choices."""
+    if isinstance(alias, str):
+        return alias
+    if isinstance(alias, AliasChoices):
+        return next((c for c in alias.choices if isinstance(c, str)), None)
+    return None
 
 
 def _mask(env: str, value: Any) -> Any:
@@ -97,6 +107,8 @@ def _mask(env: str, value: Any) -> Any:
         return _hide_url_password(value)
     if any(word in env.lower() for word in _SECRET_WORDS) and isinstance(value, str) and value:
         return "********"
+    if isinstance(value, (dict, list, tuple, BaseModel)):
+        return to_jsonable_python(value)  # e.g. identity's plans: plain JSON to print
     return str(value) if isinstance(value, Path) else value
 
 

@@ -90,6 +90,18 @@ class Mesh:
         return httpx.Client(base_url=self.base_url, verify=context, timeout=30, **kwargs)
 
 
+def launch_up(env: dict[str, str]) -> subprocess.Popen:
+    """`leadmesh up` in its own process group, its output merged into one text pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
 @pytest.fixture(scope="session")
 def mesh_up(tmp_path_factory: pytest.TempPathFactory, inbox: Inbox) -> Iterator[Mesh]:
     var = tmp_path_factory.mktemp("mesh-var")
@@ -112,14 +124,7 @@ def mesh_up(tmp_path_factory: pytest.TempPathFactory, inbox: Inbox) -> Iterator[
         GATEWAY_TRUSTED_PROXIES='["127.0.0.1/32", "::1/128"]',
     )
     env.pop("REDIS_URL", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    process = launch_up(env)
     mesh = Mesh(
         base_url=f"https://localhost:{https_port}",
         http_url=f"http://127.0.0.1:{http_port}",

@@ -160,3 +160,31 @@ async def test_the_operator_announces(dial):
     assert reply.recipient_count >= 1
     unknown = await _call(operator, "SendAnnouncement")
     assert from_rpc_error(unknown).reason == "UNKNOWN_PURPOSE"
+
+
+async def test_plaintext_only_when_asked_for_explicitly(mesh: MeshSettings, tmp_path):
+    """LEADMESH_INSECURE_INTERNAL=1 (development): plaintext, the caller names itself, and the
+    table of allowed callers still holds."""
+    insecure = mesh.model_copy(update={"insecure_internal": True})
+    settings = identity_settings(mesh.var_dir, f"sqlite:///{tmp_path / 'plain.db'}")
+    settings = settings.model_copy(update={"mesh": insecure})
+    migrate_database(settings)
+    running = await start(settings, port=0)
+    try:
+        there = insecure.model_copy(update={"identity_addr": f"127.0.0.1:{running.port}"})
+        async with open_channel(there, "identity", caller="gateway") as channel:
+            stub = identity_pb2_grpc.IdentityServiceStub(channel)
+            account = await stub.CreateAccount(
+                pb.CreateAccountRequest(email="plain@example.com", password=PASSWORD)
+            )
+            assert account.id
+        async with open_channel(there, "identity", caller="runner") as channel:
+            error = await _call(identity_pb2_grpc.IdentityServiceStub(channel), "Login")
+            assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await running.stop(grace=1)
+
+
+def test_internal_traffic_is_secure_by_default(monkeypatch):
+    monkeypatch.delenv("LEADMESH_INSECURE_INTERNAL", raising=False)
+    assert MeshSettings(_env_file=None).insecure_internal is False
