@@ -10,7 +10,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from gateway import problems
 from gateway.middleware import AccessLog, BodyLimit, CsrfGuard, SecurityHeaders
-from gateway.routes import accounts, consents, health, me
+from gateway.routes import accounts, consents, credentials, health, me, oauth
 from gateway.settings import GatewaySettings
 from gateway.upstreams import Upstreams
 from services.kit.clock import Clock, SystemClock
@@ -53,7 +53,7 @@ def create_app(settings: GatewaySettings, *, clock: Clock | None = None) -> Fast
     app.state.trusted_proxies = [
         ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies
     ]
-    for module in (health, accounts, me, consents):
+    for module in (health, accounts, me, consents, credentials, oauth):
         app.include_router(module.router)
     problems.install(app)
     # Added innermost first: the access log sees everything, CSRF runs last before routing.

@@ -92,8 +92,12 @@ class SecurityHeaders:
             return await self.app(scope, receive, send)
         cacheable = scope["path"] in ("/docs", "/openapi.json")
 
+        started = False
+
         async def add_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = list(message.get("headers", ()))
                 headers.extend(self._headers)
                 if not cacheable:
@@ -101,7 +105,18 @@ class SecurityHeaders:
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, add_headers)
+        try:
+            await self.app(scope, receive, add_headers)
+        except Exception:
+            # Starlette answers unexpected errors outside every middleware, so without this a 500
+            # would leave without HSTS. The error is logged; the client gets a bare problem.
+            if started:
+                raise
+            log.exception("unhandled error", extra={"path": scope["path"]})
+            from gateway.problems import problem_response
+
+            response = problem_response(500, "INTERNAL", "internal error")
+            await response(scope, receive, add_headers)
 
 
 class BodyLimit:

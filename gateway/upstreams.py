@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from leadmesh.identity.v1 import identity_pb2_grpc
+from leadmesh.vault.v1 import vault_pb2_grpc
 
 from gateway.settings import UPSTREAMS, GatewaySettings
 from services.kit.callers import user_metadata
@@ -35,6 +36,7 @@ class Upstreams:
             name: open_channel(settings.mesh, name, caller="gateway") for name in UPSTREAMS
         }
         self.identity = identity_pb2_grpc.IdentityServiceStub(self._channels["identity"])
+        self.vault = vault_pb2_grpc.VaultServiceStub(self._channels["vault"])
 
     async def close(self) -> None:
         await asyncio.gather(*(channel.close() for channel in self._channels.values()))

@@ -152,6 +152,7 @@ async def end_other_sessions(
 @router.delete("", status_code=status.HTTP_202_ACCEPTED, response_model=DeletionRequested)
 async def request_deletion(
     body: DeletionConfirmation,
+    request: Request,
     response: Response,
     who: Principal = Depends(principal),
     identity: Upstreams = Depends(upstreams),
@@ -159,7 +160,9 @@ async def request_deletion(
     """Disables the account and ends every session now; erasure follows within 60 days."""
     reply = await call(
         identity.identity.RequestDeletion,
-        identity_pb2.RequestDeletionRequest(password=body.password),
+        identity_pb2.RequestDeletionRequest(
+            password=body.password, ip_address=client(request).ip_address
+        ),
         user_id=who.account_id,
     )
     clear_session_cookies(response)

@@ -123,8 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     text.add_argument("--body", help="plain text")
     text.add_argument("--body-file", help="a file holding the plain text")
     announce.set_defaults(run=_announce)
+    from services.cli import keys
+
+    keys.add_commands(commands)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except keys.Refused as refused:
+        print(f"refused: {refused}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -41,6 +41,12 @@ PROCESSES = (
         "services.identity.settings:IdentitySettings",
         migrations="services.identity:MIGRATIONS",
     ),
+    Process(
+        "vault",
+        "services.vault",
+        "services.vault.settings:VaultSettings",
+        migrations="services.vault:MIGRATIONS",
+    ),
     Process("gateway", "gateway", "gateway.settings:GatewaySettings", grpc=False),
 )
 

@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from google.protobuf import empty_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 from leadmesh.identity.v1 import identity_pb2 as pb
 from leadmesh.identity.v1 import identity_pb2_grpc
 
@@ -16,6 +13,7 @@ from services.identity.consents import Consent, Consents
 from services.identity.domain import Identity, SignedIn
 from services.kit.callers import acting_user
 from services.kit.errors import InvalidArgument
+from services.kit.timestamps import to_timestamp
 
 SERVICE = pb.DESCRIPTOR.services_by_name["IdentityService"].full_name
 _GATEWAY_METHODS = (
@@ -42,14 +40,6 @@ ALLOWED_CALLERS = {
 }
 
 
-def _ts(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def purpose_name(value: int) -> str:
     if value == pb.PURPOSE_UNSPECIFIED or value not in pb.Purpose.values():
         raise InvalidArgument("UNKNOWN_PURPOSE", "name a consent purpose", field="purpose")
@@ -68,18 +58,18 @@ def account_pb(account: store.Account) -> pb.Account:
         plan=account.plan,
         billing_name=account.billing_name or "",
         billing_address=pb.PostalAddress(**{k: address.get(k, "") for k in ADDRESS_FIELDS}),
-        create_time=_ts(account.create_time),
-        update_time=_ts(account.update_time),
+        create_time=to_timestamp(account.create_time),
+        update_time=to_timestamp(account.update_time),
     )
 
 
 def session_pb(session: store.Session, current_id: str = "") -> pb.Session:
     return pb.Session(
         id=session.id,
-        create_time=_ts(session.create_time),
-        last_use_time=_ts(session.last_use_time),
-        expire_time=_ts(session.expire_time),
-        absolute_expire_time=_ts(session.absolute_expire_time),
+        create_time=to_timestamp(session.create_time),
+        last_use_time=to_timestamp(session.last_use_time),
+        expire_time=to_timestamp(session.expire_time),
+        absolute_expire_time=to_timestamp(session.absolute_expire_time),
         ip_address=session.ip_address,
         user_agent=session.user_agent,
         current=bool(current_id) and session.id == current_id,
@@ -100,10 +90,10 @@ def consents_pb(consents: list[Consent]) -> pb.Consents:
             pb.Consent(
                 purpose=purpose_value(c.purpose),
                 granted=c.granted,
-                update_time=_ts(c.update_time),
+                update_time=to_timestamp(c.update_time),
                 history=[
                     pb.ConsentEvent(
-                        granted=e.granted, event_time=_ts(e.event_time), source=e.source
+                        granted=e.granted, event_time=to_timestamp(e.event_time), source=e.source
                     )
                     for e in c.history
                 ],
@@ -176,7 +166,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         return pb.ListLoginAttemptsResponse(
             attempts=[
                 pb.LoginAttempt(
-                    attempt_time=_ts(a.attempt_time),
+                    attempt_time=to_timestamp(a.attempt_time),
                     ip_address=a.ip_address,
                     user_agent=a.user_agent,
                     outcome=_OUTCOMES.get(a.outcome, pb.LOGIN_OUTCOME_UNSPECIFIED),
@@ -219,9 +209,11 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
 
     async def RequestDeletion(self, request, context):  # noqa: N802
         requested, deadline = await self.identity.request_deletion(
-            acting_user(context), request.password
+            acting_user(context), request.password, request.ip_address
         )
-        return pb.DeletionRequest(request_time=_ts(requested), erase_deadline=_ts(deadline))
+        return pb.DeletionRequest(
+            request_time=to_timestamp(requested), erase_deadline=to_timestamp(deadline)
+        )
 
     async def SendAnnouncement(self, request, context):  # noqa: N802
         count = await self.consents.announce(

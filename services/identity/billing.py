@@ -19,8 +19,9 @@ from services.kit.errors import InvalidArgument, NotFound
 
 log = logging.getLogger("leadmesh.identity.billing")
 
-# 13 to 19 digits, single spaces or dashes between them, not part of a longer number.
-_DIGIT_RUN = re.compile(r"(?<![\d\-])\d(?:[ \-]?\d){12,18}(?![\d])")
+# Digits with up to two separators (spaces, dashes, dots, slashes…) between any two of them: the
+# ways people type a card number.
+_DIGIT_RUN = re.compile(r"\d(?:[\s\-./_,]{0,2}\d)*")
 ADDRESS_FIELDS = ("line1", "line2", "city", "postal_code", "country")
 REQUIRED_ADDRESS_FIELDS = ("line1", "city", "postal_code", "country")
 
@@ -36,8 +37,18 @@ def luhn_valid(digits: str) -> bool:
 
 
 def carries_card_number(text: str) -> bool:
+    """A run of 13 to 19 digits passing Luhn; in a longer run (a number followed by an expiry
+    date, say), its first or last 13 to 19 digits."""
     for match in _DIGIT_RUN.finditer(text):
-        if luhn_valid(re.sub(r"\D", "", match.group())):
+        digits = re.sub(r"\D", "", match.group())
+        if 13 <= len(digits) <= 19:
+            candidates = [digits]
+        elif len(digits) > 19:
+            lengths = range(13, 20)
+            candidates = [digits[:n] for n in lengths] + [digits[-n:] for n in lengths]
+        else:
+            continue
+        if any(luhn_valid(candidate) for candidate in candidates):
             return True
     return False
 

@@ -69,7 +69,7 @@ class Consents:
         self._sender = sender
 
     async def get(self, account_id: str) -> list[Consent]:
-        async with self.store.begin() as tx:
+        async with self.store.read() as tx:
             events = await tx.consent_history(account_id)
         return _fold(events)
 
@@ -124,7 +124,7 @@ class Consents:
         check_purpose(purpose)
         if not subject.strip() or not body.strip():
             raise InvalidArgument("EMPTY_ANNOUNCEMENT", "subject and body are required")
-        async with self.store.begin() as tx:
+        async with self.store.read() as tx:
             recipients = await tx.consenting_accounts(purpose)
         now = self.clock.now()
         for start in range(0, len(recipients), BATCH):

@@ -42,7 +42,8 @@ _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+$")
 def normalize_email(raw: str) -> tuple[str, str]:
     """The address as it is shown (domain lower-cased) and its key (casefolded) for lookups."""
     address = raw.strip()
-    if len(address) > 254 or not _EMAIL.match(address):
+    control = any(ord(c) < 32 or ord(c) == 127 for c in address)
+    if control or len(address) > 254 or not _EMAIL.match(address):
         raise InvalidArgument("INVALID_EMAIL", "this is not an e-mail address", field="email")
     local, _, domain = address.rpartition("@")
     address = f"{local}@{domain.lower()}"
@@ -115,14 +116,14 @@ class Identity:
             _, key = normalize_email(email)
         except InvalidArgument:
             raise invalid from None
-        async with self.store.begin() as tx:
+        async with self.store.read() as tx:
             account = await tx.account_by_email(key)
             known = False
             if account and await self.throttle.account_failures(key) >= (
                 self.settings.lockout_account_limit
             ):
                 known = await tx.signed_in_from(account.id, ip)
-        hold = await self.throttle.check(key, ip, known_address=known)
+        hold = await self.throttle.admit(key, ip, known_address=known)
         if hold is not None:
             if account:
                 await self._record(account.id, ip, user_agent, "throttled")
@@ -140,10 +141,17 @@ class Identity:
             raise invalid
         if not account.active:
             await self._record(account.id, ip, user_agent, "disabled")
-            raise PermissionDenied("ACCOUNT_DISABLED", "this account is being deleted")
+            raise _disabled()
         await self.throttle.succeeded(key, ip)
         new_hash = await self.hasher.hash(password) if verdict.needs_rehash else None
         async with self.store.begin() as tx:
+            # What was verified must still hold: a deletion request or a password change that
+            # landed while the hash was computed wins over this login.
+            now_stored = await tx.account(account.id, lock=True)
+            if now_stored is None or not now_stored.active:
+                raise _disabled()
+            if now_stored.password_hash != account.password_hash:
+                raise invalid
             if new_hash:
                 await tx.update_account(account.id, password_hash=new_hash)
                 log.info("password rehashed", extra={"account_id": account.id})
@@ -192,22 +200,24 @@ class Identity:
         """The live session of a token, its idle deadline moved forward (written at most once a
         minute, so busy sessions do not write on every request)."""
         now = self.clock.now()
-        async with self.store.begin() as tx:
+        async with self.store.read() as tx:
             session = await tx.session_by_token(token_hash(token)) if token else None
-            if (
-                session is None
-                or session.revoke_time is not None
-                or session.expire_time <= now
-                or session.absolute_expire_time <= now
-            ):
-                raise Unauthenticated("SESSION_INVALID", "the session has ended")
-            idle = timedelta(seconds=self.settings.session_idle_seconds)
-            expire = min(now + idle, session.absolute_expire_time)
-            if expire - session.expire_time >= timedelta(seconds=60):
+            account = await tx.account(session.account_id) if session else None
+        if (
+            session is None
+            or account is None
+            or not account.active
+            or session.revoke_time is not None
+            or session.expire_time <= now
+            or session.absolute_expire_time <= now
+        ):
+            raise Unauthenticated("SESSION_INVALID", "the session has ended")
+        idle = timedelta(seconds=self.settings.session_idle_seconds)
+        expire = min(now + idle, session.absolute_expire_time)
+        if expire - session.expire_time >= timedelta(seconds=60):
+            async with self.store.begin() as tx:
                 await tx.touch_session(session.id, now, expire)
-                session = Session(
-                    **{**session.__dict__, "last_use_time": now, "expire_time": expire}
-                )
+            session = Session(**{**session.__dict__, "last_use_time": now, "expire_time": expire})
         return session
 
     async def end_session(self, token: str) -> None:
@@ -215,14 +225,14 @@ class Identity:
             await tx.revoke_session_by_token(token_hash(token), self.clock.now())
 
     async def account(self, account_id: str) -> Account:
-        async with self.store.begin() as tx:
+        async with self.store.read() as tx:
             account = await tx.account(account_id)
         if account is None:
             raise NotFound("ACCOUNT_NOT_FOUND", "no such account")
         return account
 
     async def sessions(self, account_id: str) -> list[Session]:
-        async with self.store.begin() as tx:
+        async with self.store.read() as tx:
             return await tx.live_sessions(account_id, self.clock.now())
 
     async def revoke_other_sessions(self, account_id: str, keep: str) -> int:
@@ -234,7 +244,7 @@ class Identity:
     ) -> tuple[list[LoginAttempt], str]:
         size = min(max(page_size or 20, 1), 100)
         before = _decode_page_token(page_token) if page_token else None
-        async with self.store.begin() as tx:
+        async with self.store.read() as tx:
             rows = await tx.attempts(account_id, before, size + 1)
         more = len(rows) > size
         rows = rows[:size]
@@ -242,7 +252,10 @@ class Identity:
 
     # passwords
     async def _confirm_password(self, account: Account, password: str, ip: str) -> None:
-        hold = await self.throttle.check(account.email_key, ip or "-", known_address=True)
+        """The owner's password before a sensitive change, under the same brute-force rules as a
+        login (without the caller's address, the account is its own bucket)."""
+        bucket = ip or f"account:{account.id}"
+        hold = await self.throttle.admit(account.email_key, bucket, known_address=True)
         if hold is not None:
             raise ResourceExhausted(
                 "LOGIN_THROTTLED",
@@ -250,8 +263,9 @@ class Identity:
                 retry_after=hold.retry_after,
             )
         if not (await self.hasher.verify(password, account.password_hash)).ok:
-            await self.throttle.failed(account.email_key, ip or "-")
+            await self.throttle.failed(account.email_key, bucket)
             raise Unauthenticated("INVALID_CREDENTIALS", "the password is wrong", field="password")
+        await self.throttle.succeeded(account.email_key, bucket)
 
     async def change_password(
         self, account_id: str, current: str, new: str, ip: str, user_agent: str
@@ -312,7 +326,7 @@ class Identity:
             "RESET_TOKEN_INVALID", "this reset link is unknown, used or expired", field="token"
         )
         digest_ = token_hash(token)
-        async with self.store.begin() as tx:
+        async with self.store.read() as tx:
             # The rules and the hash are checked before the token is spent.
             account_id = await tx.live_reset_token(digest_, self.clock.now())
             account = await tx.account(account_id) if account_id else None
@@ -332,9 +346,11 @@ class Identity:
         log.info("password reset", extra={"account_id": account.id})
 
     # deletion
-    async def request_deletion(self, account_id: str, password: str) -> tuple[datetime, datetime]:
+    async def request_deletion(
+        self, account_id: str, password: str, ip: str = ""
+    ) -> tuple[datetime, datetime]:
         account = await self.account(account_id)
-        await self._confirm_password(account, password, "")
+        await self._confirm_password(account, password, ip)
         now = self.clock.now()
         async with self.store.begin() as tx:
             await tx.update_account(
@@ -361,6 +377,10 @@ class Identity:
             await asyncio.gather(*self._background, return_exceptions=True)
 
 
+def _disabled() -> PermissionDenied:
+    return PermissionDenied("ACCOUNT_DISABLED", "this account is being deleted")
+
+
 def _encode_page_token(last_id: int) -> str:
     return base64.urlsafe_b64encode(f"before:{last_id}".encode()).decode().rstrip("=")
 
@@ -369,9 +389,10 @@ def _decode_page_token(token: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         prefix, _, value = raw.partition(":")
-        if prefix != "before":
+        number = int(value)
+        if prefix != "before" or not 0 < number < 2**63:
             raise ValueError
-        return int(value)
+        return number
     except ValueError:
         raise InvalidArgument(
             "INVALID_PAGE_TOKEN",

@@ -2,7 +2,8 @@
 
 smtplib blocks, so sending runs in a thread. `smtp://host:port` upgrades with STARTTLS when the
 server offers it (verifying its certificate), `smtps://` is TLS from the first byte; credentials
-come from the URL's user and password. Messages carry reset links and unsubscribe tokens: the
+come from the URL's user and password, and with credentials an unencrypted connection is refused.
+Messages carry reset links and unsubscribe tokens: the
 outbox files are readable by their owner only, and neither addresses nor links are logged.
 """
 
@@ -90,6 +91,9 @@ class Mailer:
             if url.scheme != "smtps" and client.has_extn("starttls"):
                 client.starttls(context=context)
                 client.ehlo()
+            elif url.scheme != "smtps" and url.username:
+                # Credentials (and reset links) never cross a connection that is not encrypted.
+                raise smtplib.SMTPNotSupportedError("the server offers no STARTTLS")
             if url.username:
                 client.login(unquote(url.username), unquote(url.password or ""))
             for message in messages:

@@ -34,7 +34,7 @@ from services.identity.throttle import (
 from services.kit.clock import Clock, SystemClock
 from services.kit.config import database_url
 from services.kit.db import create_service_engine, migrate
-from services.kit.grpcserver import RunningServer, serve_forever, start_server
+from services.kit.grpcserver import RunningService, serve_forever, start_server
 from services.kit.logs import setup_logging
 from services.kit.telemetry import instrument_engine, setup_telemetry
 
@@ -117,18 +117,7 @@ def build(settings: IdentitySettings, clock: Clock | None = None) -> Parts:
     return Parts(identity, billing, consents, store)
 
 
-@dataclass
-class RunningIdentity:
-    parts: Parts
-    running: RunningServer
-
-    @property
-    def port(self) -> int:
-        return self.running.port
-
-    async def stop(self, grace: float = 5.0) -> None:
-        await self.running.stop(grace)
-        await self.parts.close()
+RunningIdentity = RunningService[Parts]
 
 
 async def start(
@@ -146,7 +135,7 @@ async def start(
         service_names=[SERVICE],
         allowed=ALLOWED_CALLERS,
     )
-    return RunningIdentity(parts, running)
+    return RunningService(parts, running)
 
 
 async def _serve(settings: IdentitySettings) -> None:

@@ -6,15 +6,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.identity.tables import (
     accounting_records,
@@ -25,6 +23,7 @@ from services.identity.tables import (
     sessions,
 )
 from services.kit.clock import as_utc
+from services.kit.db import Store as KitStore
 
 
 class EmailTaken(Exception):
@@ -101,8 +100,11 @@ class Tx:
         except IntegrityError:
             raise EmailTaken from None
 
-    async def account(self, account_id: str) -> Account | None:
-        row = (await self.c.execute(select(accounts).where(accounts.c.id == account_id))).first()
+    async def account(self, account_id: str, *, lock: bool = False) -> Account | None:
+        """The account; with `lock`, its row is held until the transaction ends (PostgreSQL's
+        FOR UPDATE; SQLite's write transactions hold the whole file already)."""
+        query = select(accounts).where(accounts.c.id == account_id)
+        row = (await self.c.execute(query.with_for_update() if lock else query)).first()
         return _build(Account, row) if row else None
 
     async def account_by_email(self, email_key: str) -> Account | None:
@@ -280,14 +282,5 @@ class Tx:
         return [dict(row._mapping) for row in await self.c.execute(query)]
 
 
-class Store:
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-
-    @asynccontextmanager
-    async def begin(self) -> AsyncIterator[Tx]:
-        async with self.engine.begin() as connection:
-            yield Tx(connection)
-
-    async def close(self) -> None:
-        await self.engine.dispose()
+class Store(KitStore[Tx]):
+    tx_class = Tx

@@ -10,30 +10,19 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
-    BigInteger,
     Boolean,
     Column,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     String,
     Table,
 )
 
-metadata = MetaData(
-    naming_convention={
-        "ix": "ix_%(column_0_label)s",
-        "uq": "uq_%(table_name)s_%(column_0_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
+from services.kit.db import Serial, Time, service_metadata
 
-Time = DateTime(timezone=True)
-# Autoincrementing on both SQLite (INTEGER PRIMARY KEY) and PostgreSQL (BIGINT identity).
-Serial = BigInteger().with_variant(Integer(), "sqlite")
+metadata = service_metadata()
+
 
 accounts = Table(
     "accounts",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
@@ -31,9 +31,12 @@ class MeshSettings(BaseSettings):
     insecure_internal: bool = Field(False, validation_alias="LEADMESH_INSECURE_INTERNAL")
     # Operators may run the mesh ahead of wall time (rehearsing retention, lockout ends).
     clock_offset_seconds: float = Field(0.0, validation_alias="LEADMESH_CLOCK_OFFSET_SECONDS")
-    # Where people reach the gateway, and the frontend that links in e-mails point at.
-    public_url: str = Field("https://localhost:8443", validation_alias="LEADMESH_PUBLIC_URL")
-    frontend_url: str = Field("https://localhost:8443", validation_alias="LEADMESH_FRONTEND_URL")
+    # The gateway's HTTPS port, which the default public URL names.
+    gateway_https_port: int = Field(8443, validation_alias="GATEWAY_HTTPS_PORT")
+    # Where people reach the gateway (default https://localhost:<GATEWAY_HTTPS_PORT>), and the
+    # frontend that links in e-mails point at (default: the public URL).
+    public_url: str = Field(None, validation_alias="LEADMESH_PUBLIC_URL", validate_default=True)
+    frontend_url: str = Field(None, validation_alias="LEADMESH_FRONTEND_URL", validate_default=True)
     redis_url: SecretStr | None = Field(None, validation_alias="REDIS_URL")
     log_level: str = Field("INFO", validation_alias="LEADMESH_LOG_LEVEL")
     otlp_endpoint: str | None = Field(None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -49,6 +52,16 @@ class MeshSettings(BaseSettings):
     vault_addr: str | None = Field(None, validation_alias="VAULT_ADDR")
     runner_addr: str | None = Field(None, validation_alias="RUNNER_ADDR")
     retention_addr: str | None = Field(None, validation_alias="RETENTION_ADDR")
+
+    @field_validator("public_url", mode="before")
+    @classmethod
+    def _default_public_url(cls, value: str | None, info: ValidationInfo) -> str:
+        return value or f"https://localhost:{info.data.get('gateway_https_port', 8443)}"
+
+    @field_validator("frontend_url", mode="before")
+    @classmethod
+    def _default_frontend_url(cls, value: str | None, info: ValidationInfo) -> str:
+        return value or info.data.get("public_url") or "https://localhost:8443"
 
     @property
     def pki_dir(self) -> Path:
@@ -113,7 +126,13 @@ def _mask(env: str, value: Any) -> Any:
 
 
 def _hide_url_password(raw: str) -> str:
+    """The URL with its password, and any query parameter named like a secret, masked."""
     try:
-        return make_url(raw).render_as_string(hide_password=True)
+        url = make_url(raw)
     except Exception:  # not an RFC-1738 URL: mask it whole rather than risk a secret
         return "********"
+    query = {
+        key: "***" if any(word in key.lower() for word in _SECRET_WORDS) else value
+        for key, value in url.query.items()
+    }
+    return url.set(query=query).render_as_string(hide_password=True)

@@ -7,13 +7,17 @@ never render bound parameters into errors or logs (`hide_parameters`): they may 
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import MetaData, create_engine, event, make_url
+from sqlalchemy import BigInteger, DateTime, Integer, MetaData, create_engine, event, make_url
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}
 _SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
@@ -29,7 +33,11 @@ def create_service_engine(url: str) -> AsyncEngine:
     parsed = _with_driver(url, _ASYNC_DRIVERS)
     if parsed.get_backend_name() == "sqlite":
         _ensure_parent(parsed)
-        engine = create_async_engine(parsed, hide_parameters=True)
+        # A steady pool: each aiosqlite connection is a thread, and overflow connections made and
+        # dropped under load cost more than waiting for one (SQLite writes one at a time anyway).
+        engine = create_async_engine(
+            parsed, hide_parameters=True, pool_size=8, max_overflow=0, pool_timeout=30
+        )
         _tune_sqlite(engine.sync_engine)
         return engine
     return create_async_engine(parsed, hide_parameters=True, pool_pre_ping=True, pool_size=10)
@@ -66,7 +74,89 @@ def _tune_sqlite(engine: Engine) -> None:
     def _on_begin(connection) -> None:
         # A deferred transaction that reads then writes fails with SQLITE_BUSY when another
         # writer got in between; taking the write lock up front makes writers wait instead.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Read-only transactions (Database.read) stay deferred: in WAL mode they never wait.
+        if connection.get_execution_options().get(READ_ONLY):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+TxT = TypeVar("TxT")
+READ_ONLY = "leadmesh_read_only"
+
+# Column types every service's tables use: aware timestamps, and an autoincrementing key that is
+# INTEGER PRIMARY KEY on SQLite and BIGINT on PostgreSQL.
+Time = DateTime(timezone=True)
+Serial = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def service_metadata() -> MetaData:
+    """Table metadata with the naming convention every migration history relies on."""
+    return MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Database:
+    """A service's engine with its two kinds of transaction: `write()` and `read()`.
+
+    On SQLite, writers of one process queue on an asyncio lock rather than on the file lock, whose
+    busy handler sleeps in growing steps (tens of milliseconds under contention); readers take no
+    lock at all (WAL). Elsewhere both are plain transactions.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._writers = asyncio.Lock()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        if not self._sqlite:
+            async with self.engine.begin() as connection:
+                yield connection
+            return
+        async with self._writers, self.engine.begin() as connection:
+            yield connection
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as connection:
+            await connection.execution_options(**{READ_ONLY: True})
+            async with connection.begin():
+                yield connection
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+class Store(Generic[TxT]):
+    """A service's store: `begin()` for a transaction that may write, `read()` for one that only
+    reads; each hands out the service's `Tx` (its queries) over the connection."""
+
+    tx_class: type[TxT]
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.database = Database(engine)
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[TxT]:
+        async with self.database.write() as connection:
+            yield self.tx_class(connection)  # type: ignore[call-arg]
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[TxT]:
+        async with self.database.read() as connection:
+            yield self.tx_class(connection)  # type: ignore[call-arg]
+
+    async def close(self) -> None:
+        await self.engine.dispose()
 
 
 def migrate(url: str, migrations: Path) -> None:

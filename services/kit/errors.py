@@ -67,6 +67,18 @@ class ResourceExhausted(DomainError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class DataLoss(DomainError):
+    """Stored data cannot be read back (a ciphertext that does not authenticate): fail closed."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class Unavailable(DomainError):
+    """A dependency (a third party, a key) cannot be reached now; trying later may work."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 def to_grpc_status(error: DomainError) -> grpc.Status:
     details = [
         error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)

@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -39,8 +40,14 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
+        if handler.unary_unary is None:
+            # Streaming: only the open ones (health Watch, reflection); our contracts are unary
+            # and the caller table does not cover streams, so any other is refused outright.
+            if details.method.startswith(callers.OPEN_METHOD_PREFIXES):
+                return handler
+            return _refused_stream(handler, details.method)
         behavior, method = handler.unary_unary, details.method
 
         async def guarded(request, context):
@@ -91,6 +98,45 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             )
 
 
+def _refused_stream(handler, method: str):
+    message = f"{method.rsplit('/', 1)[-1]} is a streaming RPC outside the caller table"
+
+    async def refuse(_request, context):
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+
+    async def refuse_stream(_request, context):  # responses are streamed: an async generator
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+        yield  # never reached
+
+    if handler.unary_stream is not None:
+        maker, behavior = grpc.unary_stream_rpc_method_handler, refuse_stream
+    elif handler.stream_unary is not None:
+        maker, behavior = grpc.stream_unary_rpc_method_handler, refuse
+    else:
+        maker, behavior = grpc.stream_stream_rpc_method_handler, refuse_stream
+    return maker(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+# Streams our contracts do not have but the open services do; OpenTelemetry's aio interceptor
+# breaks on servicers that stream with context.write (opentelemetry-python-contrib#3066), so they
+# go untraced.
+_UNTRACED = ("/grpc.health.v1.Health/Watch", "/grpc.reflection.")
+
+
+class TracingExceptStreams(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        self._inner = aio_server_interceptor()
+
+    async def intercept_service(self, continuation, details):
+        if details.method.startswith(_UNTRACED):
+            return await continuation(details)
+        return await self._inner.intercept_service(continuation, details)
+
+
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
@@ -100,6 +146,29 @@ class RunningServer:
     async def stop(self, grace: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+PartsT = TypeVar("PartsT", bound=_Closable)
+
+
+@dataclass
+class RunningService(Generic[PartsT]):
+    """A service's parts and the server serving them; stopping stops both, in that order."""
+
+    parts: PartsT
+    running: RunningServer
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.running.stop(grace)
+        await self.parts.close()
 
 
 async def start_server(
@@ -112,7 +181,7 @@ async def start_server(
     allowed: AllowedCallers,
 ) -> RunningServer:
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), AccessInterceptor(allowed, mesh.insecure_internal)],
+        interceptors=[TracingExceptStreams(), AccessInterceptor(allowed, mesh.insecure_internal)],
         options=[("grpc.so_reuseport", 0)],
     )
     register(server)

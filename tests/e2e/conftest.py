@@ -23,6 +23,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from tests.conftest import free_port
+from tests.support.oauth_server import OAuthServer
 
 # Short enough for a test to outwait, long enough to lock out within.
 LOCKOUT_WINDOW_SECONDS = 6
@@ -103,7 +104,16 @@ def launch_up(env: dict[str, str]) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="session")
-def mesh_up(tmp_path_factory: pytest.TempPathFactory, inbox: Inbox) -> Iterator[Mesh]:
+def oauth_provider() -> Iterator[OAuthServer]:
+    """A real OAuth 2 authorization server (authlib) on loopback, configured as provider "crm"."""
+    with OAuthServer(access_token_lifetime=3600) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mesh_up(
+    tmp_path_factory: pytest.TempPathFactory, inbox: Inbox, oauth_provider: OAuthServer
+) -> Iterator[Mesh]:
     var = tmp_path_factory.mktemp("mesh-var")
     https_port, http_port = free_port(), free_port()
     env = dict(
@@ -122,6 +132,17 @@ def mesh_up(tmp_path_factory: pytest.TempPathFactory, inbox: Inbox) -> Iterator[
         # Tests play clients at several addresses through X-Forwarded-For from loopback.
         OTEL_BSP_SCHEDULE_DELAY="200",  # export spans every 0.2 s, so tests need not wait long
         GATEWAY_TRUSTED_PROXIES='["127.0.0.1/32", "::1/128"]',
+        VAULT_OAUTH_PROVIDERS=json.dumps(
+            {
+                "crm": {
+                    "authorize_url": oauth_provider.authorize_url,
+                    "token_url": oauth_provider.token_url,
+                    "client_id": oauth_provider.client_id,
+                    "client_secret": oauth_provider.client_secret,
+                    "scopes": ["contacts.read"],
+                }
+            }
+        ),
     )
     env.pop("REDIS_URL", None)
     process = launch_up(env)

@@ -18,7 +18,7 @@ def test_status_reports_every_process_serving(mesh_up: Mesh):
     done = mesh_up.leadmesh("status")
     assert done.returncode == 0, done.stderr
     states = dict(line.split() for line in done.stdout.splitlines())
-    assert states == {"identity": "SERVING", "gateway": "SERVING"}
+    assert states == {"identity": "SERVING", "vault": "SERVING", "gateway": "SERVING"}
     only = mesh_up.leadmesh("status", "--only", "identity")
     assert only.returncode == 0 and only.stdout.split() == ["identity", "SERVING"]
 
@@ -69,6 +69,7 @@ def test_up_prints_where_it_listens_and_stops_everything_cleanly(tmp_path, stop_
         GATEWAY_HTTPS_PORT=str(https_port),
         GATEWAY_HTTP_PORT=str(free_port()),
         IDENTITY_PORT=str(free_port()),
+        VAULT_PORT=str(free_port()),
     )
     env.pop("REDIS_URL", None)
     env.pop("SMTP_URL", None)
@@ -97,4 +98,7 @@ def test_up_prints_where_it_listens_and_stops_everything_cleanly(tmp_path, stop_
     with pytest.raises(ProcessLookupError):
         os.killpg(up.pid, 0)
     assert (tmp_path / "var" / "identity" / "identity.db").exists()
+    assert (tmp_path / "var" / "vault" / "vault.db").exists()
+    keys = tmp_path / "var" / "vault" / "master-keys.json"
+    assert oct(keys.stat().st_mode & 0o777) == "0o600"
     assert (tmp_path / "var" / "pki" / "ca.pem").exists()

@@ -101,7 +101,7 @@ def test_health_and_readiness(api: httpx.Client):
     assert api.get("/healthz").json() == {"status": "ok"}
     ready = api.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["upstreams"] == {"identity": "SERVING"}
+    assert ready.json()["upstreams"] == {"identity": "SERVING", "vault": "SERVING"}
 
 
 def test_openapi_and_docs_are_served(api: httpx.Client):

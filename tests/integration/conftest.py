@@ -25,3 +25,16 @@ async def parts(tmp_path: Path, database_url: str, clock: SettableClock) -> Asyn
     built = build(settings, clock)
     yield built
     await built.close()
+
+
+@pytest.fixture
+async def vault_parts(tmp_path: Path, database_url: str, clock: SettableClock):
+    from services.vault.server import build as build_vault
+    from services.vault.server import migrate_database as migrate_vault
+    from tests.integration.vault_support import vault_settings
+
+    settings = vault_settings(tmp_path, database_url)
+    migrate_vault(settings)
+    built = build_vault(settings, clock)
+    yield built
+    await built.close()

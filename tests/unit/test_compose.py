@@ -3,6 +3,7 @@ database, Redis and the collector, with health checks that the command line real
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -53,3 +54,17 @@ def test_the_health_check_command_exists(capsys):
     except SystemExit as done:
         assert done.code == 0
     assert "--only" in capsys.readouterr().out
+
+
+def test_every_service_database_is_created():
+    compose = _compose()
+    postgres = compose["services"]["postgres"]
+    created = {postgres["environment"]["POSTGRES_DB"]}
+    init = next(v for v in postgres["volumes"] if "docker-entrypoint-initdb.d" in v).split(":")[0]
+    created |= set(re.findall(r"CREATE DATABASE (\w+);", (ROOT / init).read_text()))
+    for process in PROCESSES:
+        if process.migrations is not None:
+            url = compose["services"][process.name]["environment"][
+                f"{process.name.upper()}_DATABASE_URL"
+            ]
+            assert url.rsplit("/", 1)[1] in created, process.name

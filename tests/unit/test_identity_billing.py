@@ -44,15 +44,19 @@ def test_luhn():
         "4111-1111-1111-1111",
         "card: 5500005555555559 thanks",
         "378282246310005",
+        "pi-4111111111111111",
+        "4111.1111.1111.1111",
+        "4111/1111/1111/1111",
+        "4111  1111 1111 1111",
+        "4111 1111 1111 1111 12/29",
+        "41111111111111111111",
     ],
 )
 def test_card_numbers_are_recognised(text: str):
     assert carries_card_number(text)
 
 
-@pytest.mark.parametrize(
-    "text", ["10115", "pi_3NxYzAbc", "4111111111111112", "+49 30 1234567", "41111111111111111111"]
-)
+@pytest.mark.parametrize("text", ["10115", "pi_3NxYzAbc", "4111111111111112", "+49 30 1234567"])
 def test_other_numbers_are_not(text: str):
     assert not carries_card_number(text)
 

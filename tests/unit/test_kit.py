@@ -66,3 +66,21 @@ def test_domain_errors_round_trip_through_rich_status():
     )
     assert throttled.code is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert throttled.retry_after == 42.5
+
+
+def test_the_public_url_follows_the_gateway_port_unless_given(monkeypatch):
+    monkeypatch.delenv("LEADMESH_PUBLIC_URL", raising=False)
+    monkeypatch.delenv("LEADMESH_FRONTEND_URL", raising=False)
+    monkeypatch.setenv("GATEWAY_HTTPS_PORT", "9443")
+    mesh = MeshSettings(_env_file=None)
+    assert mesh.public_url == mesh.frontend_url == "https://localhost:9443"
+    monkeypatch.setenv("LEADMESH_PUBLIC_URL", "https://api.example.com")
+    mesh = MeshSettings(_env_file=None)
+    assert mesh.public_url == mesh.frontend_url == "https://api.example.com"
+
+
+def test_secrets_in_url_query_parameters_are_masked():
+    from services.kit.config import _hide_url_password
+
+    shown = _hide_url_password("redis://cache:6379/0?password=s3cret&ssl_cert_reqs=none")
+    assert "s3cret" not in shown and "ssl_cert_reqs=none" in shown

@@ -1,0 +1,219 @@
+"""ResolveCredential throughput over mTLS against a no-op RPC on the same server, and KEK rotation.
+
+    python bench/vault.py [--seconds 10] [--concurrency 16] [--keys 100000]
+
+The vault runs as its own process (`python -m services.vault`) on a fresh var/ and SQLite file.
+Baseline: `grpc.health.v1.Health/Check` on the same server (same mTLS, interceptors, spans), in
+the same run. Then the time to rotate the KEK over `--keys` data keys (seeded straight into the
+vault's table, wrapped by the vault's own key ring, so that set-up takes seconds, not hours), and
+resolves per second while the rotation runs. Prints ratios (target: resolve/no-op ≥ 0.8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from google.protobuf import struct_pb2  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+from leadmesh.vault.v1 import vault_pb2 as pb  # noqa: E402
+from leadmesh.vault.v1 import vault_pb2_grpc  # noqa: E402
+
+from services.kit.callers import user_metadata  # noqa: E402
+from services.kit.config import MeshSettings  # noqa: E402
+from services.kit.db import create_sync_engine, migrate  # noqa: E402
+from services.kit.grpcclient import open_channel  # noqa: E402
+from services.kit.pki import ensure_mesh_pki  # noqa: E402
+from services.vault import MIGRATIONS  # noqa: E402
+from services.vault.keys import KeyRing, new_data_key  # noqa: E402
+from services.vault.tables import user_keys  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+
+USERS = 200
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def seed_data_keys(var: Path, count: int) -> None:
+    """`count` users' data keys, wrapped by the vault's v1 KEK, inserted in one transaction."""
+    ring = KeyRing.from_setting(None, var / "vault")
+    now = datetime.now(UTC)
+    rows = []
+    for n in range(count):
+        version, wrapped = ring.wrap(f"seeded-{n}", new_data_key())
+        rows.append(
+            {
+                "user_id": f"seeded-{n}",
+                "kek_version": version,
+                "wrapped_key": wrapped,
+                "generation": 1,
+                "create_time": now,
+            }
+        )
+    engine = create_sync_engine(f"sqlite:///{var / 'vault' / 'vault.db'}")
+    with engine.begin() as connection:
+        connection.execute(user_keys.insert(), rows)
+    engine.dispose()
+
+
+class VaultProcess:
+    def __init__(self, var: Path, port: int) -> None:
+        env = dict(
+            os.environ,
+            LEADMESH_VAR_DIR=str(var),
+            VAULT_PORT=str(port),
+            LEADMESH_LOG_LEVEL="WARNING",
+        )
+        env.pop("REDIS_URL", None)
+        self.process = subprocess.Popen([sys.executable, "-m", "services.vault"], cwd=ROOT, env=env)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+
+
+async def flood(call, seconds: float, concurrency: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    until = time.perf_counter() + seconds
+
+    async def worker(index: int) -> None:
+        n = index
+        while time.perf_counter() < until:
+            started = time.perf_counter()
+            await call(n)
+            latencies.append(time.perf_counter() - started)
+            n += concurrency
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return len(latencies) / (time.perf_counter() - started), latencies
+
+
+async def run(args: argparse.Namespace, mesh: MeshSettings) -> None:
+    gateway = vault_pb2_grpc.VaultServiceStub(open_channel(mesh, "vault", caller="gateway"))
+    runner_channel = open_channel(mesh, "vault", caller="runner")
+    runner = vault_pb2_grpc.VaultServiceStub(runner_channel)
+    health = health_pb2_grpc.HealthStub(runner_channel)
+    operator = vault_pb2_grpc.VaultServiceStub(open_channel(mesh, "vault", caller="operator"))
+    for _ in range(100):
+        try:
+            await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            break
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.2)
+
+    secret = struct_pb2.Struct()
+    secret.update({"key": "sk_bench_0123456789abcdef", "header": "X-Api-Key"})
+    targets = []
+    for n in range(USERS):
+        created = await gateway.CreateCredential(
+            pb.CreateCredentialRequest(
+                name="bench", kind=pb.CREDENTIAL_KIND_API_KEY, provider="bench", secret=secret
+            ),
+            metadata=user_metadata(f"user-{n}"),
+        )
+        targets.append((f"user-{n}", created.id))
+
+    async def noop(_n: int) -> None:
+        await health.Check(health_pb2.HealthCheckRequest())
+
+    async def resolve(n: int) -> None:
+        user_id, credential_id = targets[n % USERS]
+        await runner.ResolveCredential(
+            pb.ResolveCredentialRequest(
+                user_id=user_id, credential_id=credential_id, connection_id="bench"
+            )
+        )
+
+    await flood(noop, 1, args.concurrency)  # warm-up
+    await flood(resolve, 1, args.concurrency)
+    noop_rate, noop_latency = await flood(noop, args.seconds, args.concurrency)
+    resolve_rate, resolve_latency = await flood(resolve, args.seconds, args.concurrency)
+    noop_rate_after, _ = await flood(noop, args.seconds, args.concurrency)
+    baseline = max(noop_rate, noop_rate_after)
+
+    rotation_done = asyncio.Event()
+    rotation_started = time.perf_counter()
+
+    async def rotate() -> None:
+        await operator.BeginKeyRotation(pb.BeginKeyRotationRequest())
+        while True:
+            reply = await operator.RewrapDataKeys(
+                pb.RewrapDataKeysRequest(batch_size=1000), timeout=120
+            )
+            if reply.remaining == 0:
+                break
+        rotation_done.set()
+
+    async def resolve_until_rotated() -> tuple[int, float]:
+        count, started = 0, time.perf_counter()
+
+        async def worker(index: int) -> None:
+            nonlocal count
+            n = index
+            while not rotation_done.is_set():
+                await resolve(n)
+                count += 1
+                n += args.concurrency
+
+        await asyncio.gather(*(worker(i) for i in range(args.concurrency)))
+        return count, time.perf_counter() - started
+
+    _, (during_count, during_seconds) = await asyncio.gather(rotate(), resolve_until_rotated())
+    rotation_seconds = time.perf_counter() - rotation_started
+    status = await operator.GetKeyStatus(pb.GetKeyStatusRequest())
+    assert status.pending == 0, status
+
+    noop_p99 = percentile(noop_latency, 0.99) * 1000
+    resolve_p99 = percentile(resolve_latency, 0.99) * 1000
+    total = status.versions[-1].data_key_count
+    during = during_count / during_seconds
+    print(f"no-op Health/Check     {baseline:9.0f} calls/s  p99 {noop_p99:6.2f} ms")
+    print(f"  (before {noop_rate:.0f} / after {noop_rate_after:.0f}; the better one counts)")
+    print(f"ResolveCredential      {resolve_rate:9.0f} calls/s  p99 {resolve_p99:6.2f} ms")
+    print(f"resolve / no-op ratio  {resolve_rate / baseline:9.3f}   (target >= 0.8)")
+    print(f"KEK rotation           {rotation_seconds:9.1f} s for {total} data keys")
+    print(f"  ({total / rotation_seconds:.0f} data keys/s)")
+    print(f"resolves during it     {during:9.0f} calls/s  ({during / resolve_rate:.2f} of idle)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--keys", type=int, default=100_000)
+    args = parser.parse_args()
+    var = Path(tempfile.mkdtemp(prefix="leadmesh-bench-vault-"))
+    ensure_mesh_pki(var / "pki")
+    migrate(f"sqlite:///{var / 'vault' / 'vault.db'}", MIGRATIONS)
+    seeded = time.perf_counter()
+    seed_data_keys(var, args.keys)
+    took = time.perf_counter() - seeded
+    print(f"seeded {args.keys} data keys in {took:.1f} s; {os.cpu_count()} cores", flush=True)
+    port = free_port()
+    vault = VaultProcess(var, port)
+    mesh = MeshSettings(var_dir=var, vault_addr=f"127.0.0.1:{port}", _env_file=None)
+    try:
+        asyncio.run(run(args, mesh))
+    finally:
+        vault.stop()
+
+
+if __name__ == "__main__":
+    main()

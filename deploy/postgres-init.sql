@@ -1,0 +1,2 @@
+-- Each service owns its database (DESIGN.md); POSTGRES_DB creates identity.
+CREATE DATABASE vault;

@@ -1,0 +1,92 @@
+"""Connecting a third-party account with OAuth 2: the browser is sent to the provider and comes
+back to the callback, which must arrive in the same session that started it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import RedirectResponse
+from leadmesh.vault.v1 import vault_pb2
+
+from gateway.auth import Principal, principal, upstreams
+from gateway.upstreams import UpstreamError, Upstreams, call
+
+router = APIRouter(prefix="/v1/oauth", tags=["credentials"])
+
+Provider = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
+# Reasons that end the browser's round trip at the frontend rather than in a JSON problem.
+_FLOW_ERRORS = {"OAUTH_STATE_INVALID", "OAUTH_DENIED", "OAUTH_EXCHANGE_FAILED"}
+
+
+def _callback_url(request: Request, provider: str) -> str:
+    public = request.app.state.settings.mesh.public_url.rstrip("/")
+    return f"{public}/v1/oauth/{quote(provider, safe='')}/callback"
+
+
+def _frontend(request: Request) -> str:
+    return request.app.state.settings.mesh.frontend_url.rstrip("/")
+
+
+@router.get(
+    "/{provider}/start",
+    status_code=302,
+    response_class=RedirectResponse,
+    responses={302: {"description": "to the provider's consent page"}},
+)
+async def start(
+    provider: Provider,
+    request: Request,
+    name: Annotated[str, Query(max_length=200, pattern=r"^[^\x00-\x1f]*$")] = "",
+    who: Principal = Depends(principal),
+    mesh: Upstreams = Depends(upstreams),
+) -> RedirectResponse:
+    reply = await call(
+        mesh.vault.StartOAuth,
+        vault_pb2.StartOAuthRequest(
+            provider=provider,
+            name=name,
+            session_id=who.session_id,
+            redirect_uri=_callback_url(request, provider),
+        ),
+        user_id=who.account_id,
+    )
+    return RedirectResponse(reply.authorization_url, status_code=302)
+
+
+@router.get(
+    "/{provider}/callback",
+    status_code=302,
+    response_class=RedirectResponse,
+    responses={302: {"description": "to the frontend: the new credential, or why it failed"}},
+)
+async def callback(
+    provider: Provider,
+    request: Request,
+    state: Annotated[str, Query(max_length=500)] = "",
+    code: Annotated[str, Query(max_length=2000)] = "",
+    error: Annotated[str, Query(max_length=200)] = "",
+    who: Principal = Depends(principal),
+    mesh: Upstreams = Depends(upstreams),
+) -> RedirectResponse:
+    try:
+        created = await call(
+            mesh.vault.CompleteOAuth,
+            vault_pb2.CompleteOAuthRequest(
+                provider=provider,
+                state=state,
+                code=code,
+                session_id=who.session_id,
+                redirect_uri=_callback_url(request, provider),
+                error=error,
+            ),
+            user_id=who.account_id,
+        )
+    except UpstreamError as failed:
+        if failed.remote.reason not in _FLOW_ERRORS:
+            raise
+        query = urlencode({"oauth_error": failed.remote.reason})
+        return RedirectResponse(f"{_frontend(request)}/credentials?{query}", status_code=302)
+    query = urlencode({"oauth": "connected"})
+    return RedirectResponse(f"{_frontend(request)}/credentials/{created.id}?{query}", 302)

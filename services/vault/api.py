@@ -1,0 +1,224 @@
+"""The gRPC face of the vault. Who may call what is `ALLOWED_CALLERS`; plaintext leaves only
+through ResolveCredential and RefreshOAuthCredential, to the runner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import empty_pb2, struct_pb2
+from google.protobuf.json_format import MessageToDict
+from leadmesh.vault.v1 import vault_pb2 as pb
+from leadmesh.vault.v1 import vault_pb2_grpc
+
+from services.kit import callers
+from services.kit.callers import acting_user
+from services.kit.errors import InvalidArgument
+from services.kit.timestamps import to_timestamp
+from services.vault.domain import Resolved, Vault
+from services.vault.flow import OAuthFlow
+from services.vault.keyadmin import KeyAdmin
+
+SERVICE = pb.DESCRIPTOR.services_by_name["VaultService"].full_name
+_BY_CALLER = {
+    "gateway": (
+        "CreateCredential",
+        "GetCredential",
+        "ListCredentials",
+        "UpdateCredential",
+        "DeleteCredential",
+        "StartOAuth",
+        "CompleteOAuth",
+    ),
+    "runner": ("ResolveCredential", "RefreshOAuthCredential"),
+    "operator": (
+        "GetKeyStatus",
+        "BeginKeyRotation",
+        "RewrapDataKeys",
+        "RetireKeyVersion",
+        "RotateUserDataKey",
+        "SetOAuthClientSecret",
+        "ShredUserKey",
+    ),
+    "retention": ("ShredUserKey",),
+}
+ALLOWED_CALLERS: dict[str, frozenset[str]] = {}
+for _caller, _methods in _BY_CALLER.items():
+    for _method in _methods:
+        key = f"/{SERVICE}/{_method}"
+        ALLOWED_CALLERS[key] = ALLOWED_CALLERS.get(key, frozenset()) | {_caller}
+
+_KINDS = {
+    "api_key": pb.CREDENTIAL_KIND_API_KEY,
+    "login": pb.CREDENTIAL_KIND_LOGIN,
+    "oauth2": pb.CREDENTIAL_KIND_OAUTH2,
+}
+_STATUSES = {
+    "active": pb.CREDENTIAL_STATUS_ACTIVE,
+    "needs_reconnect": pb.CREDENTIAL_STATUS_NEEDS_RECONNECT,
+}
+
+
+def kind_name(value: int) -> str:
+    for name, number in _KINDS.items():
+        if number == value:
+            return name
+    raise InvalidArgument("INVALID_KIND", "kinds are: api_key, login, oauth2", field="kind")
+
+
+def credential_pb(row: dict[str, Any]) -> pb.Credential:
+    return pb.Credential(
+        id=row["id"],
+        name=row["name"],
+        kind=_KINDS[row["kind"]],
+        provider=row["provider"],
+        hint=row["hint"],
+        status=_STATUSES[row["status"]],
+        scopes=row["scopes"] or [],
+        expire_time=to_timestamp(row["expire_time"]),
+        create_time=to_timestamp(row["create_time"]),
+        update_time=to_timestamp(row["update_time"]),
+        last_use_time=to_timestamp(row["last_use_time"]),
+    )
+
+
+def _secret(message: struct_pb2.Struct) -> dict[str, Any]:
+    return MessageToDict(message)
+
+
+def resolved_pb(resolved: Resolved) -> pb.ResolvedCredential:
+    secret = struct_pb2.Struct()
+    secret.update(resolved.secret)
+    return pb.ResolvedCredential(credential=credential_pb(resolved.credential), secret=secret)
+
+
+class VaultApi(vault_pb2_grpc.VaultServiceServicer):
+    def __init__(self, vault: Vault, flow: OAuthFlow, admin: KeyAdmin) -> None:
+        self.vault = vault
+        self.flow = flow
+        self.admin = admin
+        self._insecure = vault.settings.mesh.insecure_internal
+
+    def _peer(self, context) -> str:
+        """The caller's mesh name, for the audit log (the interceptor has vetted it)."""
+        return callers.peer_name(context, self._insecure) or ""
+
+    async def CreateCredential(self, request, context):  # noqa: N802 - gRPC method names
+        row = await self.vault.create(
+            self._peer(context),
+            acting_user(context),
+            request.name,
+            kind_name(request.kind),
+            request.provider,
+            _secret(request.secret),
+        )
+        return credential_pb(row)
+
+    async def GetCredential(self, request, context):  # noqa: N802
+        return credential_pb(await self.vault.get(acting_user(context), request.id))
+
+    async def ListCredentials(self, request, context):  # noqa: N802
+        rows, token = await self.vault.list(
+            acting_user(context), request.page_size, request.page_token
+        )
+        return pb.ListCredentialsResponse(
+            credentials=[credential_pb(r) for r in rows], next_page_token=token
+        )
+
+    async def UpdateCredential(self, request, context):  # noqa: N802
+        row = await self.vault.update(
+            self._peer(context),
+            acting_user(context),
+            request.id,
+            list(request.update_mask.paths),
+            name=request.name,
+            provider=request.provider,
+            secret=_secret(request.secret) if request.HasField("secret") else None,
+        )
+        return credential_pb(row)
+
+    async def DeleteCredential(self, request, context):  # noqa: N802
+        await self.vault.delete(self._peer(context), acting_user(context), request.id)
+        return empty_pb2.Empty()
+
+    async def StartOAuth(self, request, context):  # noqa: N802
+        url = await self.flow.start(
+            acting_user(context),
+            request.session_id,
+            request.provider,
+            request.name,
+            request.redirect_uri,
+        )
+        return pb.StartOAuthResponse(authorization_url=url)
+
+    async def CompleteOAuth(self, request, context):  # noqa: N802
+        row = await self.flow.complete(
+            self._peer(context),
+            acting_user(context),
+            request.session_id,
+            request.provider,
+            request.state,
+            request.code,
+            request.redirect_uri,
+            request.error,
+        )
+        return credential_pb(row)
+
+    async def ResolveCredential(self, request, context):  # noqa: N802
+        resolved = await self.vault.resolve(
+            self._peer(context), request.user_id, request.credential_id, request.connection_id
+        )
+        return resolved_pb(resolved)
+
+    async def RefreshOAuthCredential(self, request, context):  # noqa: N802
+        resolved = await self.vault.refresh(
+            self._peer(context),
+            request.user_id,
+            request.credential_id,
+            request.connection_id,
+            request.rejected_token_sha256,
+        )
+        return resolved_pb(resolved)
+
+    async def GetKeyStatus(self, request, context):  # noqa: N802
+        return _status_pb(await self.admin.status())
+
+    async def BeginKeyRotation(self, request, context):  # noqa: N802
+        return _status_pb(await self.admin.begin_rotation())
+
+    async def RewrapDataKeys(self, request, context):  # noqa: N802
+        done, remaining, current = await self.admin.rewrap(request.batch_size)
+        return pb.RewrapDataKeysResponse(
+            rewrapped=done, remaining=remaining, current_version=current
+        )
+
+    async def RetireKeyVersion(self, request, context):  # noqa: N802
+        return _status_pb(await self.admin.retire(request.version))
+
+    async def RotateUserDataKey(self, request, context):  # noqa: N802
+        count = await self.admin.rotate_user_key(self._peer(context), _user(request.user_id))
+        return pb.RotateUserDataKeyResponse(reencrypted_count=count)
+
+    async def SetOAuthClientSecret(self, request, context):  # noqa: N802
+        await self.admin.set_client_secret(request.provider, request.client_secret)
+        return empty_pb2.Empty()
+
+    async def ShredUserKey(self, request, context):  # noqa: N802
+        destroyed, count = await self.admin.shred(self._peer(context), _user(request.user_id))
+        return pb.ShredUserKeyResponse(key_destroyed=destroyed, credential_count=count)
+
+
+def _user(user_id: str) -> str:
+    if not user_id:
+        raise InvalidArgument("USER_ID_REQUIRED", "name the user", field="user_id")
+    return user_id
+
+
+def _status_pb(status: dict) -> pb.KeyStatus:
+    return pb.KeyStatus(
+        current_version=status["current"],
+        versions=[
+            pb.KeyVersion(version=v, current=c, data_key_count=n) for v, c, n in status["versions"]
+        ],
+        pending=status["pending"],
+        managed=status["managed"],
+    )

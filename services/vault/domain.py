@@ -1,0 +1,399 @@
+"""What the vault does with credentials: seal, list, update, delete, resolve and refresh.
+
+Every secret is sealed under its owner's data key with associated data naming the owner, the
+credential and its kind. A credential of another user is simply not found.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from services.kit.clock import Clock
+from services.kit.errors import (
+    DataLoss,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from services.vault import kinds
+from services.vault.audit import AuditLog, Event
+from services.vault.keys import (
+    FORMAT_VERSION,
+    KeyRing,
+    KeyUnavailable,
+    Tampered,
+    new_data_key,
+    seal,
+    secret_aad,
+    unseal,
+)
+from services.vault.leases import Leases
+from services.vault.oauth import InvalidGrant, OAuthProviders, ProviderUnreachable
+from services.vault.settings import VaultSettings
+from services.vault.store import Store, Tx
+
+log = logging.getLogger("leadmesh.vault")
+
+ACTIVE, NEEDS_RECONNECT = "active", "needs_reconnect"
+
+
+def sha256_hex(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _not_found() -> NotFound:
+    return NotFound("CREDENTIAL_NOT_FOUND", "no such credential")
+
+
+def _credential_id(value: str) -> str:
+    """Ids are UUIDs; anything else names no credential (and never reaches a query)."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise _not_found() from None
+
+
+def _runner_ids(user_id: str, credential_id: str, connection_id: str) -> tuple[str, str, str]:
+    """The ids a runner sends, checked before they reach a query or the audit log."""
+    printable = all(v.isprintable() and len(v) <= 64 for v in (user_id, connection_id))
+    if not (printable and user_id):
+        raise _not_found()
+    return user_id, _credential_id(credential_id), connection_id
+
+
+def _text_field(value: str, field: str, limit: int) -> str:
+    value = value.strip()
+    if not value or len(value) > limit or "\x00" in value:
+        raise InvalidArgument(
+            f"INVALID_{field.upper()}", f"{field} needs 1 to {limit} characters", field=field
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class Resolved:
+    credential: dict[str, Any]
+    secret: dict[str, Any]
+
+
+class Vault:
+    def __init__(
+        self,
+        settings: VaultSettings,
+        store: Store,
+        keyring: KeyRing,
+        audit: AuditLog,
+        leases: Leases,
+        providers: OAuthProviders,
+        clock: Clock,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.keyring = keyring
+        self.audit = audit
+        self.leases = leases
+        self.providers = providers
+        self.clock = clock
+
+    # data keys
+    async def data_key(self, tx: Tx, user_id: str, *, create: bool) -> tuple[bytes, int] | None:
+        """The user's data key and its generation; made on first use when `create`."""
+        row = await tx.user_key(user_id)
+        if row is None and create:
+            version, wrapped = self.keyring.wrap(user_id, new_data_key())
+            await tx.add_user_key(
+                {
+                    "user_id": user_id,
+                    "kek_version": version,
+                    "wrapped_key": wrapped,
+                    "generation": 1,
+                    "create_time": self.clock.now(),
+                }
+            )
+            row = await tx.user_key(user_id)  # ours, or a concurrent first use's
+        if row is None:
+            return None
+        return self._unwrap(user_id, row["kek_version"], row["wrapped_key"]), row["generation"]
+
+    def _unwrap(self, user_id: str, version: str, wrapped: bytes) -> bytes:
+        try:
+            return self.keyring.unwrap(user_id, version, wrapped)
+        except KeyUnavailable:
+            raise Unavailable(
+                "KEY_UNAVAILABLE",
+                f"KEK version {version} is not loaded",
+                metadata={"version": version},
+            ) from None
+        except Tampered:
+            raise DataLoss("DATA_KEY_UNREADABLE", "a data key does not authenticate") from None
+
+    # credentials
+    async def create(
+        self, caller: str, user_id: str, name: str, kind: str, provider: str, secret: dict
+    ) -> dict[str, Any]:
+        name = _text_field(name, "name", 200)
+        provider = _text_field(provider, "provider", 100)
+        stored = kinds.validate(kinds.check_kind(kind), secret)
+        credential_id, now = str(uuid.uuid4()), self.clock.now()
+        async with self.store.begin() as tx:
+            key, generation = await self.data_key(tx, user_id, create=True)  # type: ignore[misc]
+            await tx.add_credential(
+                {
+                    "id": credential_id,
+                    "user_id": user_id,
+                    "name": name,
+                    "kind": kind,
+                    "provider": provider,
+                    "status": ACTIVE,
+                    "create_time": now,
+                    "update_time": now,
+                    **self._sealed_columns(key, generation, user_id, credential_id, kind, stored),
+                }
+            )
+            created = await tx.credential(user_id, credential_id)
+        await self.audit.record(Event(caller, user_id, "create", credential_id=credential_id))
+        assert created is not None
+        return created
+
+    def _sealed_columns(
+        self, key: bytes, generation: int, user_id: str, credential_id: str, kind: str, secret: dict
+    ) -> dict[str, Any]:
+        plaintext = json.dumps(secret, separators=(",", ":")).encode()
+        expires_at = secret.get("expires_at")
+        return {
+            "secret": seal(key, plaintext, secret_aad(user_id, credential_id, kind)),
+            "key_generation": generation,
+            "format_version": FORMAT_VERSION,
+            "hint": kinds.hint(kind, secret),
+            "scopes": list(secret.get("scopes", [])),
+            "expire_time": datetime.fromtimestamp(expires_at, UTC) if expires_at else None,
+            "token_sha256": sha256_hex(secret["access_token"]) if kind == "oauth2" else None,
+        }
+
+    async def get(self, user_id: str, credential_id: str) -> dict[str, Any]:
+        credential_id = _credential_id(credential_id)
+        async with self.store.read() as tx:
+            row = await tx.credential(user_id, credential_id)
+        if row is None:
+            raise _not_found()
+        return row
+
+    async def list(
+        self, user_id: str, page_size: int, page_token: str
+    ) -> tuple[list[dict[str, Any]], str]:
+        size = min(max(page_size or 20, 1), 100)
+        after = _decode_token(page_token) if page_token else None
+        async with self.store.read() as tx:
+            rows = await tx.credentials_page(user_id, after, size + 1)
+        more, rows = len(rows) > size, rows[:size]
+        return rows, _encode_token(rows[-1]) if more else ""
+
+    async def update(
+        self,
+        caller: str,
+        user_id: str,
+        credential_id: str,
+        paths: list[str],
+        *,
+        name: str = "",
+        provider: str = "",
+        secret: dict | None = None,
+    ) -> dict[str, Any]:
+        credential_id = _credential_id(credential_id)
+        unknown = set(paths) - {"name", "provider", "secret"}
+        if unknown or not paths:
+            raise InvalidArgument(
+                "INVALID_UPDATE_MASK",
+                "update_mask names name, provider or secret",
+                field="update_mask",
+            )
+        values: dict[str, Any] = {}
+        if "name" in paths:
+            values["name"] = _text_field(name, "name", 200)
+        if "provider" in paths:
+            values["provider"] = _text_field(provider, "provider", 100)
+        async with self.store.begin() as tx:
+            row = await tx.credential(user_id, credential_id)
+            if row is None:
+                raise _not_found()
+            if "secret" in paths:
+                stored = kinds.validate(row["kind"], secret or {})
+                key, generation = await self.data_key(tx, user_id, create=True)  # type: ignore[misc]
+                values.update(
+                    self._sealed_columns(
+                        key, generation, user_id, credential_id, row["kind"], stored
+                    )
+                )
+                values["status"] = ACTIVE
+            values["update_time"] = self.clock.now()
+            await tx.update_credential(credential_id, **values)
+            row = await tx.credential(user_id, credential_id)
+        await self.audit.record(Event(caller, user_id, "update", credential_id=credential_id))
+        assert row is not None
+        return row
+
+    async def delete(self, caller: str, user_id: str, credential_id: str) -> None:
+        credential_id = _credential_id(credential_id)
+        async with self.store.begin() as tx:
+            if not await tx.delete_credential(user_id, credential_id):
+                raise _not_found()
+        await self.audit.record(Event(caller, user_id, "delete", credential_id=credential_id))
+
+    # plaintext, for the runner
+    async def _open(self, user_id: str, credential_id: str) -> Resolved:
+        credential_id = _credential_id(credential_id)
+        async with self.store.read() as tx:
+            row = await tx.sealed_credential(user_id, credential_id)
+        if row is None:
+            raise _not_found()
+        if row["wrapped_key"] is None or row["generation"] != row["key_generation"]:
+            raise FailedPrecondition("KEY_DESTROYED", "the data key of this secret is destroyed")
+        key = self._unwrap(user_id, row["kek_version"], row["wrapped_key"])
+        try:
+            plaintext = unseal(key, row["secret"], secret_aad(user_id, credential_id, row["kind"]))
+        except Tampered:
+            raise DataLoss("SECRET_UNREADABLE", "the stored secret does not authenticate") from None
+        for column in ("kek_version", "wrapped_key", "generation", "secret"):
+            row.pop(column)
+        return Resolved(row, json.loads(plaintext))
+
+    def _expiring(self, resolved: Resolved) -> bool:
+        expires_at = resolved.secret.get("expires_at")
+        margin = self.clock.now().timestamp() + self.settings.refresh_margin_seconds
+        return expires_at is not None and expires_at <= margin
+
+    async def resolve(
+        self, caller: str, user_id: str, credential_id: str, connection_id: str
+    ) -> Resolved:
+        user_id, credential_id, connection_id = _runner_ids(user_id, credential_id, connection_id)
+        event = Event(
+            caller, user_id, "resolve", credential_id=credential_id, connection_id=connection_id
+        )
+        try:
+            resolved = await self._open(user_id, credential_id)
+            if resolved.credential["status"] == NEEDS_RECONNECT:
+                raise _needs_reconnect()
+            if (
+                resolved.credential["kind"] == "oauth2"
+                and self._expiring(resolved)
+                and resolved.secret.get("refresh_token")
+            ):
+                resolved = await self._refresh(event, resolved, rejected=None)
+        except DomainError as error:
+            await self.audit.record(_with(event, outcome=error.reason))
+            raise
+        await self.audit.record(_with(event, used=True))
+        return resolved
+
+    async def refresh(
+        self, caller: str, user_id: str, credential_id: str, connection_id: str, rejected: str
+    ) -> Resolved:
+        user_id, credential_id, connection_id = _runner_ids(user_id, credential_id, connection_id)
+        event = Event(
+            caller, user_id, "refresh", credential_id=credential_id, connection_id=connection_id
+        )
+        try:
+            resolved = await self._open(user_id, credential_id)
+            if resolved.credential["kind"] != "oauth2":
+                raise FailedPrecondition("NOT_OAUTH2", "only oauth2 credentials refresh")
+            resolved = await self._refresh(event, resolved, rejected=rejected or "")
+        except DomainError as error:
+            await self.audit.record(_with(event, outcome=error.reason))
+            raise
+        await self.audit.record(_with(event, used=True))
+        return resolved
+
+    async def _refresh(self, event: Event, seen: Resolved, *, rejected: str | None) -> Resolved:
+        """Refreshes under the credential's lease. Whoever held it before us may have refreshed
+        already: then its result is returned and the (possibly rotated) refresh token is not
+        spent twice."""
+        user_id, credential_id = event.user_id, event.credential_id or ""
+        async with self.leases.hold(f"refresh:{credential_id}"):
+            current = await self._open(user_id, credential_id)
+            replaced = current.credential["token_sha256"] != seen.credential["token_sha256"]
+            if replaced or (rejected and current.credential["token_sha256"] != rejected):
+                return current
+            if current.credential["status"] == NEEDS_RECONNECT:
+                raise _needs_reconnect()
+            if rejected is None and not self._expiring(current):
+                return current
+            refresh_token = current.secret.get("refresh_token")
+            if not refresh_token:
+                await self._mark_reconnect(user_id, credential_id)
+                raise _needs_reconnect()
+            try:
+                tokens = await self.providers.refresh(current.credential["provider"], refresh_token)
+            except InvalidGrant:
+                await self._mark_reconnect(user_id, credential_id)
+                log.info("refresh token refused", extra={"credential_id": credential_id})
+                raise _needs_reconnect() from None
+            except ProviderUnreachable:
+                raise Unavailable(
+                    "OAUTH_PROVIDER_UNAVAILABLE", "the provider's token endpoint did not answer"
+                ) from None
+            secret = {
+                "access_token": tokens.access_token,
+                "refresh_token": tokens.refresh_token or refresh_token,
+                "expires_at": tokens.expires_at,
+                "scopes": tokens.scopes or current.secret.get("scopes", []),
+            }
+            secret = {k: v for k, v in secret.items() if v is not None}
+            async with self.store.begin() as tx:
+                key, generation = await self.data_key(tx, user_id, create=False)  # type: ignore[misc]
+                await tx.update_credential(
+                    credential_id,
+                    status=ACTIVE,
+                    update_time=self.clock.now(),
+                    **self._sealed_columns(
+                        key, generation, user_id, credential_id, "oauth2", secret
+                    ),
+                )
+            log.info("credential refreshed", extra={"credential_id": credential_id})
+            return await self._open(user_id, credential_id)
+
+    async def _mark_reconnect(self, user_id: str, credential_id: str) -> None:
+        async with self.store.begin() as tx:
+            await tx.update_credential(
+                credential_id, status=NEEDS_RECONNECT, update_time=self.clock.now()
+            )
+
+
+def _needs_reconnect() -> FailedPrecondition:
+    return FailedPrecondition(
+        "CREDENTIAL_NEEDS_RECONNECT", "the provider refused this credential: connect it again"
+    )
+
+
+def _with(event: Event, **changes: Any) -> Event:
+    return Event(**{**event.__dict__, **changes})
+
+
+def _encode_token(row: dict[str, Any]) -> str:
+    raw = f"{row['create_time'].isoformat()}|{row['id']}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        when, _, credential_id = raw.partition("|")
+        return datetime.fromisoformat(when), str(uuid.UUID(credential_id))
+    except ValueError:
+        raise InvalidArgument(
+            "INVALID_PAGE_TOKEN",
+            "the page token is not one this service issued",
+            field="page_token",
+        ) from None
+
+
+def expiry_from(seconds: int | None, now: datetime) -> int | None:
+    return int((now + timedelta(seconds=seconds)).timestamp()) if seconds else None

@@ -1,0 +1,105 @@
+"""The authorization-code flow: a single-use state bound to the user's session, PKCE (S256), the
+code exchanged by the vault and the tokens stored as an oauth2 credential."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from services.kit.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.vault.domain import Vault
+from services.vault.keys import Tampered, seal, unseal
+from services.vault.oauth import InvalidGrant, ProviderUnreachable, digest
+
+log = logging.getLogger("leadmesh.vault.oauth")
+
+
+def _state_aad(state_sha256: str) -> bytes:
+    return f"leadmesh-vault|oauth-state|v1|{state_sha256}".encode()
+
+
+class OAuthFlow:
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+
+    async def start(
+        self, user_id: str, session_id: str, provider: str, name: str, redirect_uri: str
+    ) -> str:
+        if not session_id or not redirect_uri:
+            raise InvalidArgument(
+                "OAUTH_REQUEST_INVALID", "a session and a redirect URI are needed"
+            )
+        name = name.strip() or provider
+        url, state, verifier = await self.vault.providers.authorization_url(provider, redirect_uri)
+        now, state_sha256 = self.vault.clock.now(), digest(state)
+        async with self.vault.store.begin() as tx:
+            key, _ = await self.vault.data_key(tx, user_id, create=True)  # type: ignore[misc]
+            await tx.add_oauth_state(
+                {
+                    "state_sha256": state_sha256,
+                    "user_id": user_id,
+                    "session_sha256": digest(session_id),
+                    "provider": provider,
+                    "name": name[:200],
+                    "verifier": seal(key, verifier.encode(), _state_aad(state_sha256)),
+                    "expire_time": now + timedelta(seconds=self.vault.settings.oauth_state_seconds),
+                }
+            )
+        return url
+
+    async def complete(
+        self,
+        caller: str,
+        user_id: str,
+        session_id: str,
+        provider: str,
+        state: str,
+        code: str,
+        redirect_uri: str,
+        error: str = "",
+    ) -> dict[str, Any]:
+        invalid = InvalidArgument(
+            "OAUTH_STATE_INVALID", "this sign-in link is unknown, used, expired or not yours"
+        )
+        state_sha256 = digest(state or "-")
+        async with self.vault.store.begin() as tx:
+            # Spent by any use, a mismatched one included: a state is never tried twice.
+            row = await tx.take_oauth_state(state_sha256, self.vault.clock.now())
+        if (
+            row is None
+            or row["user_id"] != user_id
+            or row["session_sha256"] != digest(session_id or "-")
+            or row["provider"] != provider
+        ):
+            raise invalid
+        async with self.vault.store.read() as tx:
+            key, _ = await self.vault.data_key(tx, user_id, create=False)  # type: ignore[misc]
+        if error:
+            raise FailedPrecondition("OAUTH_DENIED", "the provider did not grant access")
+        try:
+            verifier = unseal(key, row["verifier"], _state_aad(state_sha256)).decode()
+        except Tampered:
+            raise invalid from None
+        try:
+            tokens = await self.vault.providers.exchange_code(
+                provider, code, verifier, redirect_uri
+            )
+        except InvalidGrant:
+            raise FailedPrecondition(
+                "OAUTH_EXCHANGE_FAILED", "the provider refused the authorization code"
+            ) from None
+        except ProviderUnreachable:
+            raise Unavailable(
+                "OAUTH_EXCHANGE_FAILED", "the provider's token endpoint did not answer"
+            ) from None
+        secret: dict[str, Any] = {"access_token": tokens.access_token, "scopes": tokens.scopes}
+        if tokens.refresh_token:
+            secret["refresh_token"] = tokens.refresh_token
+        if tokens.expires_at:
+            secret["expires_at"] = tokens.expires_at
+        credential = await self.vault.create(
+            caller, user_id, row["name"], "oauth2", provider, secret
+        )
+        log.info("oauth connected", extra={"credential_id": credential["id"], "provider": provider})
+        return credential

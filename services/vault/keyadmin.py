@@ -1,0 +1,152 @@
+"""Key management: KEK rotation (rewrap data keys, never re-encrypt secrets), retiring versions,
+per-user data-key rotation (re-encrypt that user's secrets), crypto-shredding, and the OAuth client
+secrets the vault keeps for itself."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from services.kit.errors import FailedPrecondition, InvalidArgument
+from services.vault.audit import Event
+from services.vault.domain import Vault
+from services.vault.keys import new_data_key, seal, secret_aad, unseal
+
+log = logging.getLogger("leadmesh.vault.keys")
+
+# The owner of the vault's own secrets (OAuth client secrets).
+SYSTEM_OWNER = "system:vault"
+
+
+def _supplied() -> FailedPrecondition:
+    return FailedPrecondition(
+        "KEYS_SUPPLIED",
+        "KEKs come from VAULT_MASTER_KEYS: change them there, restart, then rewrap",
+    )
+
+
+class KeyAdmin:
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+        self.keyring = vault.keyring
+
+    async def status(self) -> dict:
+        self.keyring.reload()
+        async with self.vault.store.read() as tx:
+            counts = await tx.key_counts()
+        current = self.keyring.current
+        versions = sorted(set(self.keyring.versions) | set(counts), key=lambda v: (len(v), v))
+        return {
+            "current": current,
+            "versions": [(v, v == current, counts.get(v, 0)) for v in versions],
+            "pending": sum(n for v, n in counts.items() if v != current),
+            "managed": self.keyring.managed,
+        }
+
+    async def begin_rotation(self) -> dict:
+        if not self.keyring.managed:
+            raise _supplied()
+        self.keyring.add_version()
+        return await self.status()
+
+    async def rewrap(self, batch_size: int) -> tuple[int, int, str]:
+        """Rewraps up to `batch_size` data keys under the current KEK, in one transaction; each
+        row changes only if it is still wrapped as read, so concurrent runs never collide."""
+        self.keyring.reload()
+        current = self.keyring.current
+        async with self.vault.store.begin() as tx:
+            rows = await tx.keys_not_on(current, batch_size or 500)
+            changes = []
+            for row in rows:
+                data_key = self.vault._unwrap(
+                    row["user_id"], row["kek_version"], row["wrapped_key"]
+                )
+                version, wrapped = self.keyring.wrap(row["user_id"], data_key)
+                changes.append(
+                    {
+                        "user_id": row["user_id"],
+                        "old": row["kek_version"],
+                        "new": version,
+                        "wrapped": wrapped,
+                    }
+                )
+            await tx.rewrap_user_keys(changes)
+        async with self.vault.store.read() as tx:
+            remaining = sum(n for v, n in (await tx.key_counts()).items() if v != current)
+        return len(changes), remaining, current
+
+    async def retire(self, version: str) -> dict:
+        status = await self.status()
+        known = {v: n for v, _, n in status["versions"]}
+        if version not in known:
+            raise InvalidArgument(
+                "UNKNOWN_KEY_VERSION", f"no KEK version {version!r}", field="version"
+            )
+        if version == status["current"] or known[version]:
+            raise FailedPrecondition(
+                "KEY_VERSION_IN_USE",
+                f"{version} is current or still wraps {known[version]} data keys: rotate first",
+            )
+        if not self.keyring.managed:
+            raise _supplied()
+        self.keyring.remove_version(version)
+        log.info("KEK version retired", extra={"version": version})
+        return await self.status()
+
+    async def rotate_user_key(self, caller: str, user_id: str) -> int:
+        """A new data key for the user; every secret re-encrypted under it, in one transaction."""
+        vault = self.vault
+        async with vault.store.begin() as tx:
+            found = await vault.data_key(tx, user_id, create=False)
+            if found is None:
+                return 0
+            old_key, generation = found
+            new_key = new_data_key()
+            version, wrapped = self.keyring.wrap(user_id, new_key)
+            rows = await tx.user_credentials(user_id)
+            for row in rows:
+                aad = secret_aad(user_id, row["id"], row["kind"])
+                plaintext = unseal(old_key, row["secret"], aad)
+                await tx.update_credential(
+                    row["id"], secret=seal(new_key, plaintext, aad), key_generation=generation + 1
+                )
+            await tx.replace_user_key(
+                user_id,
+                kek_version=version,
+                wrapped_key=wrapped,
+                generation=generation + 1,
+                rotate_time=vault.clock.now(),
+            )
+        await vault.audit.record(Event(caller, user_id, "rotate_user_key"))
+        return len(rows)
+
+    async def shred(self, caller: str, user_id: str) -> tuple[bool, int]:
+        """Crypto-shredding: the data key is deleted, so every copy of the user's ciphertexts —
+        here and in backups — is noise; the credentials themselves are deleted too."""
+        async with self.vault.store.begin() as tx:
+            destroyed = await tx.delete_user_key(user_id)
+            count = await tx.delete_user_credentials(user_id)
+        await self.vault.audit.record(
+            Event(caller, user_id, "shred", outcome="ok" if destroyed else "no_key")
+        )
+        log.info("user key shredded", extra={"user_id": user_id, "credentials": count})
+        return destroyed, count
+
+    async def set_client_secret(self, provider: str, client_secret: str) -> None:
+        self.vault.providers.get(provider)
+        if not client_secret:
+            raise InvalidArgument("INVALID_SECRET", "client_secret is empty", field="client_secret")
+        aad = secret_aad(SYSTEM_OWNER, f"oauth-client:{provider}", "client_secret")
+        async with self.vault.store.begin() as tx:
+            key, _ = await self.vault.data_key(tx, SYSTEM_OWNER, create=True)  # type: ignore[misc]
+            sealed = seal(key, json.dumps(client_secret).encode(), aad)
+            await tx.set_client_secret(provider, sealed, self.vault.clock.now())
+
+    async def client_secret(self, provider: str) -> str | None:
+        aad = secret_aad(SYSTEM_OWNER, f"oauth-client:{provider}", "client_secret")
+        async with self.vault.store.read() as tx:
+            sealed = await tx.client_secret(provider)
+            found = await self.vault.data_key(tx, SYSTEM_OWNER, create=False)
+        if sealed is None or found is None:
+            return None
+        return json.loads(unseal(found[0], sealed, aad))

@@ -1,0 +1,172 @@
+"""Envelope encryption: versioned key-encryption keys (KEKs) wrap random per-user data keys; data
+keys seal secrets. Everything is AES-256-GCM from `cryptography`, with a fresh 96-bit nonce per
+encryption and associated data that binds each ciphertext to where it belongs, so a ciphertext
+copied to another row or another user fails to open.
+
+A data key is random, never derived from a master key: destroying its (wrapped) copy destroys it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+log = logging.getLogger("leadmesh.vault.keys")
+
+NONCE_BYTES = 12
+KEY_BYTES = 32
+FORMAT_VERSION = 1
+
+
+class KeyUnavailable(Exception):
+    """The KEK version that wrapped a data key is not (or no longer) loaded."""
+
+
+class Tampered(Exception):
+    """A ciphertext did not authenticate: altered, moved to another row, or the wrong key."""
+
+
+def seal(key: bytes, plaintext: bytes, associated: bytes) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, associated)
+
+
+def unseal(key: bytes, sealed: bytes, associated: bytes) -> bytes:
+    try:
+        return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], associated)
+    except (InvalidTag, ValueError):
+        raise Tampered from None
+
+
+def secret_aad(user_id: str, credential_id: str, kind: str) -> bytes:
+    return f"leadmesh-vault|secret|v{FORMAT_VERSION}|{user_id}|{credential_id}|{kind}".encode()
+
+
+def data_key_aad(user_id: str, version: str) -> bytes:
+    return f"leadmesh-vault|data-key|v{FORMAT_VERSION}|{user_id}|{version}".encode()
+
+
+def new_data_key() -> bytes:
+    return AESGCM.generate_key(bit_length=256)
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    current: str
+    keys: dict[str, bytes]
+
+    @classmethod
+    def parse(cls, text: str) -> KeyFile:
+        document = json.loads(text)
+        keys = {v: base64.b64decode(k, validate=True) for v, k in document["keys"].items()}
+        if document["current"] not in keys:
+            raise ValueError("the current KEK version is not among the keys")
+        if any(len(k) != KEY_BYTES for k in keys.values()):
+            raise ValueError("every KEK must be 32 bytes (AES-256)")
+        return cls(document["current"], keys)
+
+    def dumps(self) -> str:
+        keys = {v: base64.b64encode(k).decode() for v, k in self.keys.items()}
+        return json.dumps({"current": self.current, "keys": keys}, indent=2) + "\n"
+
+
+def _next_version(keys: dict[str, bytes]) -> str:
+    numbers = [int(v[1:]) for v in keys if v.startswith("v") and v[1:].isdigit()]
+    return f"v{max(numbers, default=0) + 1}"
+
+
+class KeyRing:
+    """The loaded KEK versions. `managed`: the vault generated the file under var/ and may add and
+    retire versions itself; otherwise the keys are supplied (inline or a file the operator owns)."""
+
+    def __init__(self, *, inline: str | None, path: Path | None, managed: bool) -> None:
+        self._inline, self._path, self.managed = inline, path, managed
+        self._lock = threading.Lock()
+        self._file = self._read()
+
+    @classmethod
+    def from_setting(cls, value: str | None, var_dir: Path) -> KeyRing:
+        if value and value.lstrip().startswith("{"):
+            return cls(inline=value, path=None, managed=False)
+        if value:
+            return cls(inline=None, path=Path(value), managed=False)
+        path = var_dir / "master-keys.json"
+        if not path.exists():
+            log.warning(
+                "generated a master key file under var/: fine on one machine; production must "
+                "supply VAULT_MASTER_KEYS from a secrets manager",
+                extra={"path": str(path)},
+            )
+            _write_private(path, KeyFile("v1", {"v1": secrets.token_bytes(KEY_BYTES)}).dumps())
+        return cls(inline=None, path=path, managed=True)
+
+    def _read(self) -> KeyFile:
+        text = self._inline if self._inline is not None else self._path.read_text()  # type: ignore[union-attr]
+        return KeyFile.parse(text)
+
+    def reload(self) -> None:
+        with self._lock:
+            self._file = self._read()
+
+    @property
+    def current(self) -> str:
+        return self._file.current
+
+    @property
+    def versions(self) -> list[str]:
+        return sorted(self._file.keys, key=lambda v: (len(v), v))
+
+    def _kek(self, version: str) -> bytes:
+        key = self._file.keys.get(version)
+        if key is None and self._path is not None:
+            self.reload()  # another process may have added it (a rotation)
+            key = self._file.keys.get(version)
+        if key is None:
+            raise KeyUnavailable(version)
+        return key
+
+    def wrap(self, user_id: str, data_key: bytes) -> tuple[str, bytes]:
+        version = self.current
+        return version, seal(self._kek(version), data_key, data_key_aad(user_id, version))
+
+    def unwrap(self, user_id: str, version: str, wrapped: bytes) -> bytes:
+        return unseal(self._kek(version), wrapped, data_key_aad(user_id, version))
+
+    def add_version(self) -> str:
+        """A new random KEK made current (managed key files only)."""
+        with self._lock:
+            self._file = self._read()
+            version = _next_version(self._file.keys)
+            keys = {**self._file.keys, version: secrets.token_bytes(KEY_BYTES)}
+            self._file = KeyFile(version, keys)
+            _write_private(self._path, self._file.dumps())  # type: ignore[arg-type]
+        log.info("new KEK version is current", extra={"version": version})
+        return version
+
+    def remove_version(self, version: str) -> None:
+        with self._lock:
+            self._file = self._read()
+            keys = {v: k for v, k in self._file.keys.items() if v != version}
+            self._file = KeyFile(self._file.current, keys)
+            _write_private(self._path, self._file.dumps())  # type: ignore[arg-type]
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Writes a key file readable by its owner only, atomically (a crash leaves old or new)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".tmp-{os.getpid()}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)

@@ -1,0 +1,92 @@
+"""The kinds of credential and the shape of each one's secret object.
+
+Errors name the offending field, never its value: values are secrets.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from services.kit.errors import InvalidArgument
+
+KINDS = ("api_key", "login", "oauth2")
+_HEADER = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,100}$")  # an HTTP field name (RFC 9110)
+_QUERY = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+MAX_SECRET_CHARS = 16_384
+
+
+def _bad(field: str, why: str) -> InvalidArgument:
+    return InvalidArgument("INVALID_SECRET", f"secret.{field} {why}", field=f"secret.{field}")
+
+
+def _text(secret: dict[str, Any], field: str, *, required: bool = True) -> str | None:
+    value = secret.get(field)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _bad(field, "must be a non-empty string")
+    if len(value) > MAX_SECRET_CHARS:
+        raise _bad(field, f"must have at most {MAX_SECRET_CHARS} characters")
+    if "\x00" in value:
+        raise _bad(field, "must not contain NUL characters")
+    return value
+
+
+def _only(secret: dict[str, Any], allowed: set[str]) -> None:
+    for field in secret:
+        if field not in allowed:
+            raise _bad(field, "is not a field of this kind of credential")
+
+
+def check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise InvalidArgument("INVALID_KIND", f"kinds are: {', '.join(KINDS)}", field="kind")
+    return kind
+
+
+def validate(kind: str, secret: dict[str, Any]) -> dict[str, Any]:
+    """The secret in its stored form; raises INVALID_SECRET naming the field that is wrong."""
+    check_kind(kind)
+    if kind == "api_key":
+        _only(secret, {"key", "header", "query"})
+        key = _text(secret, "key")
+        header, query = secret.get("header"), secret.get("query")
+        if (header is None) == (query is None):
+            raise _bad("header", "or secret.query: exactly one says where the key goes")
+        if header is not None:
+            if not isinstance(header, str) or not _HEADER.match(header):
+                raise _bad("header", "must be an HTTP header name")
+            return {"key": key, "header": header}
+        if not isinstance(query, str) or not _QUERY.match(query):
+            raise _bad("query", "must be a query parameter name")
+        return {"key": key, "query": query}
+    if kind == "login":
+        _only(secret, {"username", "password"})
+        return {"username": _text(secret, "username"), "password": _text(secret, "password")}
+    _only(secret, {"access_token", "refresh_token", "expires_at", "scopes", "token_type"})
+    stored: dict[str, Any] = {"access_token": _text(secret, "access_token")}
+    refresh = _text(secret, "refresh_token", required=False)
+    if refresh is not None:
+        stored["refresh_token"] = refresh
+    expires_at = secret.get("expires_at")
+    if expires_at is not None:
+        if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)):
+            raise _bad("expires_at", "must be a number of seconds since 1970")
+        stored["expires_at"] = int(expires_at)
+    scopes = secret.get("scopes", [])
+    if not isinstance(scopes, list) or not all(isinstance(s, str) and s for s in scopes):
+        raise _bad("scopes", "must be a list of strings")
+    stored["scopes"] = scopes
+    return stored
+
+
+def hint(kind: str, secret: dict[str, Any]) -> str:
+    """What helps the owner recognise a credential without revealing it."""
+    if kind == "api_key":
+        key = secret["key"]
+        return f"…{key[-4:]}" if len(key) >= 16 else ""
+    if kind == "login":  # the username's end, never anything of the password
+        username = secret["username"]
+        return f"…{username[-4:]}" if len(username) >= 8 else ""
+    return ""

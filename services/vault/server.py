@@ -1,0 +1,129 @@
+"""Serving the vault: `python -m services.vault` (serve) or `python -m services.vault migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from leadmesh.vault.v1 import vault_pb2_grpc
+
+from services.kit.clock import Clock, SystemClock
+from services.kit.config import database_url
+from services.kit.db import create_service_engine, migrate
+from services.kit.grpcserver import RunningService, serve_forever, start_server
+from services.kit.logs import setup_logging
+from services.kit.telemetry import instrument_engine, setup_telemetry
+from services.vault import MIGRATIONS
+from services.vault.api import ALLOWED_CALLERS, SERVICE, VaultApi
+from services.vault.audit import AuditLog
+from services.vault.domain import Vault
+from services.vault.flow import OAuthFlow
+from services.vault.keyadmin import KeyAdmin
+from services.vault.keys import KeyRing
+from services.vault.leases import DatabaseLeases, Leases, RedisLeases
+from services.vault.oauth import OAuthProviders, load_providers
+from services.vault.settings import VaultSettings
+from services.vault.store import Store
+
+log = logging.getLogger("leadmesh.vault")
+
+
+@dataclass
+class Parts:
+    vault: Vault
+    flow: OAuthFlow
+    admin: KeyAdmin
+
+    async def close(self) -> None:
+        await self.vault.audit.close()
+        await self.vault.leases.close()
+        await self.vault.store.close()
+
+
+def build(settings: VaultSettings, clock: Clock | None = None) -> Parts:
+    """Every part of the vault, wired from settings; nothing listens yet."""
+    clock = clock or SystemClock(settings.mesh.clock_offset_seconds)
+    engine = create_service_engine(database_url(settings.database_url, settings.mesh, "vault"))
+    instrument_engine(engine)
+    store = Store(engine)
+    master = settings.master_keys.get_secret_value() if settings.master_keys else None
+    keyring = KeyRing.from_setting(master, settings.var_dir)
+    redis_url = settings.mesh.redis()
+    leases: Leases = (
+        RedisLeases(redis_url, settings.refresh_lease_seconds)
+        if redis_url
+        else DatabaseLeases(store, clock, settings.refresh_lease_seconds)
+    )
+    admin_ref: list[KeyAdmin] = []
+
+    async def client_secret(provider: str) -> str | None:
+        return await admin_ref[0].client_secret(provider)
+
+    providers = OAuthProviders(
+        load_providers(settings.oauth_providers, production=settings.production),
+        client_secret,
+        settings.http_timeout_seconds,
+    )
+    vault = Vault(settings, store, keyring, AuditLog(store, clock), leases, providers, clock)
+    admin = KeyAdmin(vault)
+    admin_ref.append(admin)
+    return Parts(vault, OAuthFlow(vault), admin)
+
+
+RunningVault = RunningService[Parts]
+
+
+async def start(
+    settings: VaultSettings, *, clock: Clock | None = None, port: int | None = None
+) -> RunningVault:
+    parts = build(settings, clock)
+    api = VaultApi(parts.vault, parts.flow, parts.admin)
+    running = await start_server(
+        name="vault",
+        mesh=settings.mesh,
+        port=settings.mesh.vault_port if port is None else port,
+        register=lambda server: vault_pb2_grpc.add_VaultServiceServicer_to_server(api, server),
+        service_names=[SERVICE],
+        allowed=ALLOWED_CALLERS,
+    )
+    return RunningService(parts, running)
+
+
+async def _serve(settings: VaultSettings) -> None:
+    if settings.mesh.redis():
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+        RedisInstrumentor().instrument()
+    service = await start(settings)
+    log.info(
+        "vault ready",
+        extra={
+            "kek_current": service.parts.vault.keyring.current,
+            "keys": "managed" if service.parts.vault.keyring.managed else "supplied",
+            "leases": "redis" if settings.mesh.redis() else "database",
+        },
+    )
+    await serve_forever(service.running, on_stop=service.parts.close)
+
+
+def migrate_database(settings: VaultSettings) -> None:
+    migrate(database_url(settings.database_url, settings.mesh, "vault"), MIGRATIONS)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.vault")
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
+    args = parser.parse_args(argv)
+    settings = VaultSettings()
+    setup_logging("vault", settings.mesh.log_level)
+    if args.command == "migrate":
+        migrate_database(settings)
+        return 0
+    provider = setup_telemetry("vault", settings.mesh)
+    try:
+        asyncio.run(_serve(settings))
+    finally:
+        provider.shutdown()
+    return 0

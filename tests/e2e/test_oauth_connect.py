@@ -1,0 +1,56 @@
+"""Connecting a third-party account through the gateway, as a browser would: start → the
+provider's consent → callback in the same session → a stored oauth2 credential."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+
+from tests.e2e.conftest import Mesh, register_and_login
+from tests.support.oauth_server import OAuthServer
+
+
+def _consent(provider: OAuthServer, location: str) -> str:
+    """The provider's side: consent given, redirected back with a code."""
+    assert location.startswith(provider.authorize_url)
+    query = parse_qs(urlsplit(location).query)
+    assert query["code_challenge_method"] == ["S256"] and query["code_challenge"][0]
+    with httpx.Client() as browser:
+        return browser.get(location).headers["location"]
+
+
+def test_connect_an_account_with_oauth(mesh_up: Mesh, oauth_provider: OAuthServer):
+    with mesh_up.client() as api:
+        register_and_login(api)
+        started = api.get("/v1/oauth/crm/start", params={"name": "Work CRM"})
+        assert started.status_code == 302
+        back = _consent(oauth_provider, started.headers["location"])
+        assert back.startswith(f"{mesh_up.base_url}/v1/oauth/crm/callback?")
+        done = api.get(back.removeprefix(mesh_up.base_url))
+        assert done.status_code == 302
+        landing = urlsplit(done.headers["location"])
+        assert landing.path.startswith("/credentials/") and "oauth=connected" in landing.query
+        credential_id = landing.path.rsplit("/", 1)[1]
+        shown = api.get(f"/v1/credentials/{credential_id}").json()
+        assert shown["kind"] == "oauth2" and shown["provider"] == "crm"
+        assert shown["name"] == "Work CRM" and shown["scopes"] == ["contacts.read"]
+        assert "access_token" not in api.get("/v1/credentials").text
+
+
+def test_a_callback_in_another_session_is_refused(mesh_up: Mesh, oauth_provider: OAuthServer):
+    with mesh_up.client() as first, mesh_up.client() as other:
+        address = register_and_login(first)
+        started = first.get("/v1/oauth/crm/start")
+        back = _consent(oauth_provider, started.headers["location"])
+        register_and_login(other, address=None)  # someone else entirely
+        hijack = other.get(back.removeprefix(mesh_up.base_url))
+        assert hijack.status_code == 302
+        assert "oauth_error=OAUTH_STATE_INVALID" in hijack.headers["location"]
+        assert address  # the first user's flow is simply void
+
+
+def test_an_unknown_provider_is_a_422(api: httpx.Client):
+    register_and_login(api)
+    refused = api.get("/v1/oauth/nobody/start")
+    assert refused.status_code == 422 and refused.json()["code"] == "UNKNOWN_PROVIDER"

@@ -1,0 +1,28 @@
+"""Every service's migration history creates exactly the tables its code declares, on SQLite and
+on PostgreSQL."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from services.cli.mesh import PROCESSES
+from services.kit.db import create_sync_engine, migrate
+
+SERVICES = [p for p in PROCESSES if p.migrations is not None]
+
+
+@pytest.mark.parametrize("process", SERVICES, ids=[p.name for p in SERVICES])
+def test_migrations_create_exactly_the_declared_tables(process, database_url: str):
+    migrate(database_url, process.migrations_dir())
+    metadata = importlib.import_module(f"{process.module}.tables").metadata
+    engine = create_sync_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            diff = compare_metadata(MigrationContext.configure(connection), metadata)
+    finally:
+        engine.dispose()
+    assert diff == []

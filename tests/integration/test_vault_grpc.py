@@ -1,0 +1,174 @@
+"""The vault over real sockets with mTLS: the caller matrix over every RPC, plaintext only to the
+runner, and `leadmesh keys rotate` killed mid-way and resumed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from subprocess import PIPE
+
+import grpc
+import pytest
+from google.protobuf import empty_pb2, struct_pb2
+from leadmesh.vault.v1 import vault_pb2 as pb
+from leadmesh.vault.v1 import vault_pb2_grpc
+
+from services.kit.callers import user_metadata
+from services.kit.config import MeshSettings
+from services.kit.errors import from_rpc_error
+from services.kit.grpcclient import open_channel
+from services.vault.api import ALLOWED_CALLERS, SERVICE
+from services.vault.server import RunningVault, migrate_database, start
+from tests.integration.vault_support import API_KEY, vault_settings
+
+METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["VaultService"].methods]
+CALLERS = ("gateway", "identity", "runner", "retention", "operator")
+
+
+@pytest.fixture
+def vault_var(tmp_path: Path, mesh: MeshSettings) -> Path:
+    """A var/ of its own (the vault writes its key file there) holding the mesh certificates."""
+    shutil.copytree(mesh.pki_dir, tmp_path / "pki")
+    return tmp_path
+
+
+@pytest.fixture
+async def vault(vault_var: Path, database_url: str) -> AsyncIterator[RunningVault]:
+    settings = vault_settings(vault_var, database_url)
+    migrate_database(settings)
+    running = await start(settings, port=0)
+    yield running
+    await running.stop(grace=1)
+
+
+@pytest.fixture
+async def dial(vault: RunningVault, vault_var: Path):
+    there = MeshSettings(var_dir=vault_var, vault_addr=f"127.0.0.1:{vault.port}", _env_file=None)
+    opened: list[grpc.aio.Channel] = []
+
+    def open_as(caller: str) -> vault_pb2_grpc.VaultServiceStub:
+        channel = open_channel(there, "vault", caller=caller)
+        opened.append(channel)
+        return vault_pb2_grpc.VaultServiceStub(channel)
+
+    yield open_as
+    for channel in opened:
+        await channel.close()
+
+
+def _request_for(method: str):
+    descriptor = pb.DESCRIPTOR.services_by_name["VaultService"].methods_by_name[method]
+    if descriptor.input_type.full_name == "google.protobuf.Empty":
+        return empty_pb2.Empty()
+    return getattr(pb, descriptor.input_type.name)()
+
+
+async def _call(stub, method: str, request=None, **kwargs):
+    try:
+        return await getattr(stub, method)(request or _request_for(method), timeout=10, **kwargs)
+    except grpc.aio.AioRpcError as error:
+        return error
+
+
+def test_the_table_names_every_rpc():
+    assert sorted(m.rsplit("/", 1)[1] for m in ALLOWED_CALLERS) == sorted(METHODS)
+    plaintext = {"ResolveCredential", "RefreshOAuthCredential"}
+    for method in plaintext:
+        assert ALLOWED_CALLERS[f"/{SERVICE}/{method}"] == {"runner"}
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+async def test_caller_matrix_over_every_rpc(dial, caller: str):
+    stub = dial(caller)
+    metadata = user_metadata("user-a") if caller == "gateway" else None
+    for method in METHODS:
+        allowed = caller in ALLOWED_CALLERS[f"/{SERVICE}/{method}"]
+        outcome = await _call(stub, method, metadata=metadata)
+        denied = isinstance(outcome, grpc.aio.AioRpcError) and (
+            outcome.code() == grpc.StatusCode.PERMISSION_DENIED
+        )
+        assert denied != allowed, (caller, method, outcome)
+        if denied:
+            assert from_rpc_error(outcome).reason == "CALLER_NOT_ALLOWED"
+
+
+async def test_no_certificate_no_connection(vault: RunningVault):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{vault.port}") as channel:
+        outcome = await _call(vault_pb2_grpc.VaultServiceStub(channel), "ResolveCredential")
+    assert outcome.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_only_the_runner_sees_plaintext_and_only_for_the_owner(dial):
+    gateway, runner = dial("gateway"), dial("runner")
+    secret = struct_pb2.Struct()
+    secret.update(API_KEY)
+    created = await gateway.CreateCredential(
+        pb.CreateCredentialRequest(
+            name="CRM", kind=pb.CREDENTIAL_KIND_API_KEY, provider="crm", secret=secret
+        ),
+        metadata=user_metadata("user-a"),
+    )
+    assert API_KEY["key"] not in str(created) and created.hint == "…6789"
+    fetched = await gateway.GetCredential(
+        pb.GetCredentialRequest(id=created.id), metadata=user_metadata("user-a")
+    )
+    assert API_KEY["key"] not in str(fetched)
+    resolved = await runner.ResolveCredential(
+        pb.ResolveCredentialRequest(user_id="user-a", credential_id=created.id, connection_id="c1")
+    )
+    assert dict(resolved.secret) == API_KEY
+    other = await _call(
+        runner,
+        "ResolveCredential",
+        pb.ResolveCredentialRequest(user_id="user-b", credential_id=created.id, connection_id="c"),
+    )
+    assert other.code() == grpc.StatusCode.NOT_FOUND
+    assert from_rpc_error(other).reason == "CREDENTIAL_NOT_FOUND"
+    forged = await _call(runner, "ResolveCredential", metadata=user_metadata("user-a"))
+    assert from_rpc_error(forged).reason == "CALLER_NOT_ALLOWED" or (
+        from_rpc_error(forged).reason == "USER_CONTEXT_NOT_TRUSTED"
+    )
+
+
+async def test_a_killed_rotation_resumes(vault: RunningVault, vault_var: Path):
+    vault_core = vault.parts.vault
+    for n in range(300):
+        await vault_core.create("gateway", f"user-{n}", "k", "api_key", "crm", API_KEY)
+    env = dict(
+        os.environ,
+        LEADMESH_VAR_DIR=str(vault_var),
+        VAULT_ADDR=f"127.0.0.1:{vault.port}",
+        LEADMESH_INSECURE_INTERNAL="0",
+    )
+    # The vault serves on this test's event loop: the command runs as an asyncio subprocess.
+    command = [sys.executable, "-m", "services.cli", "keys", "rotate", "--batch"]
+    first = await asyncio.create_subprocess_exec(*command, "2", env=env, stdout=PIPE)
+    async for line in first.stdout:  # type: ignore[union-attr]
+        if line.startswith(b"rewrapped 20/"):
+            first.send_signal(signal.SIGKILL)  # mid-way, no chance to clean up
+            break
+    assert await first.wait() == -signal.SIGKILL
+    status = await vault.parts.admin.status()
+    assert 0 < status["pending"] < 300 and status["current"] == "v2"
+
+    second = await asyncio.create_subprocess_exec(*command, "100", env=env, stdout=PIPE)
+    out, _ = await second.communicate()
+    assert second.returncode == 0
+    assert out.startswith(b"resuming:")
+    status = await vault.parts.admin.status()
+    assert status["pending"] == 0
+    assert {v: n for v, _, n in status["versions"]} == {"v1": 0, "v2": 300}
+    for n in (0, 150, 299):
+        rows, _ = await vault_core.list(f"user-{n}", 1, "")
+        resolved = await vault_core.resolve("runner", f"user-{n}", rows[0]["id"], "c")
+        assert resolved.secret == API_KEY
+    shown = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "keys", "status", env=env, stdout=PIPE
+    )
+    out, _ = await shown.communicate()
+    assert b"* v2     wraps 300 data keys" in out

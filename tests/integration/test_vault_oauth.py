@@ -1,0 +1,210 @@
+"""OAuth 2 against a real authorization server (authlib, on loopback): start → consent →
+callback → stored → resolved → expired → refreshed, once, however many ask at the same time."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from services.kit.clock import SettableClock
+from services.kit.errors import FailedPrecondition, InvalidArgument
+from services.vault.server import Parts, build, migrate_database
+from tests.integration.vault_support import vault_settings
+from tests.support.oauth_server import OAuthServer
+
+CALLBACK = "https://gateway.test/v1/oauth/crm/callback"
+
+
+@pytest.fixture
+def oauth() -> Iterator[OAuthServer]:
+    # Access tokens live 2 minutes: inside the vault's 5-minute refresh margin.
+    with OAuthServer(access_token_lifetime=120) as server:
+        yield server
+
+
+def providers(server: OAuthServer) -> str:
+    return json.dumps(
+        {
+            "crm": {
+                "authorize_url": server.authorize_url,
+                "token_url": server.token_url,
+                "client_id": server.client_id,
+                "client_secret": server.client_secret,
+                "scopes": ["contacts.read"],
+                "rotating_refresh_tokens": True,
+            }
+        }
+    )
+
+
+@pytest.fixture
+async def vaults(tmp_path: Path, database_url: str, oauth: OAuthServer):
+    """Two vault processes' worth of parts on one database: refreshes must agree across them."""
+    settings = vault_settings(tmp_path, database_url, oauth_providers=providers(oauth))
+    migrate_database(settings)
+    built = [build(settings, SettableClock()), build(settings, SettableClock())]
+    for parts in built:  # real time: the provider's token lifetimes are real
+        parts.vault.clock = parts.vault.audit._clock = _WallClock()
+    yield built
+    for parts in built:
+        await parts.close()
+
+
+class _WallClock:
+    def now(self):
+        from datetime import UTC, datetime
+
+        return datetime.now(UTC)
+
+
+async def connect(parts: Parts, oauth: OAuthServer, session: str = "session-1") -> dict:
+    url = await parts.flow.start("user-a", session, "crm", "My CRM", CALLBACK)
+    async with httpx.AsyncClient() as browser:
+        consent = await browser.get(url, follow_redirects=False)
+    back = parse_qs(urlsplit(consent.headers["location"]).query)
+    return await parts.flow.complete(
+        "gateway", "user-a", session, "crm", back["state"][0], back["code"][0], CALLBACK
+    )
+
+
+async def test_the_whole_flow_with_pkce(vaults: list[Parts], oauth: OAuthServer):
+    parts = vaults[0]
+    credential = await connect(parts, oauth)
+    assert credential["kind"] == "oauth2" and credential["provider"] == "crm"
+    assert credential["scopes"] == ["contacts.read"] and credential["name"] == "My CRM"
+    exchange = oauth.token_requests[0]
+    assert exchange["grant_type"] == "authorization_code" and exchange["has_code_verifier"]
+    resolved = await parts.vault.resolve("runner", "user-a", credential["id"], "conn-1")
+    async with httpx.AsyncClient() as api:
+        me = await api.get(
+            oauth.api_url, headers={"Authorization": f"Bearer {resolved.secret['access_token']}"}
+        )
+    assert me.status_code == 200
+    # Expiring within 5 minutes: the resolve refreshed it first.
+    assert oauth.refresh_count == 1 and resolved.secret["refresh_token"]
+
+
+async def test_state_is_single_use_and_bound_to_the_session(vaults: list[Parts], oauth):
+    parts = vaults[0]
+    url = await parts.flow.start("user-a", "session-1", "crm", "x", CALLBACK)
+    async with httpx.AsyncClient() as browser:
+        back = parse_qs(urlsplit((await browser.get(url)).headers["location"]).query)
+    state, code = back["state"][0], back["code"][0]
+    for user, session in (("user-a", "session-2"), ("user-b", "session-1")):
+        with pytest.raises(InvalidArgument) as refused:
+            await parts.flow.complete("gateway", user, session, "crm", state, code, CALLBACK)
+        assert refused.value.reason == "OAUTH_STATE_INVALID"
+    # The state was spent by the first wrong attempt: even the right session cannot use it now.
+    with pytest.raises(InvalidArgument):
+        await parts.flow.complete("gateway", "user-a", "session-1", "crm", state, code, CALLBACK)
+
+
+async def test_a_denied_consent_is_reported(vaults: list[Parts], oauth: OAuthServer):
+    parts = vaults[0]
+    oauth.deny_next = True
+    url = await parts.flow.start("user-a", "session-1", "crm", "x", CALLBACK)
+    async with httpx.AsyncClient() as browser:
+        back = parse_qs(urlsplit((await browser.get(url)).headers["location"]).query)
+    assert back["error"] == ["access_denied"]
+    with pytest.raises(FailedPrecondition) as denied:
+        await parts.flow.complete(
+            "gateway", "user-a", "session-1", "crm", back["state"][0], "", CALLBACK, "access_denied"
+        )
+    assert denied.value.reason == "OAUTH_DENIED"
+
+
+async def test_concurrent_resolves_across_processes_refresh_once(vaults: list[Parts], oauth):
+    credential = await connect(vaults[0], oauth)
+    oauth.refresh_delay = 0.3  # a slow provider: the others must wait, not refresh again
+    resolved = await asyncio.gather(
+        *(
+            vaults[n % 2].vault.resolve("runner", "user-a", credential["id"], f"conn-{n}")
+            for n in range(10)
+        )
+    )
+    assert oauth.refresh_count == 1  # a rotating refresh token is never spent twice
+    assert len({r.secret["access_token"] for r in resolved}) == 1
+    refreshes = [r for r in oauth.token_requests if r["grant_type"] == "refresh_token"]
+    assert all(r["error"] is None for r in refreshes)
+
+
+async def test_a_rejected_token_is_refreshed_once_and_then_served(vaults: list[Parts], oauth):
+    parts = vaults[0]
+    credential = await connect(parts, oauth)
+    first = await parts.vault.resolve("runner", "user-a", credential["id"], "conn-1")
+    count = oauth.refresh_count
+    rejected = hashlib.sha256(first.secret["access_token"].encode()).hexdigest()
+    both = await asyncio.gather(
+        parts.vault.refresh("runner", "user-a", credential["id"], "conn-1", rejected),
+        vaults[1].vault.refresh("runner", "user-a", credential["id"], "conn-2", rejected),
+    )
+    assert oauth.refresh_count == count + 1
+    assert both[0].secret["access_token"] == both[1].secret["access_token"]
+    assert both[0].secret["access_token"] != first.secret["access_token"]
+
+
+async def test_invalid_grant_marks_the_credential_for_reconnection(vaults: list[Parts], oauth):
+    parts = vaults[0]
+    credential = await connect(parts, oauth)
+    oauth.revoke_refresh_tokens()
+    for _ in range(2):
+        with pytest.raises(FailedPrecondition) as refused:
+            await parts.vault.resolve("runner", "user-a", credential["id"], "conn-1")
+        assert refused.value.reason == "CREDENTIAL_NEEDS_RECONNECT"
+    assert (await parts.vault.get("user-a", credential["id"]))["status"] == "needs_reconnect"
+    async with parts.vault.store.begin() as tx:
+        outcomes = [e["outcome"] for e in await tx.audit_events("user-a")]
+    assert "CREDENTIAL_NEEDS_RECONNECT" in outcomes
+    reconnected = await connect(parts, oauth, session="session-2")
+    assert reconnected["status"] == "active"
+
+
+def test_providers_must_use_https_except_on_loopback():
+    from services.vault.oauth import load_providers
+
+    spec = {"authorize_url": "http://auth.example/a", "token_url": "https://t", "client_id": "c"}
+    with pytest.raises(SystemExit):
+        load_providers(json.dumps({"x": spec}), production=False)
+    spec["authorize_url"] = "https://auth.example/a"
+    spec["client_secret"] = "in-a-file"
+    with pytest.raises(SystemExit, match="production"):
+        load_providers(json.dumps({"x": spec}), production=True)
+
+
+@pytest.mark.redis
+async def test_with_redis_the_lease_is_a_redis_lock(
+    tmp_path: Path, oauth: OAuthServer, redis_server: str
+):
+    from services.vault.leases import RedisLeases
+
+    settings = vault_settings(
+        tmp_path, f"sqlite:///{tmp_path / 'v.db'}", oauth_providers=providers(oauth)
+    )
+    settings = settings.model_copy(
+        update={"mesh": settings.mesh.model_copy(update={"redis_url": SecretStr(redis_server)})}
+    )
+    migrate_database(settings)
+    built = [build(settings), build(settings)]
+    try:
+        assert all(isinstance(p.vault.leases, RedisLeases) for p in built)
+        credential = await connect(built[0], oauth)
+        oauth.refresh_delay = 0.3
+        resolved = await asyncio.gather(
+            *(
+                built[n % 2].vault.resolve("runner", "user-a", credential["id"], "c")
+                for n in range(8)
+            )
+        )
+        assert oauth.refresh_count == 1
+        assert len({r.secret["access_token"] for r in resolved}) == 1
+    finally:
+        for parts in built:
+            await parts.close()
