@@ -75,10 +75,15 @@ def _tune_sqlite(engine: Engine) -> None:
         # A deferred transaction that reads then writes fails with SQLITE_BUSY when another
         # writer got in between; taking the write lock up front makes writers wait instead.
         # Read-only transactions (Database.read) stay deferred: in WAL mode they never wait.
-        if connection.get_execution_options().get(READ_ONLY):
-            connection.exec_driver_sql("BEGIN")
-        else:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Straight through the driver: no statement events, so no span for a BEGIN per transaction.
+        statement = (
+            "BEGIN" if connection.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
+        )
+        cursor = connection.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(statement)
+        finally:
+            cursor.close()
 
 
 TxT = TypeVar("TxT")
