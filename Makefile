@@ -37,6 +37,7 @@ lint: setup
 
 bench: setup
 	$(PY) bench/login.py
+	$(PY) bench/vault.py
 
 clean:
 	rm -rf gen var .pytest_cache

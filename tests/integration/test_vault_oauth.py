@@ -208,3 +208,27 @@ async def test_with_redis_the_lease_is_a_redis_lock(
     finally:
         for parts in built:
             await parts.close()
+
+
+async def test_production_keeps_the_client_secret_sealed_in_the_vault(
+    tmp_path: Path, database_url: str, oauth: OAuthServer
+):
+    spec = json.loads(providers(oauth))
+    del spec["crm"]["client_secret"]
+    settings = vault_settings(
+        tmp_path, database_url, oauth_providers=json.dumps(spec), production=True
+    )
+    migrate_database(settings)
+    parts = build(settings)
+    try:
+        await parts.admin.set_client_secret("crm", oauth.client_secret)
+        credential = await connect(parts, oauth)  # the exchange authenticates with it
+        assert credential["kind"] == "oauth2"
+        with pytest.raises(InvalidArgument):
+            await parts.admin.set_client_secret("nobody", "x")
+    finally:
+        await parts.close()
+    if database_url.startswith("sqlite"):
+        files = sorted(tmp_path.glob("service.db*"))  # noqa: ASYNC240 - a test reading files
+        stored = b"".join(p.read_bytes() for p in files)
+        assert oauth.client_secret.encode() not in stored
