@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import policy
@@ -110,11 +111,10 @@ def oauth_provider() -> Iterator[OAuthServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
-def mesh_up(
-    tmp_path_factory: pytest.TempPathFactory, inbox: Inbox, oauth_provider: OAuthServer
+def _start_mesh(
+    var: Path, inbox: Inbox, oauth_provider: OAuthServer, extra: dict[str, str]
 ) -> Iterator[Mesh]:
-    var = tmp_path_factory.mktemp("mesh-var")
+    """`leadmesh up` on var/ and free ports, until the generator is closed."""
     https_port, http_port = free_port(), free_port()
     env = dict(
         os.environ,
@@ -145,6 +145,7 @@ def mesh_up(
         ),
     )
     env.pop("REDIS_URL", None)
+    env.update(extra)
     process = launch_up(env)
     mesh = Mesh(
         base_url=f"https://localhost:{https_port}",
@@ -177,6 +178,46 @@ def mesh_up(
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             raise
+
+
+@pytest.fixture(scope="session")
+def mesh_up(
+    tmp_path_factory: pytest.TempPathFactory, inbox: Inbox, oauth_provider: OAuthServer
+) -> Iterator[Mesh]:
+    """The embedded default: SQLite files, in-process counters, no Redis."""
+    yield from _start_mesh(tmp_path_factory.mktemp("mesh-var"), inbox, oauth_provider, {})
+
+
+@pytest.fixture(scope="session")
+def mesh_scaled(
+    tmp_path_factory: pytest.TempPathFactory,
+    inbox: Inbox,
+    oauth_provider: OAuthServer,
+    postgres_server: str,
+    redis_server: str,
+) -> Iterator[Mesh]:
+    """The scale-out stores: a fresh PostgreSQL database per service, and Redis."""
+    import psycopg
+    from sqlalchemy import make_url
+
+    names = {
+        service: f"lm_e2e_{service}_{uuid.uuid4().hex[:8]}" for service in ("identity", "vault")
+    }
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        for name in names.values():
+            admin.execute(f'CREATE DATABASE "{name}"')
+    base = make_url(postgres_server)
+    extra = {
+        f"{service.upper()}_DATABASE_URL": base.set(database=name).render_as_string(
+            hide_password=False
+        )
+        for service, name in names.items()
+    }
+    extra["REDIS_URL"] = redis_server
+    yield from _start_mesh(tmp_path_factory.mktemp("mesh-scaled"), inbox, oauth_provider, extra)
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        for name in names.values():
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
