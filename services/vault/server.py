@@ -62,7 +62,10 @@ def build(settings: VaultSettings, clock: Clock | None = None) -> Parts:
         return await admin_ref[0].client_secret(provider)
 
     providers = OAuthProviders(
-        load_providers(settings.oauth_providers, production=settings.production),
+        load_providers(
+            settings.oauth_providers.get_secret_value() if settings.oauth_providers else None,
+            production=settings.production,
+        ),
         client_secret,
         settings.http_timeout_seconds,
     )

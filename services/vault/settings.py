@@ -22,8 +22,9 @@ class VaultSettings(BaseSettings):
     # its own, from a secrets manager).
     master_keys: SecretStr | None = None
     # OAuth providers: inline JSON or a path ({"<name>": {"authorize_url", "token_url",
-    # "client_id", "client_secret", "scopes", "rotating_refresh_tokens"}}).
-    oauth_providers: str | None = None
+    # "client_id", "client_secret", "scopes", "rotating_refresh_tokens"}}). A secret: inline JSON
+    # may hold client secrets, so `leadmesh config` masks it.
+    oauth_providers: SecretStr | None = None
     # Production mode: client secrets only from the vault itself, never from the providers file.
     production: bool = False
     # Resolving refreshes an oauth2 access token that expires within this many seconds.

@@ -85,3 +85,27 @@ def test_credentials_need_a_session(mesh_up: Mesh):
     with mesh_up.client() as anonymous:
         assert anonymous.get("/v1/credentials").status_code == 401
         assert anonymous.post("/v1/credentials", json={}).status_code in (401, 422)
+
+
+def test_secrets_never_reach_logs_or_spans(mesh_up: Mesh):
+    import time
+
+    canary = f"sk_live_canary_{time.monotonic_ns()}"
+    with mesh_up.client() as api:
+        register_and_login(api)
+        created = _create(api, "Canary", "api_key", {"key": canary, "header": "X-Api-Key"})
+        api.patch(
+            f"/v1/credentials/{created['id']}",
+            json={"secret": {"key": canary + "-2", "header": "X-Api-Key"}},
+        )
+        api.post(
+            "/v1/credentials",
+            json={"name": "bad", "kind": "login", "provider": "p", "secret": {"username": canary}},
+        )
+    time.sleep(1.5)  # spans leave in batches (every 0.2 s here)
+    traces = sorted((mesh_up.var_dir / "traces").glob("*.jsonl"))
+    assert "vault" in {p.stem for p in traces}
+    corpus = "".join(mesh_up.output) + "".join(p.read_text() for p in traces)
+    assert canary not in corpus
+    for path in (mesh_up.var_dir / "vault").glob("vault.db*"):
+        assert canary.encode() not in path.read_bytes()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -29,6 +30,8 @@ def test_config_shows_effective_settings_with_secrets_masked(mesh_up: Mesh):
         IDENTITY_UNSUBSCRIBE_SECRET="canary-unsubscribe-secret",
         SMTP_URL="smtp://mailer:canary-smtp-password@127.0.0.1:2525",
         IDENTITY_DATABASE_URL="postgresql://app:canary-db-password@db.internal/identity",
+        VAULT_OAUTH_PROVIDERS='{"crm": {"client_id": "c", "client_secret": "canary-client"}}',
+        VAULT_MASTER_KEYS=json.dumps({"current": "v1", "keys": {"v1": "canary" + "A" * 38}}),
     )
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "config"],
@@ -45,6 +48,7 @@ def test_config_shows_effective_settings_with_secrets_masked(mesh_up: Mesh):
     assert shown["IDENTITY_UNSUBSCRIBE_SECRET"] == "********"
     assert shown["IDENTITY_DATABASE_URL"] == "postgresql://app:***@db.internal/identity"
     assert shown["SMTP_URL"] == "smtp://mailer:***@127.0.0.1:2525"
+    assert shown["VAULT_OAUTH_PROVIDERS"] == shown["VAULT_MASTER_KEYS"] == "********"
 
 
 def test_a_status_against_nothing_fails(mesh_up: Mesh):
