@@ -38,6 +38,7 @@ from services.vault.keys import (
 )
 from services.vault.leases import Leases
 from services.vault.oauth import InvalidGrant, OAuthProviders, ProviderUnreachable
+from services.vault.sealcache import SealedRows
 from services.vault.settings import VaultSettings
 from services.vault.store import Store, Tx
 
@@ -103,6 +104,7 @@ class Vault:
         self.leases = leases
         self.providers = providers
         self.clock = clock
+        self.sealed = SealedRows(enabled=not settings.mesh.redis())
 
     # data keys
     async def data_key(self, tx: Tx, user_id: str, *, create: bool) -> tuple[bytes, int] | None:
@@ -237,6 +239,7 @@ class Vault:
             values["update_time"] = self.clock.now()
             await tx.update_credential(credential_id, **values)
             row = await tx.credential(user_id, credential_id)
+        self.sealed.forget()
         await self.audit.record(Event(caller, user_id, "update", credential_id=credential_id))
         assert row is not None
         return row
@@ -246,13 +249,20 @@ class Vault:
         async with self.store.begin() as tx:
             if not await tx.delete_credential(user_id, credential_id):
                 raise _not_found()
+        self.sealed.forget()
         await self.audit.record(Event(caller, user_id, "delete", credential_id=credential_id))
 
     # plaintext, for the runner
-    async def _open(self, user_id: str, credential_id: str) -> Resolved:
+    async def _open(self, user_id: str, credential_id: str, *, fresh: bool = False) -> Resolved:
         credential_id = _credential_id(credential_id)
-        async with self.store.read() as tx:
-            row = await tx.sealed_credential(user_id, credential_id)
+        key = (user_id, credential_id)
+        row = None if fresh else self.sealed.get(key)
+        if row is None:
+            epoch = self.sealed.epoch
+            async with self.store.read() as tx:
+                row = await tx.sealed_credential(user_id, credential_id)
+            if row is not None:
+                self.sealed.put(key, row, epoch)
         if row is None:
             raise _not_found()
         if row["wrapped_key"] is None or row["generation"] != row["key_generation"]:
@@ -318,7 +328,7 @@ class Vault:
         spent twice."""
         user_id, credential_id = event.user_id, event.credential_id or ""
         async with self.leases.hold(f"refresh:{credential_id}"):
-            current = await self._open(user_id, credential_id)
+            current = await self._open(user_id, credential_id, fresh=True)
             replaced = current.credential["token_sha256"] != seen.credential["token_sha256"]
             if replaced or (rejected and current.credential["token_sha256"] != rejected):
                 return current
@@ -357,14 +367,16 @@ class Vault:
                         key, generation, user_id, credential_id, "oauth2", secret
                     ),
                 )
+            self.sealed.forget()
             log.info("credential refreshed", extra={"credential_id": credential_id})
-            return await self._open(user_id, credential_id)
+            return await self._open(user_id, credential_id, fresh=True)
 
     async def _mark_reconnect(self, user_id: str, credential_id: str) -> None:
         async with self.store.begin() as tx:
             await tx.update_credential(
                 credential_id, status=NEEDS_RECONNECT, update_time=self.clock.now()
             )
+        self.sealed.forget()
 
 
 def _needs_reconnect() -> FailedPrecondition:

@@ -71,6 +71,7 @@ class KeyAdmin:
                     }
                 )
             await tx.rewrap_user_keys(changes)
+        self.vault.sealed.forget()
         async with self.vault.store.read() as tx:
             remaining = sum(n for v, n in (await tx.key_counts()).items() if v != current)
         return len(changes), remaining, current
@@ -90,6 +91,7 @@ class KeyAdmin:
         if not self.keyring.managed:
             raise _supplied()
         self.keyring.remove_version(version)
+        self.vault.sealed.forget()
         log.info("KEK version retired", extra={"version": version})
         return await self.status()
 
@@ -117,6 +119,7 @@ class KeyAdmin:
                 generation=generation + 1,
                 rotate_time=vault.clock.now(),
             )
+        vault.sealed.forget()
         await vault.audit.record(Event(caller, user_id, "rotate_user_key"))
         return len(rows)
 
@@ -126,6 +129,7 @@ class KeyAdmin:
         async with self.vault.store.begin() as tx:
             destroyed = await tx.delete_user_key(user_id)
             count = await tx.delete_user_credentials(user_id)
+        self.vault.sealed.forget()
         await self.vault.audit.record(
             Event(caller, user_id, "shred", outcome="ok" if destroyed else "no_key")
         )

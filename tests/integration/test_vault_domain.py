@@ -12,7 +12,7 @@ from sqlalchemy import select, text, update
 from services.kit.errors import DataLoss, InvalidArgument, NotFound, Unavailable
 from services.vault.server import Parts
 from services.vault.tables import credentials, metadata, user_keys
-from tests.integration.vault_support import SECRETS, secret_values
+from tests.integration.vault_support import SECRETS, secret_values, vault_settings
 
 
 @pytest.mark.parametrize("kind", ["api_key", "login", "oauth2"])
@@ -222,3 +222,40 @@ async def test_crypto_shredding_destroys_one_user_and_spares_the_others(vault_pa
         await vault.resolve("runner", "user-a", gone["id"], "c")
     assert getattr(unreadable.value, "reason", "") == "KEY_DESTROYED"
     assert (await vault.resolve("runner", "user-b", kept["id"], "c")).secret == SECRETS["api_key"]
+
+
+async def test_the_sealed_row_cache_never_serves_a_change(vault_parts: Parts):
+    vault, admin = vault_parts.vault, vault_parts.admin
+    assert vault.sealed.enabled  # one machine, no Redis: this process makes every change
+    created = await vault.create("gateway", "user-a", "k", "api_key", "acme", SECRETS["api_key"])
+    cid = created["id"]
+    await vault.resolve("runner", "user-a", cid, "c")  # cached now
+    new_secret = {"key": "sk_live_changed_secret_000001", "header": "X-Api-Key"}
+    await vault.update("gateway", "user-a", cid, ["secret"], secret=new_secret)
+    assert (await vault.resolve("runner", "user-a", cid, "c")).secret == new_secret
+    await admin.begin_rotation()
+    await admin.rewrap(batch_size=100)
+    await admin.retire("v1")  # cached rows wrapped by v1 must not be served after this
+    assert (await vault.resolve("runner", "user-a", cid, "c")).secret == new_secret
+    await admin.rotate_user_key("operator", "user-a")
+    assert (await vault.resolve("runner", "user-a", cid, "c")).secret == new_secret
+    await vault.delete("gateway", "user-a", cid)
+    with pytest.raises(NotFound):
+        await vault.resolve("runner", "user-a", cid, "c")
+    kept = await vault.create("gateway", "user-b", "k", "api_key", "acme", SECRETS["api_key"])
+    await vault.resolve("runner", "user-b", kept["id"], "c")
+    await admin.shred("retention", "user-b")
+    with pytest.raises(NotFound):
+        await vault.resolve("runner", "user-b", kept["id"], "c")
+
+
+async def test_scaled_out_vaults_do_not_cache(tmp_path: Path):
+    from pydantic import SecretStr
+
+    from services.vault.server import build
+
+    settings = vault_settings(tmp_path, f"sqlite:///{tmp_path / 'v.db'}")
+    mesh = settings.mesh.model_copy(update={"redis_url": SecretStr("redis://127.0.0.1:6379/15")})
+    parts = build(settings.model_copy(update={"mesh": mesh}))
+    assert not parts.vault.sealed.enabled
+    await parts.close()

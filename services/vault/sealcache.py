@@ -1,0 +1,44 @@
+"""Sealed rows kept in memory so a resolve need not read the database each time.
+
+Only what the database holds is kept — ciphertext and the *wrapped* data key, never plaintext or an
+unwrapped key — so the cache adds no secret to this process's memory that a read would not.
+It is exact only while this process makes every change, which is the single-machine mode (no
+REDIS_URL: one vault process; the operator's commands reach it by RPC). Scaled out, replicas do
+not cache until invalidations travel between them. Any change empties the cache and moves its
+epoch, so a read that raced a change is not stored.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+Key = tuple[str, str]
+
+
+class SealedRows:
+    def __init__(self, capacity: int = 10_000, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._capacity = capacity
+        self._rows: OrderedDict[Key, dict[str, Any]] = OrderedDict()
+        self.epoch = 0
+
+    def get(self, key: Key) -> dict[str, Any] | None:
+        row = self._rows.get(key) if self.enabled else None
+        if row is not None:
+            self._rows.move_to_end(key)
+            return dict(row)
+        return None
+
+    def put(self, key: Key, row: dict[str, Any], epoch: int) -> None:
+        """Keeps a row read at `epoch`, unless something changed since."""
+        if not self.enabled or epoch != self.epoch:
+            return
+        self._rows[key] = dict(row)
+        if len(self._rows) > self._capacity:
+            self._rows.popitem(last=False)
+
+    def forget(self) -> None:
+        """Something changed: every row may be stale."""
+        self.epoch += 1
+        self._rows.clear()
