@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import ipaddress
@@ -24,6 +23,7 @@ from leadmesh.identity.v1 import identity_pb2
 
 from gateway.upstreams import UpstreamError, Upstreams, call
 from services.kit.clock import Clock
+from services.kit.tokens import b64url
 
 SESSION_COOKIE = "lm_session"
 CSRF_COOKIE = "lm_csrf"
@@ -35,7 +35,7 @@ _session_cookie = APIKeyCookie(name=SESSION_COOKIE, auto_error=False, scheme_nam
 
 def csrf_token_for(session_token: str) -> str:
     digest = hmac.new(session_token.encode(), b"leadmesh csrf v1", hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return b64url(digest)
 
 
 def csrf_matches(session_token: str, presented: str | None) -> bool:

@@ -153,16 +153,12 @@ async def _http(_request: Request, error: Exception) -> JSONResponse:
     return problem_response(error.status_code, code, detail, headers=error.headers)
 
 
-async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
-    log.exception("unhandled error", exc_info=error)
-    return problem_response(500, "INTERNAL", "internal error")
-
-
 def install(app: FastAPI) -> None:
     app.add_exception_handler(UpstreamError, _upstream)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
-    app.add_exception_handler(Exception, _unexpected)
+    # Unexpected exceptions are answered by middleware.SecurityHeaders, inside the middleware
+    # stack, so that the 500 still carries HSTS (Starlette's own handler runs outside it).
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
 

@@ -7,7 +7,6 @@ and works again (idempotent) after use, as RFC 8058 one-click links must.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import logging
@@ -20,6 +19,7 @@ from services.identity.mail import Mailer, compose
 from services.identity.store import ConsentEvent, Store
 from services.kit.clock import Clock
 from services.kit.errors import InvalidArgument
+from services.kit.tokens import b64url, unb64url
 
 log = logging.getLogger("leadmesh.identity.consents")
 
@@ -32,14 +32,6 @@ class Consent:
     granted: bool = False
     update_time: datetime | None = None
     history: list[ConsentEvent] = field(default_factory=list)
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def check_purpose(purpose: str) -> str:
@@ -89,7 +81,7 @@ class Consents:
 
     def unsubscribe_token(self, account_id: str, purpose: str) -> str:
         payload = f"{account_id}:{purpose}".encode()
-        return f"{_b64(payload)}.{_b64(self._mac(payload))}"
+        return f"{b64url(payload)}.{b64url(self._mac(payload))}"
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._key, b"unsubscribe v1|" + payload, hashlib.sha256).digest()
@@ -101,7 +93,7 @@ class Consents:
         )
         try:
             encoded_payload, encoded_mac = token.split(".")
-            payload, mac = _unb64(encoded_payload), _unb64(encoded_mac)
+            payload, mac = unb64url(encoded_payload), unb64url(encoded_mac)
             account_id, purpose = payload.decode().split(":")
         except (ValueError, UnicodeDecodeError):
             raise invalid from None

@@ -8,8 +8,6 @@ SQLite write transaction holds the file's write lock).
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import logging
 import re
 import secrets
@@ -21,7 +19,7 @@ from services.identity.mail import Mailer, compose
 from services.identity.passwords import PasswordHasher, check_rules
 from services.identity.settings import IdentitySettings
 from services.identity.store import Account, EmailTaken, LoginAttempt, Session, Store
-from services.identity.throttle import PREFIX, LoginThrottle, digest
+from services.identity.throttle import PREFIX, LoginThrottle
 from services.kit.clock import Clock
 from services.kit.errors import (
     AlreadyExists,
@@ -31,6 +29,7 @@ from services.kit.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from services.kit.tokens import invalid_page_token, page_cursor, page_token, sha256_hex
 
 log = logging.getLogger("leadmesh.identity")
 
@@ -48,10 +47,6 @@ def normalize_email(raw: str) -> tuple[str, str]:
     local, _, domain = address.rpartition("@")
     address = f"{local}@{domain.lower()}"
     return address, address.casefold()
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -182,7 +177,7 @@ class Identity:
         values = {
             "id": str(uuid.uuid4()),
             "account_id": account.id,
-            "token_hash": token_hash(token),
+            "token_hash": sha256_hex(token),
             "create_time": now,
             "last_use_time": now,
             "expire_time": expire,
@@ -201,7 +196,7 @@ class Identity:
         minute, so busy sessions do not write on every request)."""
         now = self.clock.now()
         async with self.store.read() as tx:
-            session = await tx.session_by_token(token_hash(token)) if token else None
+            session = await tx.session_by_token(sha256_hex(token)) if token else None
             account = await tx.account(session.account_id) if session else None
         if (
             session is None
@@ -222,7 +217,7 @@ class Identity:
 
     async def end_session(self, token: str) -> None:
         async with self.store.begin() as tx:
-            await tx.revoke_session_by_token(token_hash(token), self.clock.now())
+            await tx.revoke_session_by_token(sha256_hex(token), self.clock.now())
 
     async def account(self, account_id: str) -> Account:
         async with self.store.read() as tx:
@@ -287,7 +282,7 @@ class Identity:
         """Mails a reset link to an active account's address; silent either way. The mail goes
         out in the background so the answer takes the same time whether or not it is sent."""
         _, key = normalize_email(email)
-        count = await self.throttle.counters.hit(f"{PREFIX}reset:{digest(key)}", 3600)
+        count = await self.throttle.counters.hit(f"{PREFIX}reset:{sha256_hex(key)}", 3600)
         async with self.store.begin() as tx:
             account = await tx.account_by_email(key)
             if account is None or not account.active:
@@ -299,7 +294,7 @@ class Identity:
             expire = now + timedelta(seconds=self.settings.reset_token_seconds)
             await tx.add_reset_token(
                 {
-                    "token_hash": token_hash(token),
+                    "token_hash": sha256_hex(token),
                     "account_id": account.id,
                     "create_time": now,
                     "expire_time": expire,
@@ -325,7 +320,7 @@ class Identity:
         invalid = InvalidArgument(
             "RESET_TOKEN_INVALID", "this reset link is unknown, used or expired", field="token"
         )
-        digest_ = token_hash(token)
+        digest_ = sha256_hex(token)
         async with self.store.read() as tx:
             # The rules and the hash are checked before the token is spent.
             account_id = await tx.live_reset_token(digest_, self.clock.now())
@@ -382,20 +377,11 @@ def _disabled() -> PermissionDenied:
 
 
 def _encode_page_token(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"before:{last_id}".encode()).decode().rstrip("=")
+    return page_token(f"before:{last_id}")
 
 
 def _decode_page_token(token: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        prefix, _, value = raw.partition(":")
-        number = int(value)
-        if prefix != "before" or not 0 < number < 2**63:
-            raise ValueError
-        return number
-    except ValueError:
-        raise InvalidArgument(
-            "INVALID_PAGE_TOKEN",
-            "the page token is not one this service issued",
-            field="page_token",
-        ) from None
+    prefix, _, value = page_cursor(token).partition(":")
+    if prefix != "before" or not value.isdigit() or not 0 < int(value) < 2**63:
+        raise invalid_page_token()
+    return int(value)

@@ -6,8 +6,6 @@ the same function, so what is tested is what runs.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import logging
 import os
 import secrets
@@ -34,9 +32,9 @@ from services.identity.throttle import (
 from services.kit.clock import Clock, SystemClock
 from services.kit.config import database_url
 from services.kit.db import create_service_engine, migrate
-from services.kit.grpcserver import RunningService, serve_forever, start_server
-from services.kit.logs import setup_logging
-from services.kit.telemetry import instrument_engine, setup_telemetry
+from services.kit.grpcserver import RunningService, start_server
+from services.kit.service import service_main
+from services.kit.telemetry import instrument_engine
 
 log = logging.getLogger("leadmesh.identity")
 
@@ -138,42 +136,20 @@ async def start(
     return RunningService(parts, running)
 
 
-async def _serve(settings: IdentitySettings) -> None:
-    if settings.mesh.redis():
-        from opentelemetry.instrumentation.redis import RedisInstrumentor
-
-        RedisInstrumentor().instrument()
-    service = await start(settings)
-    log.info(
-        "identity ready",
-        extra={
-            "mail": service.parts.identity.mailer.transport,
-            "counters": "redis" if settings.mesh.redis() else "memory",
-            "pbkdf2_iterations": settings.pbkdf2_iterations,
-        },
-    )
-    await serve_forever(service.running, on_stop=service.parts.close)
-
-
 def migrate_database(settings: IdentitySettings) -> None:
     migrate(database_url(settings.database_url, settings.mesh, "identity"), MIGRATIONS)
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.identity")
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
-    args = parser.parse_args(argv)
-    settings = IdentitySettings()
-    setup_logging("identity", settings.mesh.log_level)
-    if args.command == "migrate":
-        migrate_database(settings)
-        return 0
-    provider = setup_telemetry("identity", settings.mesh)
-    try:
-        asyncio.run(_serve(settings))
-    finally:
-        provider.shutdown()
-    return 0
-
-
-__all__ = ["RunningIdentity", "build", "main", "start"]
+    return service_main(
+        argv,
+        name="identity",
+        settings_class=IdentitySettings,
+        start=start,
+        migrate_database=migrate_database,
+        describe=lambda service: {
+            "mail": service.parts.identity.mailer.transport,
+            "counters": "redis" if service.parts.identity.settings.mesh.redis() else "memory",
+            "pbkdf2_iterations": service.parts.identity.settings.pbkdf2_iterations,
+        },
+    )

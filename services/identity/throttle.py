@@ -17,13 +17,13 @@ reveal which addresses exist.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
 from services.kit.clock import Clock
+from services.kit.tokens import sha256_hex
 
 PREFIX = "leadmesh:identity:"
 
@@ -168,10 +168,6 @@ class RedisCounters:
         await self._redis.aclose()
 
 
-def digest(value: str) -> str:
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()
-
-
 @dataclass(frozen=True)
 class Limits:
     window_seconds: int
@@ -205,7 +201,7 @@ class LoginThrottle:
 
     @staticmethod
     def _keys(email_key: str, ip: str) -> _Keys:
-        account, address = digest(email_key), digest(ip)
+        account, address = sha256_hex(email_key), sha256_hex(ip)
         return _Keys(
             pair=f"{PREFIX}pair:{account}:{address}",
             address=f"{PREFIX}ip:{address}",

@@ -6,13 +6,11 @@ credential and its kind. A credential of another user is simply not found.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from services.kit.clock import Clock
@@ -24,6 +22,7 @@ from services.kit.errors import (
     NotFound,
     Unavailable,
 )
+from services.kit.tokens import invalid_page_token, page_cursor, page_token, sha256_hex
 from services.vault import kinds
 from services.vault.audit import AuditLog, Event
 from services.vault.keys import (
@@ -45,10 +44,6 @@ from services.vault.store import Store, Tx
 log = logging.getLogger("leadmesh.vault")
 
 ACTIVE, NEEDS_RECONNECT = "active", "needs_reconnect"
-
-
-def sha256_hex(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def _not_found() -> NotFound:
@@ -254,7 +249,7 @@ class Vault:
 
     # plaintext, for the runner
     async def _open(self, user_id: str, credential_id: str, *, fresh: bool = False) -> Resolved:
-        credential_id = _credential_id(credential_id)
+        """The sealed row opened; the ids are already checked (`_runner_ids`)."""
         key = (user_id, credential_id)
         row = None if fresh else self.sealed.get(key)
         if row is None:
@@ -390,22 +385,12 @@ def _with(event: Event, **changes: Any) -> Event:
 
 
 def _encode_token(row: dict[str, Any]) -> str:
-    raw = f"{row['create_time'].isoformat()}|{row['id']}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return page_token(f"{row['create_time'].isoformat()}|{row['id']}")
 
 
 def _decode_token(token: str) -> tuple[datetime, str]:
+    when, _, credential_id = page_cursor(token).partition("|")
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        when, _, credential_id = raw.partition("|")
         return datetime.fromisoformat(when), str(uuid.UUID(credential_id))
     except ValueError:
-        raise InvalidArgument(
-            "INVALID_PAGE_TOKEN",
-            "the page token is not one this service issued",
-            field="page_token",
-        ) from None
-
-
-def expiry_from(seconds: int | None, now: datetime) -> int | None:
-    return int((now + timedelta(seconds=seconds)).timestamp()) if seconds else None
+        raise invalid_page_token() from None

@@ -8,9 +8,10 @@ from datetime import timedelta
 from typing import Any
 
 from services.kit.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.kit.tokens import sha256_hex
 from services.vault.domain import Vault
 from services.vault.keys import Tampered, seal, unseal
-from services.vault.oauth import InvalidGrant, ProviderUnreachable, digest
+from services.vault.oauth import InvalidGrant, ProviderUnreachable
 
 log = logging.getLogger("leadmesh.vault.oauth")
 
@@ -32,14 +33,14 @@ class OAuthFlow:
             )
         name = name.strip() or provider
         url, state, verifier = await self.vault.providers.authorization_url(provider, redirect_uri)
-        now, state_sha256 = self.vault.clock.now(), digest(state)
+        now, state_sha256 = self.vault.clock.now(), sha256_hex(state)
         async with self.vault.store.begin() as tx:
             key, _ = await self.vault.data_key(tx, user_id, create=True)  # type: ignore[misc]
             await tx.add_oauth_state(
                 {
                     "state_sha256": state_sha256,
                     "user_id": user_id,
-                    "session_sha256": digest(session_id),
+                    "session_sha256": sha256_hex(session_id),
                     "provider": provider,
                     "name": name[:200],
                     "verifier": seal(key, verifier.encode(), _state_aad(state_sha256)),
@@ -62,14 +63,14 @@ class OAuthFlow:
         invalid = InvalidArgument(
             "OAUTH_STATE_INVALID", "this sign-in link is unknown, used, expired or not yours"
         )
-        state_sha256 = digest(state or "-")
+        state_sha256 = sha256_hex(state or "-")
         async with self.vault.store.begin() as tx:
             # Spent by any use, a mismatched one included: a state is never tried twice.
             row = await tx.take_oauth_state(state_sha256, self.vault.clock.now())
         if (
             row is None
             or row["user_id"] != user_id
-            or row["session_sha256"] != digest(session_id or "-")
+            or row["session_sha256"] != sha256_hex(session_id or "-")
             or row["provider"] != provider
         ):
             raise invalid

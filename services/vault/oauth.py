@@ -7,7 +7,6 @@ that file is refused: it is set with `leadmesh oauth set-secret` and kept sealed
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import time
@@ -172,7 +171,3 @@ class OAuthProviders:
             raise ProviderUnreachable(error.error) from None
         except (httpx.HTTPError, ValueError) as error:
             raise ProviderUnreachable(type(error).__name__) from None
-
-
-def digest(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -12,9 +10,9 @@ from leadmesh.vault.v1 import vault_pb2_grpc
 from services.kit.clock import Clock, SystemClock
 from services.kit.config import database_url
 from services.kit.db import create_service_engine, migrate
-from services.kit.grpcserver import RunningService, serve_forever, start_server
-from services.kit.logs import setup_logging
-from services.kit.telemetry import instrument_engine, setup_telemetry
+from services.kit.grpcserver import RunningService, start_server
+from services.kit.service import service_main
+from services.kit.telemetry import instrument_engine
 from services.vault import MIGRATIONS
 from services.vault.api import ALLOWED_CALLERS, SERVICE, VaultApi
 from services.vault.audit import AuditLog
@@ -94,39 +92,20 @@ async def start(
     return RunningService(parts, running)
 
 
-async def _serve(settings: VaultSettings) -> None:
-    if settings.mesh.redis():
-        from opentelemetry.instrumentation.redis import RedisInstrumentor
-
-        RedisInstrumentor().instrument()
-    service = await start(settings)
-    log.info(
-        "vault ready",
-        extra={
-            "kek_current": service.parts.vault.keyring.current,
-            "keys": "managed" if service.parts.vault.keyring.managed else "supplied",
-            "leases": "redis" if settings.mesh.redis() else "database",
-        },
-    )
-    await serve_forever(service.running, on_stop=service.parts.close)
-
-
 def migrate_database(settings: VaultSettings) -> None:
     migrate(database_url(settings.database_url, settings.mesh, "vault"), MIGRATIONS)
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.vault")
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
-    args = parser.parse_args(argv)
-    settings = VaultSettings()
-    setup_logging("vault", settings.mesh.log_level)
-    if args.command == "migrate":
-        migrate_database(settings)
-        return 0
-    provider = setup_telemetry("vault", settings.mesh)
-    try:
-        asyncio.run(_serve(settings))
-    finally:
-        provider.shutdown()
-    return 0
+    return service_main(
+        argv,
+        name="vault",
+        settings_class=VaultSettings,
+        start=start,
+        migrate_database=migrate_database,
+        describe=lambda service: {
+            "kek_current": service.parts.vault.keyring.current,
+            "keys": "managed" if service.parts.vault.keyring.managed else "supplied",
+            "leases": "redis" if service.parts.vault.settings.mesh.redis() else "database",
+        },
+    )

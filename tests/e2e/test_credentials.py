@@ -84,7 +84,9 @@ def test_user_b_cannot_see_use_change_or_delete_user_a_credentials(mesh_up: Mesh
 def test_credentials_need_a_session(mesh_up: Mesh):
     with mesh_up.client() as anonymous:
         assert anonymous.get("/v1/credentials").status_code == 401
-        assert anonymous.post("/v1/credentials", json={}).status_code in (401, 422)
+        body = {"name": "x", "kind": "login", "provider": "p", "secret": LOGIN}
+        refused = anonymous.post("/v1/credentials", json=body)
+        assert refused.status_code == 401 and refused.json()["code"] == "SESSION_REQUIRED"
 
 
 def test_secrets_never_reach_logs_or_spans(mesh_up: Mesh):

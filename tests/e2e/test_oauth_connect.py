@@ -40,14 +40,17 @@ def test_connect_an_account_with_oauth(mesh_up: Mesh, oauth_provider: OAuthServe
 
 def test_a_callback_in_another_session_is_refused(mesh_up: Mesh, oauth_provider: OAuthServer):
     with mesh_up.client() as first, mesh_up.client() as other:
-        address = register_and_login(first)
+        register_and_login(first)
         started = first.get("/v1/oauth/crm/start")
         back = _consent(oauth_provider, started.headers["location"])
         register_and_login(other, address=None)  # someone else entirely
         hijack = other.get(back.removeprefix(mesh_up.base_url))
         assert hijack.status_code == 302
         assert "oauth_error=OAUTH_STATE_INVALID" in hijack.headers["location"]
-        assert address  # the first user's flow is simply void
+        # The attempt spent the state: the flow it came from is void for its owner too.
+        late = first.get(back.removeprefix(mesh_up.base_url))
+        assert "oauth_error=OAUTH_STATE_INVALID" in late.headers["location"]
+        assert first.get("/v1/credentials").json()["items"] == []
 
 
 def test_an_unknown_provider_is_a_422(api: httpx.Client):

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from google.protobuf import empty_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from leadmesh.identity.v1 import identity_pb2 as pb
 from leadmesh.identity.v1 import identity_pb2_grpc
@@ -18,6 +17,7 @@ from services.kit.config import MeshSettings
 from services.kit.errors import from_rpc_error
 from services.kit.grpcclient import open_channel
 from services.kit.pki import load_mesh_certificate
+from tests.integration.grpc_support import call, refused
 from tests.integration.identity_support import PASSWORD, identity_settings
 
 METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["IdentityService"].methods]
@@ -49,19 +49,11 @@ async def dial(identity: RunningIdentity, mesh: MeshSettings):
         await channel.close()
 
 
-def _request_for(method: str):
-    descriptor = pb.DESCRIPTOR.services_by_name["IdentityService"].methods_by_name[method]
-    if descriptor.input_type.full_name == "google.protobuf.Empty":
-        return empty_pb2.Empty()
-    return getattr(pb, descriptor.input_type.name)()
+SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["IdentityService"]
 
 
-async def _call(stub, method: str, **kwargs) -> grpc.aio.AioRpcError | None:
-    try:
-        await getattr(stub, method)(_request_for(method), timeout=10, **kwargs)
-    except grpc.aio.AioRpcError as error:
-        return error
-    return None
+async def _call(stub, method: str, request=None, **kwargs):
+    return await call(stub, SERVICE_DESCRIPTOR, method, request, **kwargs)
 
 
 def test_the_table_names_every_rpc():
@@ -74,7 +66,7 @@ async def test_caller_matrix_over_every_rpc(dial, caller: str):
     for method in METHODS:
         allowed = caller in ALLOWED_CALLERS[f"/{SERVICE}/{method}"]
         error = await _call(stub, method)
-        denied = error is not None and error.code() == grpc.StatusCode.PERMISSION_DENIED
+        denied = refused(error, grpc.StatusCode.PERMISSION_DENIED)
         assert denied != allowed, (caller, method, error)
         if denied:
             assert from_rpc_error(error).reason == "CALLER_NOT_ALLOWED"
@@ -92,7 +84,7 @@ async def test_a_caller_without_a_mesh_certificate_cannot_connect(
         async with channel:
             stub = identity_pb2_grpc.IdentityServiceStub(channel)
             error = await _call(stub, "Login")
-            assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
+            assert refused(error, grpc.StatusCode.UNAVAILABLE)
 
 
 async def test_health_is_open_to_every_mesh_member(identity: RunningIdentity, mesh: MeshSettings):

@@ -14,7 +14,7 @@ from subprocess import PIPE
 
 import grpc
 import pytest
-from google.protobuf import empty_pb2, struct_pb2
+from google.protobuf import struct_pb2
 from leadmesh.vault.v1 import vault_pb2 as pb
 from leadmesh.vault.v1 import vault_pb2_grpc
 
@@ -24,6 +24,7 @@ from services.kit.errors import from_rpc_error
 from services.kit.grpcclient import open_channel
 from services.vault.api import ALLOWED_CALLERS, SERVICE
 from services.vault.server import RunningVault, migrate_database, start
+from tests.integration.grpc_support import call, refused
 from tests.integration.vault_support import API_KEY, vault_settings
 
 METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["VaultService"].methods]
@@ -61,18 +62,11 @@ async def dial(vault: RunningVault, vault_var: Path):
         await channel.close()
 
 
-def _request_for(method: str):
-    descriptor = pb.DESCRIPTOR.services_by_name["VaultService"].methods_by_name[method]
-    if descriptor.input_type.full_name == "google.protobuf.Empty":
-        return empty_pb2.Empty()
-    return getattr(pb, descriptor.input_type.name)()
+SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["VaultService"]
 
 
 async def _call(stub, method: str, request=None, **kwargs):
-    try:
-        return await getattr(stub, method)(request or _request_for(method), timeout=10, **kwargs)
-    except grpc.aio.AioRpcError as error:
-        return error
+    return await call(stub, SERVICE_DESCRIPTOR, method, request, **kwargs)
 
 
 def test_the_table_names_every_rpc():
@@ -89,9 +83,7 @@ async def test_caller_matrix_over_every_rpc(dial, caller: str):
     for method in METHODS:
         allowed = caller in ALLOWED_CALLERS[f"/{SERVICE}/{method}"]
         outcome = await _call(stub, method, metadata=metadata)
-        denied = isinstance(outcome, grpc.aio.AioRpcError) and (
-            outcome.code() == grpc.StatusCode.PERMISSION_DENIED
-        )
+        denied = refused(outcome, grpc.StatusCode.PERMISSION_DENIED)
         assert denied != allowed, (caller, method, outcome)
         if denied:
             assert from_rpc_error(outcome).reason == "CALLER_NOT_ALLOWED"

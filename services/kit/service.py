@@ -1,0 +1,52 @@
+"""`python -m services.<name> [serve|migrate]`: the one entry point every gRPC service has."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from services.kit.grpcserver import RunningService, serve_forever
+from services.kit.logs import setup_logging
+from services.kit.telemetry import setup_telemetry
+
+log = logging.getLogger("leadmesh.service")
+
+
+def service_main(
+    argv: list[str],
+    *,
+    name: str,
+    settings_class: Callable[[], Any],
+    start: Callable[[Any], Awaitable[RunningService]],
+    migrate_database: Callable[[Any], None],
+    describe: Callable[[RunningService], dict[str, Any]],
+) -> int:
+    """Parses the command, sets up logs and traces, and serves until SIGTERM/SIGINT;
+    `describe` gives the fields of the "ready" log line."""
+    parser = argparse.ArgumentParser(prog=f"python -m services.{name}")
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
+    args = parser.parse_args(argv)
+    settings = settings_class()
+    setup_logging(name, settings.mesh.log_level)
+    if args.command == "migrate":
+        migrate_database(settings)
+        return 0
+
+    async def serve() -> None:
+        if settings.mesh.redis():
+            from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+            RedisInstrumentor().instrument()
+        service = await start(settings)
+        log.info(f"{name} ready", extra=describe(service))
+        await serve_forever(service.running, on_stop=service.parts.close)
+
+    provider = setup_telemetry(name, settings.mesh)
+    try:
+        asyncio.run(serve())
+    finally:
+        provider.shutdown()
+    return 0
