@@ -118,3 +118,14 @@ def test_length_counts_characters_after_normalisation():
     with pytest.raises(InvalidArgument):
         check_rules("ﬁﬁﬁ", "a@b.co")  # 3 ligatures, 6 characters after NFKC
     check_rules("ﬁﬁﬁﬁ", "a@b.co")  # 8 after NFKC
+
+
+def test_unknown_accounts_cost_one_hash_of_the_same_parameters():
+    """No timing test (those belong in bench/): the dummy an unknown e-mail is checked against is
+    a hash of the current parameters, so both answers cost the same PBKDF2 work."""
+    hasher = PasswordHasher(iterations=210_000, threads=1)
+    try:
+        dummy = parse_hash(hasher._dummy)
+        assert dummy.iterations == hasher.iterations and len(dummy.salt) == 16
+    finally:
+        hasher.close()
