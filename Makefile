@@ -38,6 +38,8 @@ lint: setup
 bench: setup
 	$(PY) bench/login.py
 	$(PY) bench/vault.py
+	$(PY) bench/ingest.py
+	$(PY) bench/deliver.py
 
 clean:
 	rm -rf gen var .pytest_cache

@@ -1,2 +1,3 @@
 -- Each service owns its database (DESIGN.md); POSTGRES_DB creates identity.
 CREATE DATABASE vault;
+CREATE DATABASE runner;

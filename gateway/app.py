@@ -9,8 +9,18 @@ from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from gateway import problems
-from gateway.middleware import AccessLog, BodyLimit, CsrfGuard, SecurityHeaders
-from gateway.routes import accounts, consents, credentials, health, me, oauth
+from gateway.middleware import AccessLog, BodyLimit, CsrfGuard, NulGuard, SecurityHeaders
+from gateway.routes import (
+    accounts,
+    activity,
+    connections,
+    consents,
+    credentials,
+    health,
+    hooks,
+    me,
+    oauth,
+)
 from gateway.settings import GatewaySettings
 from gateway.upstreams import Upstreams
 from services.kit.clock import Clock, SystemClock
@@ -53,10 +63,13 @@ def create_app(settings: GatewaySettings, *, clock: Clock | None = None) -> Fast
     app.state.trusted_proxies = [
         ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies
     ]
-    for module in (health, accounts, me, consents, credentials, oauth):
+    for module in (
+        health, accounts, me, consents, credentials, oauth, connections, activity, hooks
+    ):  # fmt: skip
         app.include_router(module.router)
     problems.install(app)
     # Added innermost first: the access log sees everything, CSRF runs last before routing.
+    app.add_middleware(NulGuard)
     app.add_middleware(CsrfGuard)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders, hsts_max_age=settings.hsts_max_age)

@@ -87,7 +87,8 @@ class Principal:
     token: str
 
 
-def upstreams(request: Request) -> Upstreams:
+async def upstreams(request: Request) -> Upstreams:
+    """A dependency: async, so FastAPI calls it on the loop rather than in a worker thread."""
     return request.app.state.upstreams
 
 
@@ -107,7 +108,7 @@ async def principal(
         )
     try:
         reply = await call(
-            upstreams(request).identity.AuthenticateSession,
+            request.app.state.upstreams.identity.AuthenticateSession,
             identity_pb2.AuthenticateSessionRequest(session_token=token),
         )
     except UpstreamError as error:

@@ -1,6 +1,6 @@
 """Pure-ASGI middleware (no per-request task or body copy beyond what each one needs).
 
-Order, outside in: access log → security headers → body limit → CSRF.
+Order, outside in: access log → security headers → body limit → CSRF → NUL guard.
 """
 
 from __future__ import annotations
@@ -169,6 +169,27 @@ class BodyLimit:
             f"request bodies are limited to {self.max_bytes} bytes",
             "Content Too Large",
         )
+
+
+class NulGuard:
+    """A NUL character in the path or query string is refused (422): no identifier, filter or
+    token holds one, and databases refuse it (bodies are checked field by field)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw = scope.get("raw_path", b"") + b"?" + scope.get("query_string", b"")
+            if b"%00" in raw or b"\x00" in raw or "\x00" in scope.get("path", ""):
+                return await _send_problem(
+                    send,
+                    422,
+                    "INVALID_REQUEST",
+                    "the path and query must not contain NUL characters",
+                    "Unprocessable Content",
+                )
+        await self.app(scope, receive, send)
 
 
 class CsrfGuard:

@@ -62,6 +62,10 @@ TITLES = {
     504: "Gateway Timeout",
 }
 
+# Reasons whose HTTP status differs from their gRPC code's: a state conflict the client can
+# resolve, a body over the runner's limit (RESOURCE_EXHAUSTED, but not a rate limit).
+REASON_STATUS = {"CONNECTION_PAUSED": 409, "NOT_A_WEBHOOK": 409, "BODY_TOO_LARGE": 413}
+
 # Status codes any operation may answer; documented on every operation of the OpenAPI document.
 COMMON_ERRORS = (400, 401, 403, 404, 409, 413, 422, 429, 503, 504)
 
@@ -103,7 +107,7 @@ def problem_response(
 async def _upstream(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, UpstreamError)
     remote = error.remote
-    status = HTTP_STATUS.get(remote.code, 500)
+    status = REASON_STATUS.get(remote.reason) or HTTP_STATUS.get(remote.code, 500)
     headers = {}
     if remote.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(remote.retry_after + 0.499)))

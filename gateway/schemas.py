@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, TypeVar
@@ -21,26 +23,50 @@ ShortText = Annotated[str, Field(max_length=200)]
 
 class Strict(BaseModel):
     """A request body: unknown fields refused, and no NUL character in any text (databases
-    refuse it, and no field has a use for it)."""
+    refuse it, and no field has a use for it); free-form JSON values only as protobuf carries
+    them exactly (see `_unfit`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     @field_validator("*", mode="after")
     @classmethod
     def _no_nul(cls, value: Any) -> Any:
-        if _holds_nul(value):
-            raise ValueError("text must not contain NUL characters")
+        problem = _unfit(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
 
-def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
-    return False
+# Nested objects/arrays in one field: a google.protobuf.Value parses only ~32 deep.
+MAX_JSON_DEPTH = 32
+# Numbers travel as doubles (google.protobuf.Value): integers beyond 2^53 would change.
+MAX_EXACT_INTEGER = 2**53
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unfit(value: Any) -> str | None:
+    """Why a field's value cannot go on, or None: NUL in text, lone surrogates (not UTF-8),
+    NaN or infinities, integers protobuf would round, nesting deeper than MAX_JSON_DEPTH."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "text must not contain NUL characters"
+            if _SURROGATE.search(item):
+                return "text must be valid Unicode (no lone surrogates)"
+        elif isinstance(item, bool):
+            continue
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "numbers must be finite (no NaN or Infinity)"
+        elif isinstance(item, int) and abs(item) > MAX_EXACT_INTEGER:
+            return "integers must be within ±2^53 (send larger ones as strings)"
+        elif isinstance(item, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                return f"values must not be nested deeper than {MAX_JSON_DEPTH} levels"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack += [(child, depth + 1) for child in children]
+    return None
 
 
 class Purpose(StrEnum):

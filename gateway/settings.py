@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.kit.config import MeshSettings
 
 # The services the gateway calls today; /readyz checks each one's gRPC health.
-UPSTREAMS = ("identity", "vault")
+UPSTREAMS = ("identity", "vault", "runner")
 
 
 class GatewaySettings(BaseSettings):

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from leadmesh.identity.v1 import identity_pb2_grpc
+from leadmesh.runner.v1 import runner_pb2_grpc
 from leadmesh.vault.v1 import vault_pb2_grpc
 
 from gateway.settings import UPSTREAMS, GatewaySettings
@@ -37,6 +38,7 @@ class Upstreams:
         }
         self.identity = identity_pb2_grpc.IdentityServiceStub(self._channels["identity"])
         self.vault = vault_pb2_grpc.VaultServiceStub(self._channels["vault"])
+        self.runner = runner_pb2_grpc.RunnerServiceStub(self._channels["runner"])
 
     async def close(self) -> None:
         await asyncio.gather(*(channel.close() for channel in self._channels.values()))

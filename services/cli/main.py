@@ -101,6 +101,12 @@ def _up(_args: argparse.Namespace) -> int:
     return up()
 
 
+def _runner_worker(args: argparse.Namespace) -> int:
+    from services.runner.workers import main as workers_main
+
+    return workers_main(["--count", str(args.count)])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="leadmesh", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     text.add_argument("--body", help="plain text")
     text.add_argument("--body-file", help="a file holding the plain text")
     announce.set_defaults(run=_announce)
+    worker = commands.add_parser(
+        "runner-worker", help="delivery workers only (scale out: run several, any machine)"
+    )
+    worker.add_argument("--count", type=int, default=1, help="workers in this process")
+    worker.set_defaults(run=_runner_worker)
     from services.cli import keys
 
     keys.add_commands(commands)

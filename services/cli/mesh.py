@@ -47,6 +47,12 @@ PROCESSES = (
         "services.vault.settings:VaultSettings",
         migrations="services.vault:MIGRATIONS",
     ),
+    Process(
+        "runner",
+        "services.runner",
+        "services.runner.settings:RunnerSettings",
+        migrations="services.runner:MIGRATIONS",
+    ),
     Process("gateway", "gateway", "gateway.settings:GatewaySettings", grpc=False),
 )
 

@@ -124,6 +124,7 @@ def _print_banner(mesh: MeshSettings, gateway: GatewaySettings) -> None:
     lines = [
         "leadmesh is up",
         f"  API (HTTPS)      {public}/v1   docs {public}/docs",
+        f"  webhooks         {public}/hooks/<token>",
     ]
     if gateway.http_port:
         lines.append(f"  HTTP redirect    http://{gateway.host}:{gateway.http_port}")

@@ -37,6 +37,7 @@ _GATEWAY_METHODS = (
 ALLOWED_CALLERS = {
     **{f"/{SERVICE}/{method}": frozenset({"gateway"}) for method in _GATEWAY_METHODS},
     f"/{SERVICE}/SendAnnouncement": frozenset({"operator"}),
+    f"/{SERVICE}/NotifyAccount": frozenset({"runner"}),
 }
 
 
@@ -220,3 +221,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
             purpose_name(request.purpose), request.subject, request.body
         )
         return pb.SendAnnouncementResponse(recipient_count=count)
+
+    async def NotifyAccount(self, request, context):  # noqa: N802
+        sent = await self.consents.notify(request.account_id, request.subject, request.body)
+        return pb.NotifyAccountResponse(sent=sent)

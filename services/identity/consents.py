@@ -12,6 +12,7 @@ import hmac
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.message import EmailMessage
 from urllib.parse import quote
 
 from services.identity.domain import PURPOSES
@@ -120,26 +121,51 @@ class Consents:
             recipients = await tx.consenting_accounts(purpose)
         now = self.clock.now()
         for start in range(0, len(recipients), BATCH):
-            batch = []
-            for account_id, address in recipients[start : start + BATCH]:
-                token = self.unsubscribe_token(account_id, purpose)
-                link = f"{self._public_url}/v1/unsubscribe?token={quote(token, safe='')}"
-                batch.append(
-                    compose(
-                        sender=self._sender,
-                        to=address,
-                        subject=subject,
-                        body=f"{body.rstrip()}\n\n--\nTo stop receiving these e-mails: {link}\n",
-                        when=now,
-                        headers={
-                            "List-Unsubscribe": f"<{link}>",
-                            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-                        },
-                    )
-                )
+            batch = [
+                self._message(account_id, address, purpose, subject, body, now)
+                for account_id, address in recipients[start : start + BATCH]
+            ]
             await self.mailer.send(batch)
         log.info("announcement sent", extra={"purpose": purpose, "recipients": len(recipients)})
         return len(recipients)
+
+    async def notify(self, account_id: str, subject: str, body: str) -> bool:
+        """Mails one account about its connections, if it consents to execution notifications."""
+        purpose = "execution_notifications"
+        if not subject.strip() or not body.strip():
+            raise InvalidArgument("EMPTY_NOTIFICATION", "subject and body are required")
+        async with self.store.read() as tx:
+            account = await tx.account(account_id) if account_id else None
+            if account is None or account.status != "active":
+                return False
+            state = {c.purpose: c.granted for c in _fold(await tx.consent_history(account_id))}
+        if not state[purpose]:
+            return False
+        message = self._message(
+            account_id, account.email, purpose, subject[:200], body[:5000], self.clock.now()
+        )
+        await self.mailer.send([message])
+        log.info("notification sent", extra={"purpose": purpose})
+        return True
+
+    def _message(
+        self, account_id: str, address: str, purpose: str, subject: str, body: str, now
+    ) -> EmailMessage:
+        """A message with its own one-click unsubscribe link (RFC 8058 List-Unsubscribe and
+        List-Unsubscribe-Post)."""
+        token = self.unsubscribe_token(account_id, purpose)
+        link = f"{self._public_url}/v1/unsubscribe?token={quote(token, safe='')}"
+        return compose(
+            sender=self._sender,
+            to=address,
+            subject=subject,
+            body=f"{body.rstrip()}\n\n--\nTo stop receiving these e-mails: {link}\n",
+            when=now,
+            headers={
+                "List-Unsubscribe": f"<{link}>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            },
+        )
 
 
 def _fold(events: list[ConsentEvent]) -> list[Consent]:

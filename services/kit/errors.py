@@ -125,6 +125,14 @@ class RemoteError:
     violations: tuple[FieldViolation, ...] = ()
 
 
+def to_remote(error: DomainError) -> RemoteError:
+    """A domain error raised on this side of a call, in the shape a caller's errors have."""
+    violations = (FieldViolation(error.field, error.message),) if error.field else ()
+    return RemoteError(
+        error.code, error.message, error.reason, error.metadata, error.retry_after, violations
+    )
+
+
 def from_rpc_error(error: grpc.RpcError) -> RemoteError:
     """Reads the rich status of a failed call (sync or aio)."""
     code = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN

@@ -1,4 +1,4 @@
-"""Datetimes to and from `google.protobuf.Timestamp`: one conversion for every servicer."""
+"""Protobuf well-known types for every servicer: datetimes as Timestamps, JSON as Values."""
 
 from __future__ import annotations
 
@@ -14,3 +14,21 @@ def to_timestamp(value: datetime | None) -> Timestamp | None:
     stamp = Timestamp()
     stamp.FromDatetime(value)
     return stamp
+
+
+def json_value(message) -> object:
+    """A google.protobuf.Value (or Struct) as plain JSON, whole numbers as ints: protobuf keeps
+    every number as a double, and 5 must not reach a third party as 5.0."""
+    from google.protobuf.json_format import MessageToDict
+
+    return _whole(MessageToDict(message))
+
+
+def _whole(value):
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    return value

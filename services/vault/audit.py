@@ -8,10 +8,10 @@ than one each.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
+from services.kit.batching import GroupCommit
 from services.kit.clock import Clock
 from services.vault.store import Store
 
@@ -34,27 +34,13 @@ class AuditLog:
     def __init__(self, store: Store, clock: Clock) -> None:
         self._store = store
         self._clock = clock
-        self._pending: list[tuple[Event, asyncio.Future]] = []
-        self._wakeup = asyncio.Event()
-        self._writer: asyncio.Task | None = None
+        self._commits: GroupCommit[Event, None] = GroupCommit(self._write)
 
     async def record(self, event: Event) -> None:
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append((event, future))
-        self._wakeup.set()
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.ensure_future(self._write_forever())
-        await future
+        """Returns once the event is written; concurrent events share one transaction."""
+        await self._commits.submit(event)
 
-    async def _write_forever(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            batch, self._pending = self._pending, []
-            if batch:
-                await self._write(batch)
-
-    async def _write(self, batch: list[tuple[Event, asyncio.Future]]) -> None:
+    async def _write(self, batch: list[Event]) -> None:
         now = self._clock.now()
         rows = [
             {
@@ -66,26 +52,16 @@ class AuditLog:
                 "action": e.action,
                 "outcome": e.outcome[:48],
             }
-            for e, _ in batch
+            for e in batch
         ]
-        used = sorted({e.credential_id for e, _ in batch if e.used and e.credential_id})
+        used = sorted({e.credential_id for e in batch if e.used and e.credential_id})
         try:
             async with self._store.begin() as tx:
                 await tx.audit(rows)
                 await tx.touch_credentials(used, now)
-        except Exception as error:  # the callers fail with it: no event is silently lost
+        except Exception:  # the callers fail with it: no event is silently lost
             log.exception("audit write failed")
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            return
-        for _, future in batch:
-            if not future.done():
-                future.set_result(None)
+            raise
 
     async def close(self) -> None:
-        if self._pending:
-            batch, self._pending = self._pending, []
-            await self._write(batch)
-        if self._writer is not None:
-            self._writer.cancel()
+        await self._commits.close()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,9 +26,14 @@ from aiosmtpd.controller import Controller
 
 from tests.conftest import free_port
 from tests.support.oauth_server import OAuthServer
+from tests.support.receiver import ReceivedRequest, Receiver, Reply
 
 # Short enough for a test to outwait, long enough to lock out within.
 LOCKOUT_WINDOW_SECONDS = 6
+# Per connection: a test reaches the limit in a burst; each test has its own connections.
+WEBHOOK_BURST, WEBHOOK_RATE_PER_SECOND = 20, 5
+# Failed runs in a row before the runner pauses a connection.
+PAUSE_AFTER_FAILURES = 3
 
 
 class Inbox:
@@ -111,6 +117,77 @@ def oauth_provider() -> Iterator[OAuthServer]:
         yield server
 
 
+class SharedReceiver(Receiver):
+    """The session's third-party API (HTTPS with its own CA, and plain HTTP), shared by every
+    test: each test delivers to paths of its own (`path()`), scripts answers for those paths only
+    (`answer()`) and reads only what arrived there (`to()`, `wait_to()`)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self._answers: dict[str, Reply] = {}
+        self._delays: dict[str, float] = {}
+
+    def start(self) -> SharedReceiver:
+        super().start()
+        self.respond_with(self._answer)
+        return self
+
+    def path(self, label: str = "t") -> str:
+        return f"/t/{label}/{uuid.uuid4().hex}"
+
+    def answer(
+        self, path: str, status: int, body: bytes | str | dict = b"", *, delay: float = 0.0
+    ) -> None:
+        """Every request to `path` is answered with `status` (after `delay` s) from now on."""
+        self._answers[path] = (status, None, body)
+        self._delays[path] = delay
+
+    def _answer(self, request: ReceivedRequest) -> Reply:
+        return self._answers.get(request.path, (200, None, {"ok": True}))
+
+    def _reply_for(self, request: ReceivedRequest) -> tuple[Reply, float]:
+        reply, delay = super()._reply_for(request)
+        return reply, self._delays.get(request.path, delay)
+
+    def to(self, path: str) -> list[ReceivedRequest]:
+        return [r for r in self.requests if r.path == path]
+
+    def wait_to(self, path: str, count: int = 1, timeout: float = 15.0) -> list[ReceivedRequest]:
+        deadline = time.monotonic() + timeout
+        while len(arrived := self.to(path)) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(arrived)} of {count} requests to {path} in {timeout}s")
+            time.sleep(0.02)
+        return arrived
+
+
+@pytest.fixture(scope="session")
+def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedReceiver]:
+    with SharedReceiver(tmp_path_factory.mktemp("receiver")) as server:
+        yield server
+
+
+def runner_env(receiver: SharedReceiver) -> dict[str, str]:
+    """The runner may deliver to the receiver on loopback (its CA trusted, plain HTTP allowed),
+    retries quickly, and limits webhooks so that a test reaches the limit at once."""
+    return {
+        "RUNNER_ALLOWED_NETWORKS": '["127.0.0.0/8"]',
+        "RUNNER_CA_FILE": str(receiver.ca_file),
+        "RUNNER_ALLOW_PLAIN_HTTP": "1",
+        "RUNNER_BACKOFF_BASE_SECONDS": "0.05",
+        "RUNNER_BACKOFF_CAP_SECONDS": "0.5",
+        # The fuzzers make connections to hosts that do not answer: do not wait on them long.
+        "RUNNER_CONNECT_TIMEOUT_SECONDS": "3",
+        "RUNNER_RECONCILE_SECONDS": "0.2",
+        # Redis: a stream of this mesh's own (others share the test database).
+        "RUNNER_QUEUE_STREAM": f"leadmesh:e2e:{uuid.uuid4().hex[:8]}:runs",
+        "RUNNER_REQUEUE_AFTER_SECONDS": "2",
+        "RUNNER_WEBHOOK_BURST": str(WEBHOOK_BURST),
+        "RUNNER_WEBHOOK_RATE_PER_SECOND": str(WEBHOOK_RATE_PER_SECOND),
+        "RUNNER_PAUSE_AFTER_FAILURES": str(PAUSE_AFTER_FAILURES),
+    }
+
+
 def _start_mesh(
     var: Path, inbox: Inbox, oauth_provider: OAuthServer, extra: dict[str, str]
 ) -> Iterator[Mesh]:
@@ -182,10 +259,14 @@ def _start_mesh(
 
 @pytest.fixture(scope="session")
 def mesh_up(
-    tmp_path_factory: pytest.TempPathFactory, inbox: Inbox, oauth_provider: OAuthServer
+    tmp_path_factory: pytest.TempPathFactory,
+    inbox: Inbox,
+    oauth_provider: OAuthServer,
+    receiver: SharedReceiver,
 ) -> Iterator[Mesh]:
     """The embedded default: SQLite files, in-process counters, no Redis."""
-    yield from _start_mesh(tmp_path_factory.mktemp("mesh-var"), inbox, oauth_provider, {})
+    var = tmp_path_factory.mktemp("mesh-var")
+    yield from _start_mesh(var, inbox, oauth_provider, runner_env(receiver))
 
 
 @pytest.fixture(scope="session")
@@ -195,13 +276,15 @@ def mesh_scaled(
     oauth_provider: OAuthServer,
     postgres_server: str,
     redis_server: str,
+    receiver: SharedReceiver,
 ) -> Iterator[Mesh]:
     """The scale-out stores: a fresh PostgreSQL database per service, and Redis."""
     import psycopg
     from sqlalchemy import make_url
 
     names = {
-        service: f"lm_e2e_{service}_{uuid.uuid4().hex[:8]}" for service in ("identity", "vault")
+        service: f"lm_e2e_{service}_{uuid.uuid4().hex[:8]}"
+        for service in ("identity", "vault", "runner")
     }
     with psycopg.connect(postgres_server, autocommit=True) as admin:
         for name in names.values():
@@ -214,6 +297,7 @@ def mesh_scaled(
         for service, name in names.items()
     }
     extra["REDIS_URL"] = redis_server
+    extra.update(runner_env(receiver))
     yield from _start_mesh(tmp_path_factory.mktemp("mesh-scaled"), inbox, oauth_provider, extra)
     with psycopg.connect(postgres_server, autocommit=True) as admin:
         for name in names.values():
@@ -260,3 +344,41 @@ def register_and_login(client: httpx.Client, address: str | None = None) -> str:
     assert signed.status_code == 200, signed.text
     client.headers["X-CSRF-Token"] = client.cookies["lm_csrf"]
     return address
+
+
+# --- connections and their runs ---
+
+TERMINAL = ("succeeded", "failed")
+
+
+def action(url: str, **fields: Any) -> dict[str, Any]:
+    return {"type": "http", "method": "POST", "url": url, **fields}
+
+
+def create(client: httpx.Client, **fields: Any) -> dict[str, Any]:
+    body = {"name": f"conn {uuid.uuid4().hex[:8]}", "trigger": {"type": "manual"}, **fields}
+    created = client.post("/v1/connections", json=body)
+    assert created.status_code == 201, created.text
+    return created.json()
+
+
+def start_run(client: httpx.Client, connection_id: str, payload: Any = None) -> str:
+    started = client.post(f"/v1/connections/{connection_id}/runs", json={"payload": payload})
+    assert started.status_code == 202, started.text
+    assert set(started.json()) == {"run_id"}
+    return started.json()["run_id"]
+
+
+def finished(client: httpx.Client, run_id: str, timeout: float = 20.0) -> dict[str, Any]:
+    """The run once it succeeded or failed; every status seen on the way is in `seen`."""
+    deadline, seen = time.monotonic() + timeout, []
+    while True:
+        run = client.get(f"/v1/runs/{run_id}")
+        assert run.status_code == 200, run.text
+        detail = run.json()
+        if not seen or seen[-1] != detail["status"]:
+            seen.append(detail["status"])
+        if detail["status"] in TERMINAL:
+            return {**detail, "seen": seen}
+        assert time.monotonic() < deadline, f"run {run_id} still {detail['status']}"
+        time.sleep(0.05)

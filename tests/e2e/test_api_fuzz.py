@@ -4,10 +4,14 @@ in; no 5xx, and every status, content type, header and body as the document decl
 from __future__ import annotations
 
 import itertools
+import json
+from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
@@ -15,7 +19,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.e2e.conftest import PASSWORD, Mesh, new_email
+from tests.e2e.conftest import PASSWORD, Mesh, finished, new_email, register_and_login
 
 CHECKS = [
     schemathesis.checks.not_a_server_error,
@@ -98,11 +102,21 @@ def _fuzz(schema, mesh: Mesh, cookies: dict[str, str] | None) -> list[str]:
 def test_anonymous_requests_conform(api_schema, fuzzed: Mesh):
     operations = _fuzz(api_schema, fuzzed, None)
     assert "POST /v1/accounts" in operations and "GET /v1/me" in operations
+    assert "POST /hooks/{token}" in operations and "GET /v1/egress-ips" in operations
 
 
 def test_signed_in_requests_conform(api_schema, fuzzed: Mesh, signed_in: dict[str, str]):
     operations = _fuzz(api_schema, fuzzed, signed_in)
     assert "PUT /v1/me/plan" in operations and "POST /v1/credentials" in operations
+    runner = {
+        "POST /v1/connections",
+        "PATCH /v1/connections/{connection_id}",
+        "POST /v1/connections/{connection_id}/runs",
+        "GET /v1/runs/{run_id}",
+        "GET /v1/webhook-log",
+        "POST /v1/notifications/{notification_id}/read",
+    }
+    assert runner <= set(operations)
 
 
 def test_the_fuzzed_session_still_works(fuzzed: Mesh, signed_in: dict[str, str]):
@@ -123,3 +137,163 @@ def test_schema_declares_problem_json_for_errors(api_schema):
                         path,
                         code,
                     )
+
+
+# --- the runner's free-form inputs, which the document can only call "any JSON value" ---
+
+_TEXT = st.text(
+    st.characters(exclude_categories=("Cs",))
+    | st.sampled_from(["\x00", "\ud800", "\udfff", "{", "}"]),
+    max_size=12,
+)
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(2**1100), max_value=2**1100)
+    | st.floats()  # NaN and infinities too: sent as JSON's NaN/Infinity extensions
+    | _TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_TEXT, children, max_size=4),
+    max_leaves=25,
+)
+
+
+def _deep(depth: int) -> Any:
+    value: Any = "leaf"
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+_VALUES = _JSON | st.integers(min_value=25, max_value=40).map(_deep)
+_FAST = settings(
+    max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
+_OK_OR_REFUSED = {200, 201, 202, 204, 400, 413, 422, 429}
+
+
+def _raw_json(value: Any) -> bytes:
+    return json.dumps(value, allow_nan=True).encode()
+
+
+def _all_finished(client: httpx.Client, run_ids: list[str]) -> None:
+    """Every accepted run is delivered: what was accepted can also be rendered and sent."""
+    for run_id in run_ids:
+        run = finished(client, run_id, timeout=60)
+        assert run["status"] == "succeeded", run
+
+
+def test_manual_run_payloads_and_body_templates_never_fail(fuzzed: Mesh, receiver):
+    target = receiver.path("fuzz-run")
+    accepted: list[str] = []
+    with fuzzed.client() as client:
+        register_and_login(client)
+        created = client.post(
+            "/v1/connections",
+            json={
+                "name": "fuzz",
+                "trigger": {"type": "manual"},
+                "action": {"url": receiver.https_url(target), "body_template": "{{ body }}"},
+            },
+        )
+        connection = created.json()["id"]
+        json_type = {"Content-Type": "application/json"}
+
+        @given(value=_VALUES)
+        @_FAST
+        def run(value: Any) -> None:
+            payload = b'{"payload": ' + _raw_json(value) + b"}"
+            started = client.post(
+                f"/v1/connections/{connection}/runs", content=payload, headers=json_type
+            )
+            assert started.status_code in _OK_OR_REFUSED, started.text
+            if started.status_code == 202:
+                accepted.append(started.json()["run_id"])
+                detail = client.get(f"/v1/runs/{started.json()['run_id']}")
+                assert detail.status_code == 200, detail.text
+            template = (
+                b'{"name": "t", "trigger": {"type": "manual"}, "action": '
+                b'{"url": "https://example.com", "body_template": ' + _raw_json(value) + b"}}"
+            )
+            made = client.post("/v1/connections", content=template, headers=json_type)
+            assert made.status_code in _OK_OR_REFUSED, made.text
+            if made.status_code == 201:
+                path = f"/v1/connections/{made.json()['id']}"
+                assert client.get(path).status_code == 200
+                changed = client.patch(
+                    path,
+                    content=b'{"action": {"url": "https://example.com", "body_template": '
+                    + _raw_json(value)
+                    + b"}}",
+                    headers=json_type,
+                )
+                assert changed.status_code == 200, changed.text
+                assert client.get("/v1/connections", params={"page_size": 100}).is_success
+                assert client.delete(path).status_code == 204
+
+        run()
+        assert accepted, "no payload was accepted: nothing was delivered"
+        _all_finished(client, accepted)
+        assert client.get("/v1/activity", params={"page_size": 100}).status_code == 200
+
+
+_HEADER_NAME = st.from_regex(r"\A[A-Za-z][A-Za-z0-9-]{0,20}\Z")
+_HEADER_VALUE = st.from_regex(r"\A([\x21-\x7e]([\x20-\x7e]{0,38}[\x21-\x7e])?)?\Z")
+_MEDIA = st.sampled_from(
+    ["application/json", "application/x-www-form-urlencoded", "text/plain",
+     "application/octet-stream", "application/vnd.api+json", "multipart/form-data", "", "x/y"]
+)  # fmt: skip
+_BODY = (
+    st.binary(max_size=300)
+    | _JSON.map(_raw_json)
+    | st.integers(min_value=25, max_value=40).map(lambda d: _raw_json(_deep(d)))
+    | st.dictionaries(_TEXT, _TEXT, max_size=4).map(
+        lambda d: "&".join(f"{k}={v}" for k, v in d.items()).encode("utf-8", "surrogatepass")
+    )
+)
+
+
+def test_webhooks_take_any_body_headers_and_query(fuzzed: Mesh, receiver):
+    target = receiver.path("fuzz-hook")
+    accepted: list[str] = []
+    with fuzzed.client() as owner, fuzzed.client() as caller:
+        register_and_login(owner)
+        # Several connections, so that the rate limit (per connection) rarely answers.
+        urls = itertools.cycle(
+            [
+                owner.post(
+                    "/v1/connections",
+                    json={
+                        "name": f"fuzz hook {n}",
+                        "trigger": {"type": "webhook"},
+                        "action": {
+                            "url": receiver.https_url(target),
+                            "body_template": {"b": "{{ body }}", "q": "{{ query }}"},
+                        },
+                    },
+                ).json()["webhook_url"]
+                for n in range(6)
+            ]
+        )
+
+        @given(
+            body=_BODY,
+            media=_MEDIA,
+            headers=st.dictionaries(_HEADER_NAME, _HEADER_VALUE, max_size=4),
+            query=st.dictionaries(_HEADER_NAME, _TEXT, max_size=3),
+        )
+        @_FAST
+        def run(body: bytes, media: str, headers: dict[str, str], query: dict[str, str]) -> None:
+            sent = {**headers, "Content-Type": media} if media else headers
+            params = {k: v.encode("utf-8", "surrogatepass") for k, v in query.items()}
+            answer = caller.post(next(urls), content=body, headers=sent, params=params)
+            assert answer.status_code in _OK_OR_REFUSED, answer.text
+            if answer.status_code == 202:
+                accepted.append(answer.json()["run_id"])
+                assert owner.get(f"/v1/runs/{answer.json()['run_id']}").status_code == 200
+
+        run()
+        assert accepted, "no webhook was accepted"
+        _all_finished(owner, accepted)
+        log = owner.get("/v1/webhook-log", params={"page_size": 100})
+        assert log.status_code == 200 and len(log.json()["items"]) == min(len(accepted), 100)

@@ -19,7 +19,12 @@ def test_status_reports_every_process_serving(mesh_up: Mesh):
     done = mesh_up.leadmesh("status")
     assert done.returncode == 0, done.stderr
     states = dict(line.split() for line in done.stdout.splitlines())
-    assert states == {"identity": "SERVING", "vault": "SERVING", "gateway": "SERVING"}
+    assert states == {
+        "identity": "SERVING",
+        "vault": "SERVING",
+        "runner": "SERVING",
+        "gateway": "SERVING",
+    }
     only = mesh_up.leadmesh("status", "--only", "identity")
     assert only.returncode == 0 and only.stdout.split() == ["identity", "SERVING"]
 

@@ -9,7 +9,7 @@ import uuid
 
 import httpx
 
-from tests.e2e.conftest import Mesh, new_email
+from tests.e2e.conftest import Mesh, finished, new_email, register_and_login
 
 
 def test_no_password_token_or_email_in_logs_or_spans(api: httpx.Client, mesh_up: Mesh, inbox):
@@ -61,3 +61,72 @@ def test_no_password_token_or_email_in_logs_or_spans(api: httpx.Client, mesh_up:
     for secret in (*secrets, street, "pi_canary_reference", "4111 1111 1111 1111"):
         assert secret not in corpus, f"{secret[:12]}… leaked into logs or spans"
     assert address.split("@")[0] not in corpus
+
+
+def test_no_webhook_token_signing_secret_or_credential_in_logs_or_spans(
+    api: httpx.Client, mesh_up: Mesh, receiver
+):
+    import hashlib
+    import hmac
+
+    register_and_login(api)
+    key = f"sk_canary_delivery_{uuid.uuid4().hex}"
+    credential = api.post(
+        "/v1/credentials",
+        json={
+            "name": "CRM",
+            "kind": "api_key",
+            "provider": "crm",
+            "secret": {"key": key, "query": "api_key"},
+        },
+    ).json()["id"]
+    signing_secret = f"whsec_canary_{uuid.uuid4().hex}"
+    target = receiver.path("privacy")
+    created = api.post(
+        "/v1/connections",
+        json={
+            "name": "Canary hook",
+            "trigger": {"type": "webhook"},
+            "action": {
+                "type": "http",
+                "url": receiver.https_url(target),
+                "body_template": {"email": "{{ body.email }}"},
+                "credential_id": credential,
+            },
+            "signing_secret": signing_secret,
+        },
+    )
+    assert created.status_code == 201, created.text
+    first_url = created.json()["webhook_url"]
+    rotated = api.post(f"/v1/connections/{created.json()['id']}/rotate-token").json()
+    url = rotated["webhook_url"]
+    lead_email = new_email("canary-lead")
+    third_party = f"Bearer canary-third-party-{uuid.uuid4().hex}"
+    body = f'{{"email": "{lead_email}"}}'.encode()
+    stamp = int(time.time())
+    mac = hmac.new(signing_secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256)
+    with mesh_up.client() as caller:
+        headers = {"Content-Type": "application/json", "Authorization": third_party}
+        signed = {**headers, "X-Leadmesh-Signature": f"t={stamp},v1={mac.hexdigest()}"}
+        accepted = caller.post(url, content=body, headers=signed)
+        assert accepted.status_code == 202, accepted.text
+        assert caller.post(url, content=body, headers=headers).status_code == 401
+        assert caller.post(first_url, content=body, headers=signed).status_code == 404
+        assert caller.get(url).status_code == 405
+        assert caller.post(url + "/more", content=body).status_code == 404  # no route at all
+        assert caller.post(url + "x" * 200, content=body).status_code in (404, 422)
+        assert caller.post(url + "?token=" + url.rsplit("/", 1)[1], content=b"").status_code == 401
+    [delivered] = receiver.wait_to(target)
+    assert delivered.json() == {"email": lead_email} and key in delivered.query
+    assert finished(api, accepted.json()["run_id"])["status"] == "succeeded"
+
+    time.sleep(1.5)  # spans are exported in batches (every 0.2 s here)
+    traces = sorted((mesh_up.var_dir / "traces").glob("*.jsonl"))
+    assert {p.stem for p in traces} >= {"gateway", "runner"}
+    corpus = "".join(mesh_up.output) + "".join(p.read_text() for p in traces)
+    assert '"service": "runner"' in corpus  # the runner's logs are seen
+    tokens = [u.rsplit("/", 1)[1] for u in (first_url, url)]
+    for secret in (*tokens, signing_secret, key, third_party, lead_email):
+        assert secret not in corpus, f"{secret[:12]}… leaked:\n" + "\n".join(
+            line.replace(secret, "<SECRET>")[:400] for line in corpus.splitlines() if secret in line
+        )

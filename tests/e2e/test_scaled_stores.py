@@ -21,7 +21,11 @@ def test_the_journey_works_on_postgres_and_redis(mesh_scaled: Mesh):
         )
         assert created.status_code == 201
         assert api.get("/v1/credentials").json()["items"][0]["id"] == created.json()["id"]
-        assert api.get("/readyz").json()["upstreams"] == {"identity": "SERVING", "vault": "SERVING"}
+        assert api.get("/readyz").json()["upstreams"] == {
+            "identity": "SERVING",
+            "vault": "SERVING",
+            "runner": "SERVING",
+        }
 
 
 def test_nul_characters_are_refused_not_a_500(mesh_scaled: Mesh):
@@ -43,7 +47,7 @@ def test_nul_characters_are_refused_not_a_500(mesh_scaled: Mesh):
         ):
             response = api.post(path, json=body)
             assert response.status_code == 422, (path, response.text)
-        assert api.get("/v1/credentials/%00").status_code == 404
+        assert api.get("/v1/credentials/%00").status_code == 422
         plan = api.put("/v1/me/plan", json={"plan": "pro", "billing_name": "x\u0000"})
         assert plan.status_code == 422
         assert api.get("/v1/me").json()["email"] == address

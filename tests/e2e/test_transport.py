@@ -101,10 +101,24 @@ def test_health_and_readiness(api: httpx.Client):
     assert api.get("/healthz").json() == {"status": "ok"}
     ready = api.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["upstreams"] == {"identity": "SERVING", "vault": "SERVING"}
+    assert ready.json()["upstreams"] == {
+        "identity": "SERVING",
+        "vault": "SERVING",
+        "runner": "SERVING",
+    }
 
 
 def test_openapi_and_docs_are_served(api: httpx.Client):
     schema = api.get("/openapi.json").json()
     assert "/v1/sessions" in schema["paths"]
     assert api.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "target", ["/v1/activity?connection_id=a%00b", "/v1/credentials/x%00y", "/hooks/t%00"]
+)
+def test_nul_in_the_path_or_query_is_a_422_problem(api: httpx.Client, target: str):
+    response = api.request("POST" if target.startswith("/hooks") else "GET", target)
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["code"] == "INVALID_REQUEST"

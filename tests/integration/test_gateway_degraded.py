@@ -14,6 +14,7 @@ async def test_an_unreachable_identity_is_a_503_problem_and_not_ready(mesh):
         update={
             "identity_addr": f"127.0.0.1:{free_port()}",
             "vault_addr": f"127.0.0.1:{free_port()}",
+            "runner_addr": f"127.0.0.1:{free_port()}",
         }
     )
     app = create_app(GatewaySettings(mesh=nowhere, readiness_timeout=0.5))
@@ -22,7 +23,9 @@ async def test_an_unreachable_identity_is_a_503_problem_and_not_ready(mesh):
         async with httpx.AsyncClient(transport=transport, base_url="https://gw") as client:
             ready = await client.get("/readyz")
             assert ready.status_code == 503
-            assert ready.json()["upstreams"] == {"identity": "UNAVAILABLE", "vault": "UNAVAILABLE"}
+            assert ready.json()["upstreams"] == dict.fromkeys(
+                ("identity", "vault", "runner"), "UNAVAILABLE"
+            )
             assert (await client.get("/healthz")).status_code == 200
 
             login = await client.post(

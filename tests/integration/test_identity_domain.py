@@ -287,6 +287,20 @@ async def test_announcements_reach_only_consenting_active_accounts(parts: Parts)
     assert message["List-Unsubscribe"].startswith("<https://localhost:8443/v1/unsubscribe?token=")
 
 
+async def test_execution_notices_reach_only_consenting_owners(parts: Parts):
+    ann, bob = await signup(parts, "ann@example.com"), await signup(parts, "bob@example.com")
+    # Execution notifications are granted at sign-up; Bob withdraws his.
+    await parts.consents.update(bob.id, [("execution_notifications", False)])
+    assert await parts.consents.notify(ann.id, "A run failed", "HTTP 500 after 5 attempts")
+    assert not await parts.consents.notify(bob.id, "A run failed", "HTTP 500")
+    assert not await parts.consents.notify("no-such-account", "A run failed", "HTTP 500")
+    (mail,) = parts.identity.settings.outbox_dir.glob("*.eml")
+    message = message_from_bytes(mail.read_bytes(), policy=policy.default)
+    assert message["To"] == "ann@example.com" and message["Subject"] == "A run failed"
+    assert "HTTP 500 after 5 attempts" in message.get_content()
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
 async def test_parallel_guesses_are_held_at_the_limit(parts: Parts):
     await signup(parts)
     outcomes = await asyncio.gather(

@@ -1,0 +1,207 @@
+"""End-to-end deliveries per second: webhook in through the gateway, mapped, authenticated with an
+API key resolved through the vault, delivered over verified TLS to a receiver on loopback.
+
+    python bench/deliver.py [--events 4000] [--concurrency 32] [--store sqlite|scaled|both]
+
+`sqlite`: the embedded default (`leadmesh up`, in-process workers). `scaled`: PostgreSQL + Redis
+(a fresh database per service) and two `leadmesh runner-worker` processes. Prints deliveries per
+second (first acceptance to last delivery), p50/p99 from acceptance (the 202) to arrival at the
+receiver, duplicates, and events lost (accepted, never delivered: must be 0). Target: >= 300/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from loadgen import Connection
+from meshrun import ROOT, Mesh, percentile, sign_up
+
+from tests.conftest import POSTGRES_ADMIN_URL, REDIS_URL, free_port
+from tests.support.receiver import _write_certificates
+
+RECEIVER = """
+import json, ssl, sys, time, uvicorn
+arrivals = []
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    headers = dict(scope["headers"])
+    if scope["path"] == "/stats":
+        body = json.dumps(arrivals).encode()
+    else:
+        arrivals.append([headers.get(b"idempotency-key", b"").decode(), time.time()])
+        body = b'{"ok":true}'
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+config = uvicorn.Config(app, host="127.0.0.1", port=int(sys.argv[1]), ssl_certfile=sys.argv[2],
+    ssl_keyfile=sys.argv[3], log_config=None, access_log=False, lifespan="off")
+uvicorn.Server(config).run()
+"""
+
+LEAD = {"email": "ann@example.com", "first_name": "Ann", "last_name": "Lee",
+        "company": "Example Ltd", "utm": {"source": "ads"}}  # fmt: skip
+
+
+def scaled_env() -> dict[str, str]:
+    import psycopg
+
+    names = {s: f"lm_bench_{s}_{uuid.uuid4().hex[:8]}" for s in ("identity", "vault", "runner")}
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        for name in names.values():
+            admin.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    env = {f"{s.upper()}_DATABASE_URL": f"{base}/{n}" for s, n in names.items()}
+    env.update(REDIS_URL=REDIS_URL, RUNNER_WORKERS="0")
+    return env
+
+
+async def run(mesh: Mesh, receiver_url: str, events: int, concurrency: int) -> dict:
+    async with mesh.client() as user:
+        await sign_up(user, f"bench-{uuid.uuid4().hex[:6]}@example.com")
+        key = await user.post(
+            "/v1/credentials",
+            json={"name": "receiver key", "kind": "api_key", "provider": "receiver",
+                  "secret": {"key": "bench-api-key-0123456789", "header": "X-Api-Key"}},
+        )  # fmt: skip
+        assert key.status_code == 201, key.text
+        created = await user.post(
+            "/v1/connections",
+            json={
+                "name": "bench",
+                "trigger": {"type": "webhook"},
+                "action": {
+                    "type": "http", "method": "POST", "url": f"{receiver_url}/in",
+                    "body_template": {"email": "{{ body.email }}", "name":
+                                      "{{ body.first_name }} {{ body.last_name }}",
+                                      "source": "{{ body.utm.source }}"},
+                    "credential_id": key.json()["id"],
+                },
+                "max_attempts": 10,
+            },
+        )  # fmt: skip
+        assert created.status_code == 201, created.text
+        hook = "/hooks/" + created.json()["webhook_url"].rsplit("/", 1)[1]
+    accepted: dict[str, float] = {}
+    refused = 0
+    body = json.dumps(LEAD).encode()
+    queue = iter(range(events))
+    headers = {"Content-Type": "application/json"}
+
+    async def sender() -> None:
+        nonlocal refused
+        connection = await Connection.open(mesh.base_url, mesh.context)
+        try:
+            for _ in queue:
+                status, _, answer = await connection.request("POST", hook, body, headers)
+                if status == 202:
+                    accepted[json.loads(answer)["run_id"]] = time.time()
+                else:
+                    refused += 1
+        finally:
+            await connection.close()
+
+    first = time.time()
+    await asyncio.gather(*(sender() for _ in range(concurrency)))
+    sent = time.time()
+    async with httpx.AsyncClient(verify=False) as plain:  # noqa: S501 - our own receiver
+        deadline = time.time() + 120
+        while True:
+            arrivals = (await plain.get(f"{receiver_url}/stats")).json()
+            delivered = {run for run, _ in arrivals}
+            if accepted.keys() <= delivered or time.time() > deadline:
+                break
+            await asyncio.sleep(0.5)
+    firsts: dict[str, float] = {}
+    for run, at in arrivals:
+        firsts.setdefault(run, at)
+    latencies = [firsts[r] - t for r, t in accepted.items() if r in firsts]
+    last = max(firsts.values())
+    return {
+        "accepted": len(accepted),
+        "refused": refused,
+        "delivered": len(accepted.keys() & delivered),
+        "duplicates": len(arrivals) - len(firsts),
+        "lost": len(accepted.keys() - delivered),
+        "rate": len(firsts) / (last - first),
+        "ingest_rate": len(accepted) / (sent - first),
+        "p50": percentile(latencies, 0.5) * 1000,
+        "p99": percentile(latencies, 0.99) * 1000,
+    }
+
+
+def bench(store: str, events: int, concurrency: int) -> dict:
+    certs = Path(tempfile.mkdtemp(prefix="leadmesh-receiver-"))
+    ca, cert, key = certs / "ca.pem", certs / "cert.pem", certs / "key.pem"
+    _write_certificates(ca, cert, key)
+    port = free_port()
+    receiver = subprocess.Popen(
+        [sys.executable, "-c", RECEIVER, str(port), str(cert), str(key)], cwd=ROOT
+    )
+    extra = {
+        "RUNNER_ALLOWED_NETWORKS": '["127.0.0.0/8"]',
+        "RUNNER_CA_FILE": str(ca),
+        "RUNNER_WEBHOOK_RATE_PER_SECOND": "1000000",
+        "RUNNER_WEBHOOK_BURST": "1000000",
+    }
+    if store == "scaled":
+        extra.update(scaled_env())
+    mesh = Mesh(extra)
+    workers = []
+    if store == "scaled":
+        for _ in range(2):
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "services.cli", "runner-worker"],
+                    cwd=ROOT,
+                    env=mesh.env,
+                    start_new_session=True,
+                )  # fmt: skip
+            )
+    try:
+        time.sleep(1.0)
+        return asyncio.run(run(mesh, f"https://localhost:{port}", events, concurrency))
+    finally:
+        for worker in workers:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(30)
+        mesh.stop()
+        receiver.terminate()
+        receiver.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=4000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--store", choices=["sqlite", "scaled", "both"], default="both")
+    args = parser.parse_args()
+    stores = ["sqlite", "scaled"] if args.store == "both" else [args.store]
+    for store in stores:
+        f = bench(store, args.events, args.concurrency)
+        print(
+            f"{store:<7} deliveries {f['rate']:7.0f} /s   accepted {f['ingest_rate']:6.0f} /s   "
+            f"accept→delivery p50 {f['p50']:7.1f} ms  p99 {f['p99']:7.1f} ms   "
+            f"accepted {f['accepted']}  refused {f['refused']}  duplicates {f['duplicates']}  "
+            f"lost {f['lost']}   (target >= 300/s, 0 lost)"
+        )
+
+
+if __name__ == "__main__":
+    main()

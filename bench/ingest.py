@@ -1,0 +1,157 @@
+"""Accepted webhooks per second through the gateway, against a bare FastAPI endpoint answering 202
+on the same server stack (uvicorn, the gateway's TLS configuration and certificate), in one run.
+
+    python bench/ingest.py [--seconds 15] [--concurrency 32]
+
+Each accepted webhook is durable before its 202: the runner writes the webhooks-log entry and the
+queued run in one transaction. Delivery is switched off (RUNNER_WORKERS=0) so that only
+acceptance is measured; bench/deliver.py measures the whole path. Target ratio >= 0.4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+from loadgen import Connection
+from meshrun import ROOT, Mesh, percentile, sign_up
+
+from tests.conftest import free_port
+
+BARE_APP = """
+import ssl, sys, uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+app = FastAPI()
+@app.post("/hooks/{token}", status_code=202)
+async def hook(token: str, request: Request):
+    await request.body()
+    return {"run_id": "00000000-0000-0000-0000-000000000000"}
+config = uvicorn.Config(app, host="127.0.0.1", port=int(sys.argv[1]), ssl_certfile=sys.argv[2],
+    ssl_keyfile=sys.argv[3], log_config=None, access_log=False, server_header=False,
+    proxy_headers=False, lifespan="on")
+config.load()
+config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+uvicorn.Server(config).run()
+"""
+
+LEAD = json.dumps(
+    {"email": "ann@example.com", "first_name": "Ann", "last_name": "Lee", "phone": "+1 555 0100",
+     "company": "Example Ltd", "utm": {"source": "ads", "campaign": "autumn"}}
+).encode()  # fmt: skip
+
+
+async def flood(base_url: str, context, path: str, seconds: float, concurrency: int):
+    latencies: list[float] = []
+    failures = 0
+    until = time.perf_counter() + seconds
+    headers = {"Content-Type": "application/json"}
+
+    async def worker() -> None:
+        nonlocal failures
+        connection = await Connection.open(base_url, context)
+        try:
+            while time.perf_counter() < until:
+                started = time.perf_counter()
+                status, _, _ = await connection.request("POST", path, LEAD, headers)
+                if status != 202:
+                    failures += 1
+                    continue
+                latencies.append(time.perf_counter() - started)
+        finally:
+            await connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return len(latencies) / (time.perf_counter() - started), latencies, failures
+
+
+async def measure(mesh: Mesh, bare_url: str, seconds: float, concurrency: int) -> dict:
+    async with mesh.client() as user:
+        await sign_up(user, "bench-ingest@example.com")
+        created = await user.post(
+            "/v1/connections",
+            json={
+                "name": "bench",
+                "trigger": {"type": "webhook"},
+                "action": {
+                    "type": "http",
+                    "url": "https://receiver.example/in",
+                    "body_template": {"email": "{{ body.email }}"},
+                },
+            },  # fmt: skip
+        )
+        assert created.status_code == 201, created.text
+        hook = "/hooks/" + created.json()["webhook_url"].rsplit("/", 1)[1]
+    gateway = mesh.base_url
+    for url, path in ((gateway, hook), (bare_url, "/hooks/x")):  # warm up both
+        await flood(url, mesh.context, path, 1.0, concurrency)
+    base_before, base_lat, _ = await flood(bare_url, mesh.context, "/hooks/x", seconds / 2,
+                                           concurrency)  # fmt: skip
+    rate, lat, failures = await flood(gateway, mesh.context, hook, seconds, concurrency)
+    base_after, _, _ = await flood(bare_url, mesh.context, "/hooks/x", seconds / 2, concurrency)
+    return {
+        "rate": rate,
+        "p50": percentile(lat, 0.5) * 1000,
+        "p99": percentile(lat, 0.99) * 1000,
+        "failures": failures,
+        "baseline": max(base_before, base_after),
+        "baseline_runs": (base_before, base_after),
+        "baseline_p99": percentile(base_lat, 0.99) * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    mesh = Mesh(
+        {"RUNNER_WORKERS": "0", "RUNNER_WEBHOOK_RATE_PER_SECOND": "1000000",
+         "RUNNER_WEBHOOK_BURST": "1000000"}
+    )  # fmt: skip
+    port = free_port()
+    bare = subprocess.Popen(
+        [sys.executable, "-c", BARE_APP, str(port),
+         str(mesh.var / "gateway" / "tls.pem"), str(mesh.var / "gateway" / "tls.key")],
+        cwd=ROOT, env=dict(os.environ),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"https://localhost:{port}/docs", verify=mesh.context, timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the bare endpoint did not come up") from None
+                time.sleep(0.2)
+        figures = asyncio.run(
+            measure(mesh, f"https://localhost:{port}", args.seconds, args.concurrency)
+        )
+    finally:
+        bare.terminate()
+        bare.wait(10)
+        mesh.stop()
+    before, after = figures["baseline_runs"]
+    print(
+        f"bare FastAPI 202            {figures['baseline']:8.0f} /s   "
+        f"p99 {figures['baseline_p99']:.1f} ms  ({before:.0f} / {after:.0f})"
+    )
+    print(
+        f"webhooks accepted (durable) {figures['rate']:8.0f} /s   p50 {figures['p50']:.1f} ms  "
+        f"p99 {figures['p99']:.1f} ms  (concurrency {args.concurrency}, "
+        f"{figures['failures']} not accepted)"
+    )
+    ratio = figures["rate"] / figures["baseline"]
+    print(f"ingest ratio                {ratio:8.3f}   (target >= 0.4)")
+
+
+if __name__ == "__main__":
+    main()

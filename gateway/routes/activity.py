@@ -1,0 +1,259 @@
+"""What the signed-in person can read about their connections' runs: the activity stream (one
+entry per run), a run with its attempts, the webhooks log, notifications; and the egress
+addresses to allowlist. Lists are newest first, paginated, filterable by `connection_id`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query
+from google.protobuf import empty_pb2
+from leadmesh.runner.v1 import runner_pb2
+from pydantic import BaseModel
+
+from gateway.auth import Principal, principal, upstreams
+from gateway.schemas import Page, timestamp
+from gateway.upstreams import Upstreams, call
+from services.kit.timestamps import json_value
+
+router = APIRouter(tags=["activity"])
+
+Id = Annotated[str, Path(min_length=1, max_length=64)]
+PageSize = Annotated[int, Query(ge=1, le=100)]
+PageToken = Annotated[str | None, Query(max_length=300)]
+ConnectionFilter = Annotated[str | None, Query(max_length=64)]
+RunStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+class Run(BaseModel):
+    run_id: str
+    connection_id: str
+    trigger: Literal["webhook", "schedule", "manual"]
+    status: RunStatus
+    attempts: int
+    create_time: datetime | None
+    start_time: datetime | None
+    finish_time: datetime | None
+    next_attempt_time: datetime | None
+    error: str | None
+
+    @classmethod
+    def fields(cls, m: runner_pb2.Run) -> dict[str, Any]:
+        return {
+            "run_id": m.id,
+            "connection_id": m.connection_id,
+            "trigger": m.trigger,
+            "status": m.status,
+            "attempts": m.attempts,
+            "create_time": timestamp(m.create_time),
+            "start_time": timestamp(m.start_time),
+            "finish_time": timestamp(m.finish_time),
+            "next_attempt_time": timestamp(m.next_attempt_time),
+            "error": m.error or None,
+        }
+
+
+class Header(BaseModel):
+    name: str
+    value: str
+
+
+class Attempt(BaseModel):
+    number: int
+    start_time: datetime | None
+    finish_time: datetime | None
+    # The request as sent, credentials redacted.
+    request: dict[str, Any]
+    response_status: int | None
+    response_headers: list[Header]
+    response_body: str | None
+    response_body_encoding: str | None
+    response_truncated: bool
+    error: str | None
+
+
+class RunDetail(BaseModel):
+    run_id: str
+    connection_id: str
+    trigger: Literal["webhook", "schedule", "manual"]
+    status: RunStatus
+    # Each attempt, oldest first (the activity stream carries only their count).
+    attempts: list[Attempt]
+    attempt_count: int
+    create_time: datetime | None
+    start_time: datetime | None
+    finish_time: datetime | None
+    next_attempt_time: datetime | None
+    error: str | None
+    # The event delivered (body, headers, query, received_at), while execution details are kept.
+    event: Any = None
+
+
+class WebhookLogEntry(BaseModel):
+    id: str
+    connection_id: str
+    run_id: str | None
+    receive_time: datetime | None
+    source_ip: str
+    method: str
+    headers: list[Header]
+    query: str
+    body_encoding: Literal["json", "form", "text", "base64"]
+    body: str
+
+
+class Notification(BaseModel):
+    id: str
+    connection_id: str | None
+    kind: str
+    message: str
+    run_id: str | None
+    credential_id: str | None
+    create_time: datetime | None
+    read_time: datetime | None
+    read: bool
+
+    @classmethod
+    def of(cls, m: runner_pb2.Notification) -> Notification:
+        return cls(
+            id=m.id,
+            connection_id=m.connection_id or None,
+            kind=m.kind,
+            message=m.message,
+            run_id=m.run_id or None,
+            credential_id=m.credential_id or None,
+            create_time=timestamp(m.create_time),
+            read_time=timestamp(m.read_time),
+            read=m.HasField("read_time"),
+        )
+
+
+class EgressAddresses(BaseModel):
+    addresses: list[str]
+
+
+def _list(page_size: int, page_token: str | None, connection_id: str | None):
+    return runner_pb2.ListRequest(
+        page_size=page_size, page_token=page_token or "", connection_id=connection_id or ""
+    )
+
+
+@router.get("/v1/activity", response_model=Page[Run])
+async def list_activity(
+    page_size: PageSize = 20,
+    page_token: PageToken = None,
+    connection_id: ConnectionFilter = None,
+    who: Principal = Depends(principal),
+    mesh: Upstreams = Depends(upstreams),
+) -> Page[Run]:
+    reply = await call(
+        mesh.runner.ListActivity,
+        _list(page_size, page_token, connection_id),
+        user_id=who.account_id,
+    )
+    return Page[Run](
+        items=[Run(**Run.fields(r)) for r in reply.runs],
+        next_page_token=reply.next_page_token or None,
+    )
+
+
+@router.get("/v1/runs/{run_id}", response_model=RunDetail)
+async def get_run(
+    run_id: Id, who: Principal = Depends(principal), mesh: Upstreams = Depends(upstreams)
+) -> RunDetail:
+    reply = await call(
+        mesh.runner.GetRun, runner_pb2.GetRunRequest(id=run_id), user_id=who.account_id
+    )
+    fields = Run.fields(reply.run)
+    fields["attempt_count"] = fields.pop("attempts")
+    return RunDetail(
+        **fields,
+        attempts=[
+            Attempt(
+                number=a.number,
+                start_time=timestamp(a.start_time),
+                finish_time=timestamp(a.finish_time),
+                request=json_value(a.request),
+                response_status=a.response_status or None,
+                response_headers=[Header(name=h.name, value=h.value) for h in a.response_headers],
+                response_body=a.response_body if a.response_status else None,
+                response_body_encoding=a.response_body_encoding or None,
+                response_truncated=a.response_truncated,
+                error=a.error or None,
+            )
+            for a in reply.attempts
+        ],
+        event=json_value(reply.event) if reply.HasField("event") else None,
+    )
+
+
+@router.get("/v1/webhook-log", response_model=Page[WebhookLogEntry])
+async def list_webhook_log(
+    page_size: PageSize = 20,
+    page_token: PageToken = None,
+    connection_id: ConnectionFilter = None,
+    who: Principal = Depends(principal),
+    mesh: Upstreams = Depends(upstreams),
+) -> Page[WebhookLogEntry]:
+    reply = await call(
+        mesh.runner.ListWebhookLog,
+        _list(page_size, page_token, connection_id),
+        user_id=who.account_id,
+    )
+    return Page[WebhookLogEntry](
+        items=[
+            WebhookLogEntry(
+                id=e.id,
+                connection_id=e.connection_id,
+                run_id=e.run_id or None,
+                receive_time=timestamp(e.receive_time),
+                source_ip=e.source_ip,
+                method=e.method,
+                headers=[Header(name=h.name, value=h.value) for h in e.headers],
+                query=e.query,
+                body_encoding=e.body_encoding,  # type: ignore[arg-type]
+                body=e.body,
+            )
+            for e in reply.entries
+        ],
+        next_page_token=reply.next_page_token or None,
+    )
+
+
+@router.get("/v1/notifications", response_model=Page[Notification])
+async def list_notifications(
+    page_size: PageSize = 20,
+    page_token: PageToken = None,
+    connection_id: ConnectionFilter = None,
+    who: Principal = Depends(principal),
+    mesh: Upstreams = Depends(upstreams),
+) -> Page[Notification]:
+    reply = await call(
+        mesh.runner.ListNotifications,
+        _list(page_size, page_token, connection_id),
+        user_id=who.account_id,
+    )
+    return Page[Notification](
+        items=[Notification.of(n) for n in reply.notifications],
+        next_page_token=reply.next_page_token or None,
+    )
+
+
+@router.post("/v1/notifications/{notification_id}/read", response_model=Notification)
+async def mark_notification_read(
+    notification_id: Id, who: Principal = Depends(principal), mesh: Upstreams = Depends(upstreams)
+) -> Notification:
+    reply = await call(
+        mesh.runner.MarkNotificationRead,
+        runner_pb2.MarkNotificationReadRequest(id=notification_id),
+        user_id=who.account_id,
+    )
+    return Notification.of(reply)
+
+
+@router.get("/v1/egress-ips", response_model=EgressAddresses)
+async def egress_ips(mesh: Upstreams = Depends(upstreams)) -> EgressAddresses:
+    """The addresses our calls to third parties come from: allowlist them. Public."""
+    reply = await call(mesh.runner.GetEgressAddresses, empty_pb2.Empty())
+    return EgressAddresses(addresses=list(reply.addresses))

@@ -1,0 +1,60 @@
+"""`POST /hooks/{token}`: a third party's webhook. No session: the unguessable token is the
+authority (and, when the connection has a signing secret, X-Leadmesh-Signature). The body (up to
+1 MiB, any content type) is handed to the runner, which makes it durable before the 202."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request, Response, status
+from leadmesh.runner.v1 import runner_pb2
+from pydantic import BaseModel
+
+from gateway.auth import client, upstreams
+from gateway.upstreams import Upstreams, call
+
+router = APIRouter(tags=["webhooks"])
+
+Token = Annotated[str, Path(min_length=1, max_length=200)]
+
+
+class Accepted(BaseModel):
+    run_id: str
+
+
+@router.post(
+    "/hooks/{token}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    openapi_extra={
+        "requestBody": {
+            "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+            "required": False,
+        }
+    },
+)
+async def receive_webhook(
+    token: Token, request: Request, response: Response, mesh: Upstreams = Depends(upstreams)
+) -> Accepted:
+    """202 `{run_id}` once the event is stored. 404 unknown token, 409 paused connection, 401 bad
+    signature, 413 body over 1 MiB, 429 rate limited (with Retry-After). A repeated
+    `Idempotency-Key` within 24 hours answers the first `run_id` (`Idempotent-Replayed: true`)."""
+    body = await request.body()
+    reply = await call(
+        mesh.runner.IngestWebhook,
+        runner_pb2.IngestWebhookRequest(
+            token=token,
+            method=request.method,
+            headers=[
+                runner_pb2.Header(name=k, value=v)
+                for k, v in request.headers.items()
+                if "\x00" not in v
+            ],
+            query=request.url.query,
+            body=body,
+            source_ip=client(request).ip_address,
+        ),
+    )
+    if reply.duplicate:
+        response.headers["Idempotent-Replayed"] = "true"
+    return Accepted(run_id=reply.run_id)

@@ -1,0 +1,389 @@
+"""Outgoing HTTP for deliveries: the SSRF guard, egress binding and a capped, redirect-aware send.
+
+A destination is checked twice: ``check_url`` when it is saved (scheme, credentials, IP
+literals) and ``GuardedBackend.connect_tcp`` for every new connection, which resolves the name
+itself and connects only to an address it has just checked — so DNS rebinding cannot slip a
+private address in between. TLS still verifies the URL's hostname: httpcore passes the origin's
+host as ``server_hostname`` to ``start_tls``, whatever address ``connect_tcp`` connected to.
+
+This module must never connect to a refused address, never follow a redirect to another origin,
+never read more than ``MAX_BODY`` (+ one network read) of a response, and never put a URL's path
+or query (which may hold an API key) into an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import ssl
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import certifi
+import httpcore
+import httpx
+from httpcore._utils import is_socket_readable
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+MAX_BODY = 64 * 1024  # bytes of a response kept
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=100, keepalive_expiry=5.0)
+
+_METADATA = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
+)
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_UNRESOLVABLE = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+_BODY_HEADERS = ("content-type", "content-length", "transfer-encoding", "content-encoding")
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    """Where deliveries may go. ``allowed_networks`` lifts the address rules (tests: loopback)."""
+
+    allowed_networks: tuple[IPNetwork, ...] = ()
+    allow_plain_http: bool = False
+    source_address: str | None = None  # bind outgoing connections to this local address
+
+    def __post_init__(self) -> None:
+        networks = tuple(ipaddress.ip_network(n) for n in self.allowed_networks)
+        object.__setattr__(self, "allowed_networks", networks)
+        if self.source_address is not None:
+            ipaddress.ip_address(self.source_address)  # ValueError if not an IP literal
+
+
+class DestinationRefused(Exception):
+    """A destination the guard will not talk to. ``reason`` is a stable UPPER_SNAKE code:
+    INVALID_URL, PLAIN_HTTP_REFUSED, ADDRESS_REFUSED, UNRESOLVABLE, REDIRECT_REFUSED,
+    TOO_MANY_REDIRECTS. The message names the host, never the path or query."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A response whose body was read (at most MAX_BODY bytes kept) and whose stream is closed."""
+
+    response: httpx.Response  # status and headers; its stream is closed, use ``body``
+    body: bytes
+    truncated: bool
+
+
+# --- the address rules ---
+
+
+def refused_kind(ip: IPAddress, policy: EgressPolicy) -> str | None:
+    """Why ``ip`` is refused ("private", "loopback", …), or None when it may be contacted."""
+    if any(ip in net for net in policy.allowed_networks if net.version == ip.version):
+        return None
+    embedded = _embedded_ipv4(ip)
+    if embedded is not None:
+        return refused_kind(embedded, policy)
+    if ip in _METADATA:
+        return "cloud metadata"
+    for kind, refused in (
+        ("unspecified", ip.is_unspecified),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("shared (carrier-grade NAT)", ip in _SHARED),
+        ("reserved", ip.is_reserved),
+        ("private", ip.is_private),
+        ("non-public", not ip.is_global),
+    ):
+        if refused:
+            return kind
+    return None
+
+
+def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for: mapped (::ffff:a.b.c.d), 6to4, NAT64."""
+    if ip.version == 4:
+        return None
+    assert isinstance(ip, ipaddress.IPv6Address)
+    if ip.ipv4_mapped is not None or ip.sixtofour is not None:
+        return ip.ipv4_mapped or ip.sixtofour
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def _a(kind: str) -> str:
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} address"
+
+
+# --- save-time validation ---
+
+
+def check_url(url: str, policy: EgressPolicy) -> None:
+    """Refuse a URL that can never be a delivery destination (raises DestinationRefused)."""
+    try:
+        parsed = httpx.URL(url)
+        host = parsed.host  # decodes IDNA: a malformed label ("xn--") is a ValueError here
+    except (httpx.InvalidURL, TypeError, ValueError):
+        raise DestinationRefused("INVALID_URL", "not a valid URL") from None
+    if parsed.scheme not in ("https", "http"):
+        raise DestinationRefused("INVALID_URL", "the URL must start with https://")
+    if not host:
+        raise DestinationRefused("INVALID_URL", "the URL has no host")
+    if parsed.scheme == "http" and not policy.allow_plain_http:
+        raise DestinationRefused("PLAIN_HTTP_REFUSED", f"{host}: plain http is refused, use https")
+    if parsed.userinfo:
+        raise DestinationRefused(
+            "INVALID_URL", f"{host}: credentials in the URL are refused, send them in headers"
+        )
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise DestinationRefused("INVALID_URL", f"{host}: port {parsed.port} is out of range")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return  # a name: checked when connecting
+    kind = refused_kind(ip, policy)
+    if kind is not None:
+        raise DestinationRefused("ADDRESS_REFUSED", f"{host} is {_a(kind)}")
+
+
+# --- connect-time enforcement ---
+
+
+class _QuickStream(httpcore.AsyncNetworkStream):
+    """A stream whose "is_readable" costs a poll of its socket: httpcore asks it of every pooled
+    connection on every request, and anyio's answer rebuilds its attribute tables each time (with
+    dozens of pooled connections, the most expensive thing a delivery did)."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._socket = inner.get_extra_info("socket")
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+    ) -> httpcore.AsyncNetworkStream:
+        return _QuickStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str):
+        if info == "is_readable" and self._socket is not None:
+            return is_socket_readable(self._socket)
+        if info == "socket":
+            return self._socket
+        return self._inner.get_extra_info(info)
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore network backend that resolves, checks, then connects to the checked IP."""
+
+    def __init__(
+        self, policy: EgressPolicy, inner: httpcore.AsyncNetworkBackend | None = None
+    ) -> None:
+        self._policy = policy
+        self._inner = inner if inner is not None else httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        candidates = self._permitted(host, await _resolve(host, port, timeout))
+        source = self._policy.source_address or local_address
+        if source is not None:
+            version = ipaddress.ip_address(source).version
+            candidates = [ip for ip in candidates if ip.version == version]
+            if not candidates:
+                raise httpcore.ConnectError(f"{host} has no IPv{version} address for {source}")
+        error: Exception | None = None
+        for ip in candidates:  # in resolver order; the next one only if connecting fails
+            left = None if deadline is None else max(deadline - loop.time(), 0.0)
+            try:
+                stream = await self._inner.connect_tcp(
+                    str(ip), port, timeout=left, local_address=source, socket_options=socket_options
+                )
+                return _QuickStream(stream)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as failed:
+                error = failed
+        assert error is not None
+        raise error
+
+    def _permitted(self, host: str, addresses: list[IPAddress]) -> list[IPAddress]:
+        permitted = [ip for ip in addresses if refused_kind(ip, self._policy) is None]
+        if not permitted:
+            ip = addresses[0]
+            kind = refused_kind(ip, self._policy) or "refused"
+            where = f"{host} is" if host == str(ip) else f"{host} resolves to {ip},"
+            raise DestinationRefused("ADDRESS_REFUSED", f"{where} {_a(kind)}")
+        return permitted
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise DestinationRefused("ADDRESS_REFUSED", "unix sockets are refused")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+async def _resolve(host: str, port: int, seconds: float | None) -> list[IPAddress]:
+    """Every address of ``host`` (an IP literal resolves to itself), resolver order, no repeats."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(seconds):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except TimeoutError:
+        raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
+    except socket.gaierror as error:
+        if error.errno in _UNRESOLVABLE:
+            raise DestinationRefused("UNRESOLVABLE", f"{host} does not resolve") from None
+        raise httpcore.ConnectError(f"resolving {host} failed: {error.strerror}") from None
+    addresses: dict[IPAddress, None] = {}
+    for _family, _type, _proto, _name, sockaddr in infos:
+        addresses[ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])] = None
+    if not addresses:
+        raise DestinationRefused("UNRESOLVABLE", f"{host} does not resolve")
+    return list(addresses)
+
+
+# --- the client ---
+
+
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """System CAs + certifi's (+ ``ca_file``); hostname always verified; TLS 1.2 at least."""
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=certifi.where())
+    if ca_file is not None:
+        context.load_verify_locations(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def make_client(
+    policy: EgressPolicy,
+    *,
+    connect_timeout: float,
+    read_timeout: float,
+    ca_file: str | None = None,
+) -> httpx.AsyncClient:
+    """An httpx client whose every connection goes through GuardedBackend (HTTP/1.1 only)."""
+    # httpx logs each request's full URL at INFO, and a query string may carry an API key.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    context = tls_context(ca_file)
+    transport = httpx.AsyncHTTPTransport(verify=context, trust_env=False, limits=LIMITS)
+    # httpx offers no network_backend parameter: swap in a pool built like its own, plus ours.
+    if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
+        raise RuntimeError("httpx.AsyncHTTPTransport no longer keeps an httpcore pool in _pool")
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=context,
+        max_connections=LIMITS.max_connections,
+        max_keepalive_connections=LIMITS.max_keepalive_connections,
+        keepalive_expiry=LIMITS.keepalive_expiry,
+        http1=True,
+        http2=False,
+        network_backend=GuardedBackend(policy),
+    )
+    timeout = httpx.Timeout(
+        connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
+    )
+    return httpx.AsyncClient(
+        transport=transport, trust_env=False, follow_redirects=False, timeout=timeout
+    )
+
+
+async def send(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    content: bytes | None,
+    policy: EgressPolicy,
+    max_redirects: int = 5,
+) -> Sent:
+    """Send one delivery, following redirects within the same origin only.
+
+    Raises DestinationRefused (unchanged: httpx and httpcore let it through) and httpx's own
+    errors (``httpx.TimeoutException``, ``httpx.ConnectError``, ``httpx.RemoteProtocolError``…).
+    A 301/302 keeps the method and body like 307/308: turning a lead's POST into a body-less GET
+    would report success for a lead that never arrived. Only 303 switches to GET.
+    """
+    check_url(url, policy)
+    target = httpx.URL(url)
+    raw_headers = {name: value.encode() for name, value in headers.items()}  # UTF-8, not ASCII
+    for _ in range(max_redirects + 1):
+        request = client.build_request(method, target, headers=raw_headers, content=content)
+        response = await client.send(request, stream=True)
+        try:
+            location = response.headers.get("location")
+            if response.status_code not in REDIRECTS or not location:
+                body, truncated = await _read_capped(response)
+                return Sent(response, body, truncated)
+        finally:
+            await response.aclose()
+        target = _redirect_target(target, location, policy)
+        if response.status_code == 303 and method != "HEAD":
+            method, content = "GET", None
+            raw_headers = {k: v for k, v in raw_headers.items() if k.lower() not in _BODY_HEADERS}
+    raise DestinationRefused(
+        "TOO_MANY_REDIRECTS", f"{target.host} redirected more than {max_redirects} times"
+    )
+
+
+def _redirect_target(current: httpx.URL, location: str, policy: EgressPolicy) -> httpx.URL:
+    try:
+        target = current.join(location)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        raise DestinationRefused(
+            "REDIRECT_REFUSED", f"{current.host} redirected to an invalid URL"
+        ) from None
+    if _origin(target) != _origin(current):
+        scheme, host, port = _origin(target)
+        raise DestinationRefused(
+            "REDIRECT_REFUSED",
+            f"{current.host} redirected to {scheme}://{host}:{port}, another origin",
+        )
+    check_url(str(target), policy)
+    return target
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
+    return url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80)
+
+
+async def _read_capped(response: httpx.Response) -> tuple[bytes, bool]:
+    """At most MAX_BODY bytes of the (decoded) body; stops reading once past the cap."""
+    chunks: list[bytes] = []
+    size = 0
+    async with contextlib.aclosing(response.aiter_bytes()) as stream:
+        async for chunk in stream:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_BODY:
+                break
+    body = b"".join(chunks)
+    return body[:MAX_BODY], len(body) > MAX_BODY

@@ -1,0 +1,306 @@
+"""Incoming events: a webhook (or a manual or scheduled run) becomes a queued run in one
+transaction with its log entry; only then is it accepted (202) and pushed to the queue.
+
+Webhook authenticity: with a signing secret, `X-Leadmesh-Signature: t=<unix>,v1=<hex
+HMAC-SHA256(secret, "<t>.<raw body>")>` is required, checked in constant time within a replay
+window. A repeated `Idempotency-Key` on one connection within 24 hours answers the first run.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs
+
+from services.kit.batching import GroupCommit
+from services.kit.clock import Clock
+from services.kit.errors import FailedPrecondition, NotFound, ResourceExhausted, Unauthenticated
+from services.kit.tokens import sha256_hex
+from services.runner.queue import Queue
+from services.runner.settings import RunnerSettings
+from services.runner.store import Store
+
+SIGNATURE_HEADER = "x-leadmesh-signature"
+IDEMPOTENCY_HEADER = "idempotency-key"
+REDACTED = "[redacted]"
+_SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie", "set-cookie"}
+_SECRET_WORDS = ("token", "secret", "signature", "api-key", "apikey", "api_key", "password",
+                 "auth", "session", "csrf")  # fmt: skip
+
+
+def redact_headers(headers: list[tuple[str, str]]) -> list[list[str]]:
+    """Header pairs, names lower-cased, values of anything that may carry a secret replaced."""
+    out = []
+    for name, value in headers:
+        lower = name.lower()
+        secret = lower in _SECRET_HEADERS or any(w in lower for w in _SECRET_WORDS)
+        out.append([lower, REDACTED if secret else value])
+    return out
+
+
+def parse_body(body: bytes, content_type: str) -> tuple[str, Any, str]:
+    """(encoding, value for templates, text for the log): json, form, text or base64."""
+    media = content_type.split(";")[0].strip().lower()
+    try:
+        text: str | None = body.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        # Not UTF-8, or NUL (which PostgreSQL's text cannot hold): kept as base64.
+        encoded = base64.b64encode(body).decode("ascii")
+        return "base64", encoded, encoded
+    if media == "application/json" or media.endswith("+json") or (not media and text[:1] in "{["):
+        try:
+            return "json", json_body(text) if text else None, text
+        except (ValueError, RecursionError):
+            return "text", text, text
+    if media == "application/x-www-form-urlencoded":
+        return "form", _flatten(parse_qs(text, keep_blank_values=True)), text
+    return "text", text, text
+
+
+# Nested objects/arrays a JSON body may have (as templates): a run's event travels in a
+# google.protobuf.Value, which protobuf parses only up to 100 message levels deep.
+MAX_JSON_DEPTH = 32
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def json_body(text: str) -> Any:
+    """A JSON body as a value every store and protobuf can carry; ValueError for NaN or
+    Infinity, numbers beyond a double's range, lone surrogates, nesting over MAX_JSON_DEPTH."""
+    value = json.loads(text, parse_constant=_not_json)
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(item, dict):
+                for key in item:
+                    key.encode("utf-8")
+                stack += [(v, depth + 1) for v in item.values()]
+            else:
+                stack += [(v, depth + 1) for v in item]
+        elif isinstance(item, str):
+            item.encode("utf-8")  # UnicodeEncodeError (a ValueError) for a lone surrogate
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("a number beyond a double's range")
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > 2**1023:
+            raise ValueError("a number beyond a double's range")
+    return value
+
+
+def _flatten(values: dict[str, list[str]]) -> dict[str, Any]:
+    return {k: v[0] if len(v) == 1 else v for k, v in values.items()}
+
+
+def check_signature(
+    secret: str, header: str | None, body: bytes, now: float, tolerance: int
+) -> None:
+    problem = Unauthenticated(
+        "SIGNATURE_INVALID",
+        "X-Leadmesh-Signature must be t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<body>'>, "
+        f"made within {tolerance} seconds",
+    )
+    if not header:
+        raise problem
+    parts: dict[str, list[str]] = {}
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        parts.setdefault(key, []).append(value)
+    stamp = (parts.get("t") or [""])[0]
+    if not stamp.isdigit() or len(stamp) > 12 or abs(now - int(stamp)) > tolerance:
+        raise problem
+    expected = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    # Every candidate is compared (several v1 values allow rotating the secret).
+    ok = False
+    for candidate in parts.get("v1", []):
+        ok |= hmac.compare_digest(expected, candidate.strip().lower())
+    if not ok:
+        raise problem
+
+
+class Buckets:
+    """A token bucket per connection (in process: the runner's API is one process)."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._state: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str) -> float:
+        """0 when admitted, else the seconds until a token is free."""
+        now = time.monotonic()
+        tokens, last = self._state.get(key, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1:
+            self._state[key] = (tokens - 1, now)
+            if len(self._state) > 100_000:
+                self._state.clear()
+            return 0.0
+        self._state[key] = (tokens, now)
+        return (1 - tokens) / self.rate
+
+
+@dataclass
+class Accepted:
+    run: dict[str, Any]
+    entry: dict[str, Any]
+    key_sha256: str
+    # The run an earlier request with the same Idempotency-Key made.
+    duplicate_of: str = ""
+
+
+class Ingest:
+    def __init__(self, settings: RunnerSettings, store: Store, queue: Queue, clock: Clock) -> None:
+        self.settings = settings
+        self.store = store
+        self.queue = queue
+        self.clock = clock
+        self.buckets = Buckets(settings.webhook_rate_per_second, settings.webhook_burst)
+        self._commits: GroupCommit[Accepted, Accepted] = GroupCommit(self._write)
+        # Connections by token digest, for a second: every change made here clears it at once;
+        # a pause made by a worker elsewhere takes effect within the second.
+        self._connections: dict[str, tuple[float, dict[str, Any] | None]] = {}
+
+    def forget(self, *_args: Any) -> None:
+        self._connections.clear()
+
+    async def _connection(self, token: str) -> dict[str, Any] | None:
+        digest = sha256_hex(token)
+        cached = self._connections.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with self.store.read() as tx:
+            connection = await tx.connection_by_token(digest)
+        if len(self._connections) > 10_000:
+            self._connections.clear()
+        self._connections[digest] = (now + 1.0, connection)
+        return connection
+
+    async def webhook(
+        self,
+        token: str,
+        method: str,
+        headers: list[tuple[str, str]],
+        query: str,
+        body: bytes,
+        source_ip: str,
+    ) -> tuple[str, bool]:
+        """(run id, whether an earlier request with the same Idempotency-Key made it)."""
+        if not token or len(token) > 200:
+            raise NotFound("WEBHOOK_NOT_FOUND", "no webhook has this address")
+        connection = await self._connection(token)
+        if connection is None:
+            raise NotFound("WEBHOOK_NOT_FOUND", "no webhook has this address")
+        if connection["status"] != "active":
+            raise FailedPrecondition("CONNECTION_PAUSED", "this connection is paused")
+        if len(body) > self.settings.max_body_bytes:
+            raise ResourceExhausted("BODY_TOO_LARGE", "a webhook body has at most 1 MiB")
+        lower = {name.lower(): value for name, value in headers}
+        if connection["signing_secret"]:
+            check_signature(
+                connection["signing_secret"],
+                lower.get(SIGNATURE_HEADER),
+                body,
+                self.clock.now().timestamp(),
+                self.settings.signature_tolerance_seconds,
+            )
+        # After the signature: forged requests must not use up the sender's allowance.
+        wait = self.buckets.take(connection["id"])
+        if wait:
+            raise ResourceExhausted(
+                "RATE_LIMITED", "too many webhooks for this connection", retry_after=wait
+            )
+        now = self.clock.now()
+        encoding, value, text = parse_body(body, lower.get("content-type", ""))
+        redacted = redact_headers(headers)
+        event = {
+            "body": value,
+            "headers": {name: v for name, v in redacted},
+            "query": _flatten(parse_qs(query, keep_blank_values=True)),
+            "received_at": now.isoformat(),
+        }
+        run = self.new_run(connection, "webhook", event, now)
+        entry = {
+            "id": str(uuid.uuid4()),
+            "user_id": connection["user_id"],
+            "connection_id": connection["id"],
+            "run_id": run["id"],
+            "receive_time": now,
+            "source_ip": source_ip[:64],
+            "method": method[:16],
+            "headers": redacted,
+            "query": query,
+            "body_encoding": encoding,
+            "body": text,
+        }
+        key = lower.get(IDEMPOTENCY_HEADER)
+        accepted = await self._commits.submit(Accepted(run, entry, sha256_hex(key) if key else ""))
+        if accepted.duplicate_of:
+            return accepted.duplicate_of, True
+        await self.queue.push([run["id"]])
+        return run["id"], False
+
+    async def _write(self, batch: list[Accepted]) -> list[Accepted]:
+        """Many webhooks' log entries and runs in one transaction."""
+        since = self.clock.now() - timedelta(hours=self.settings.idempotency_hours)
+        async with self.store.begin() as tx:
+            fresh = []
+            for item in batch:
+                connection_id = item.run["connection_id"]
+                if item.key_sha256:
+                    first = await tx.idempotent_run(connection_id, item.key_sha256, since)
+                    if not first and not await tx.remember_key(
+                        connection_id, item.key_sha256, item.run["id"], item.run["create_time"],
+                        since,
+                    ):  # fmt: skip
+                        # Another process's request with this key committed first.
+                        first = await tx.idempotent_run(connection_id, item.key_sha256, since)
+                    if first:
+                        item.duplicate_of = first
+                        continue
+                fresh.append(item)
+            if fresh:
+                await tx.add_runs([item.run for item in fresh])
+                await tx.add_webhook_logs([item.entry for item in fresh])
+        return batch
+
+    async def manual(self, connection: dict[str, Any], payload: Any, trigger: str) -> dict:
+        if connection["status"] != "active":
+            raise FailedPrecondition("CONNECTION_PAUSED", "this connection is paused")
+        now = self.clock.now()
+        event = {"body": payload, "headers": {}, "query": {}, "received_at": now.isoformat()}
+        run = self.new_run(connection, trigger, event, now)
+        async with self.store.begin() as tx:
+            await tx.add_runs([run])
+        await self.queue.push([run["id"]])
+        return run
+
+    def new_run(
+        self, connection: dict[str, Any], trigger: str, event: dict[str, Any], now: datetime
+    ) -> dict[str, Any]:
+        return {
+            "id": str(uuid.uuid4()),
+            "user_id": connection["user_id"],
+            "connection_id": connection["id"],
+            "trigger": trigger,
+            "status": "queued",
+            "attempts": 0,
+            "max_attempts": connection["max_attempts"],
+            "event": event,
+            "create_time": now,
+            "next_attempt_time": now,
+            "push_time": now if self.queue.pushes else None,
+        }

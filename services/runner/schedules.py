@@ -1,0 +1,70 @@
+"""Schedule triggers: APScheduler fires each active scheduled connection (cron in UTC, or every N
+seconds); each firing queues a run like a manual one. Jobs follow connection changes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from services.runner.ingest import Ingest
+from services.runner.store import Store
+
+log = logging.getLogger("leadmesh.runner.schedules")
+
+
+class Schedules:
+    def __init__(self, store: Store, ingest: Ingest) -> None:
+        self.store = store
+        self.ingest = ingest
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+
+    async def start(self) -> None:
+        async with self.store.read() as tx:
+            rows = await tx.scheduled_connections()
+        self.scheduler.start()
+        for row in rows:
+            self._add(row)
+
+    async def changed(self, connection_id: str, row: dict[str, Any] | None) -> None:
+        if self.scheduler.get_job(connection_id):
+            self.scheduler.remove_job(connection_id)
+        if row is not None and row["status"] == "active" and row["trigger"]["type"] == "schedule":
+            self._add(row)
+
+    def _add(self, row: dict[str, Any]) -> None:
+        trigger = row["trigger"]
+        when = (
+            CronTrigger.from_crontab(trigger["cron"], timezone="UTC")
+            if trigger.get("cron")
+            else IntervalTrigger(seconds=int(trigger["every_seconds"]), timezone="UTC")
+        )
+        self.scheduler.add_job(
+            self._fire,
+            when,
+            args=[row["id"]],
+            id=row["id"],
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=60,
+        )
+
+    async def _fire(self, connection_id: str) -> None:
+        async with self.store.read() as tx:
+            row = await tx.connection(None, connection_id)
+        if row is None or row["status"] != "active":
+            return
+        try:
+            run = await self.ingest.manual(row, None, "schedule")
+        except Exception:
+            log.exception("a scheduled run could not be queued", extra={"connection_id": row["id"]})
+            return
+        log.info("scheduled run queued", extra={"run_id": run["id"], "connection_id": row["id"]})
+
+    async def close(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)

@@ -1,0 +1,228 @@
+"""Serving the runner: `python -m services.runner` (API, scheduler, reconciler and in-process
+workers), `python -m services.runner migrate`, and `python -m services.runner.workers` (workers
+only, for scaling out: `leadmesh runner-worker`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+
+from leadmesh.identity.v1 import identity_pb2_grpc
+from leadmesh.runner.v1 import runner_pb2_grpc
+from leadmesh.vault.v1 import vault_pb2_grpc
+
+from services.kit.clock import Clock, SystemClock
+from services.kit.config import database_url
+from services.kit.db import create_service_engine, migrate
+from services.kit.grpcclient import open_channel
+from services.kit.grpcserver import RunningService, start_server
+from services.kit.service import service_main
+from services.kit.telemetry import instrument_engine
+from services.runner import MIGRATIONS
+from services.runner.activity import Activity
+from services.runner.api import ALLOWED_CALLERS, SERVICE, RunnerApi
+from services.runner.connections import Connections
+from services.runner.guard import EgressPolicy, make_client
+from services.runner.ingest import Ingest
+from services.runner.notify import MailNotices
+from services.runner.queue import DatabaseQueue, Queue, RedisQueue
+from services.runner.recorder import Recorder
+from services.runner.schedules import Schedules
+from services.runner.settings import RunnerSettings
+from services.runner.store import Store
+from services.runner.worker import Worker
+
+log = logging.getLogger("leadmesh.runner")
+
+
+def egress_policy(settings: RunnerSettings) -> EgressPolicy:
+    return EgressPolicy(
+        allowed_networks=tuple(
+            ipaddress.ip_network(n, strict=False) for n in settings.allowed_networks
+        ),
+        allow_plain_http=settings.allow_plain_http,
+        source_address=settings.egress_source_address,
+    )
+
+
+@dataclass
+class Core:
+    """What the API process and worker processes share: store, queue, vault, HTTP client."""
+
+    settings: RunnerSettings
+    clock: Clock
+    store: Store
+    queue: Queue
+    policy: EgressPolicy
+    workers: list[Worker] = field(default_factory=list)
+    _closers: list = field(default_factory=list)
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    def start_workers(self, count: int, prefix: str) -> None:
+        if count <= 0:
+            return
+        vault_channel = open_channel(self.settings.mesh, "vault", caller="runner")
+        vault = vault_pb2_grpc.VaultServiceStub(vault_channel)
+        client = make_client(
+            self.policy,
+            connect_timeout=self.settings.connect_timeout_seconds,
+            read_timeout=self.settings.read_timeout_seconds,
+            ca_file=self.settings.ca_file,
+        )
+        identity_channel = open_channel(self.settings.mesh, "identity", caller="runner")
+        mail = MailNotices(
+            identity_pb2_grpc.IdentityServiceStub(identity_channel), self.settings.mesh.frontend_url
+        )
+        recorder = Recorder(
+            self.store, self.clock, self.settings.pause_after_failures, on_notices=mail
+        )
+        for index in range(count):
+            worker = Worker(
+                f"{prefix}-{index}",
+                self.settings,
+                self.store,
+                self.queue,
+                vault,
+                client,
+                self.policy,
+                self.clock,
+                recorder,
+            )
+            worker.start()
+            self.workers.append(worker)
+        self._closers += [client.aclose, vault_channel.close, mail.close, identity_channel.close]
+
+    def start_reconciler(self) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(self.settings.reconcile_seconds)
+                try:
+                    pushed = await self.queue.reconcile()
+                    if pushed:
+                        log.info("runs queued again", extra={"count": pushed})
+                except Exception:
+                    log.exception("reconciling the queue failed")
+
+        self._tasks.append(asyncio.create_task(loop(), name="reconciler"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*(w.stop() for w in self.workers))
+        for close in self._closers:
+            await close()
+        await self.queue.close()
+        await self.store.close()
+
+
+def build_core(settings: RunnerSettings, clock: Clock | None = None) -> Core:
+    clock = clock or SystemClock(settings.mesh.clock_offset_seconds)
+    engine = create_service_engine(database_url(settings.database_url, settings.mesh, "runner"))
+    instrument_engine(engine)
+    store = Store(engine)
+    redis_url = settings.mesh.redis()
+    queue: Queue = (
+        RedisQueue(
+            redis_url,
+            store,
+            clock,
+            lease_seconds=settings.lease_seconds,
+            requeue_after_seconds=settings.requeue_after_seconds,
+            stream=settings.queue_stream,
+        )
+        if redis_url
+        else DatabaseQueue(store, clock)
+    )
+    return Core(settings, clock, store, queue, egress_policy(settings))
+
+
+@dataclass
+class Parts:
+    core: Core
+    connections: Connections
+    ingest: Ingest
+    activity: Activity
+    schedules: Schedules
+
+    async def close(self) -> None:
+        await self.schedules.close()
+        await self.core.close()
+
+
+def build(settings: RunnerSettings, clock: Clock | None = None) -> Parts:
+    core = build_core(settings, clock)
+    connections = Connections(settings, core.store, core.clock, core.policy)
+    ingest = Ingest(settings, core.store, core.queue, core.clock)
+    schedules = Schedules(core.store, ingest)
+    connections.listeners += [schedules.changed, _forgetting(ingest)]
+    return Parts(core, connections, ingest, Activity(core.store, core.clock), schedules)
+
+
+def _forgetting(ingest: Ingest):
+    async def forget(_connection_id: str, _row) -> None:
+        ingest.forget()
+
+    return forget
+
+
+RunningRunner = RunningService[Parts]
+
+
+def worker_prefix() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def start(
+    settings: RunnerSettings, *, clock: Clock | None = None, port: int | None = None
+) -> RunningRunner:
+    parts = build(settings, clock)
+    api = RunnerApi(
+        parts.connections, parts.ingest, parts.activity, settings.public_egress_addresses()
+    )
+    running = await start_server(
+        name="runner",
+        mesh=settings.mesh,
+        port=settings.mesh.runner_port if port is None else port,
+        register=lambda server: runner_pb2_grpc.add_RunnerServiceServicer_to_server(api, server),
+        service_names=[SERVICE],
+        allowed=ALLOWED_CALLERS,
+    )
+    await parts.schedules.start()
+    parts.core.start_reconciler()
+    parts.core.start_workers(settings.workers, worker_prefix())
+    return RunningService(parts, running)
+
+
+def migrate_database(settings: RunnerSettings) -> None:
+    migrate(database_url(settings.database_url, settings.mesh, "runner"), MIGRATIONS)
+
+
+def main(argv: list[str]) -> int:
+    return service_main(
+        argv,
+        name="runner",
+        settings_class=RunnerSettings,
+        start=start,
+        migrate_database=migrate_database,
+        describe=lambda service: {
+            "queue": "redis" if service.parts.core.settings.mesh.redis() else "database",
+            "workers": service.parts.core.settings.workers,
+            "egress": service.parts.core.settings.egress_source_address or "default",
+        },
+    )
+
+
+async def run_workers(settings: RunnerSettings, count: int, stop: asyncio.Event) -> None:
+    """Workers only, until `stop` is set: the body of `leadmesh runner-worker`."""
+    core = build_core(settings)
+    core.start_workers(count, worker_prefix())
+    try:
+        await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await core.close()

@@ -1,0 +1,88 @@
+"""Runner's settings (`RUNNER_*`), read once at start-up."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.kit.config import MeshSettings
+
+
+class RunnerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RUNNER_", extra="ignore", frozen=True)
+
+    mesh: MeshSettings = Field(default_factory=MeshSettings)
+    database_url: SecretStr | None = None
+
+    # Outgoing calls. The SSRF guard refuses loopback, private, link-local and metadata
+    # destinations unless inside one of these networks (CIDRs).
+    allowed_networks: list[str] = Field(default_factory=list)
+    allow_plain_http: bool = False
+    # Every outgoing connection is bound to this source address (fixed egress).
+    egress_source_address: str | None = None
+    # What third parties see (behind NAT these differ from the bound address); listed by
+    # GET /v1/egress-ips. Default: the source address, when set.
+    egress_addresses: list[str] = Field(default_factory=list)
+    # A PEM bundle trusted in addition to the system's CAs (a private CA; the tests' receiver).
+    ca_file: str | None = None
+    connect_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    read_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+
+    # Delivery.
+    default_max_attempts: Annotated[int, Field(ge=1, le=20)] = 5
+    backoff_base_seconds: Annotated[float, Field(gt=0)] = 1.0
+    backoff_cap_seconds: Annotated[float, Field(gt=0)] = 300.0
+    # A connection whose runs fail this many times in a row is paused.
+    pause_after_failures: Annotated[int, Field(ge=1)] = 5
+    # In-process workers (0: none, the `leadmesh runner-worker` processes do the work) and
+    # deliveries each worker runs at once.
+    workers: Annotated[int, Field(ge=0)] = 1
+    concurrency: Annotated[int, Field(ge=1, le=1000)] = 32
+    # A claimed run whose worker is silent this long is claimed again.
+    lease_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # How often due retries and orphaned runs are (re)queued.
+    reconcile_seconds: Annotated[float, Field(gt=0)] = 1.0
+    # The Redis stream of run ids (runners sharing a Redis database need their own).
+    queue_stream: str = "leadmesh:runner:runs"
+    # A queued run not claimed this long after it was pushed to Redis is pushed again.
+    requeue_after_seconds: Annotated[float, Field(gt=0)] = 30.0
+
+    # The shortest interval a schedule may have.
+    min_schedule_seconds: Annotated[int, Field(ge=1)] = 60
+
+    # Ingest.
+    max_body_bytes: Annotated[int, Field(ge=1)] = 1024 * 1024
+    # Per connection: a token bucket of this rate (per second) and burst.
+    webhook_rate_per_second: Annotated[float, Field(gt=0)] = 50.0
+    webhook_burst: Annotated[int, Field(ge=1)] = 200
+    signature_tolerance_seconds: Annotated[int, Field(ge=1)] = 300
+    idempotency_hours: Annotated[int, Field(ge=1)] = 24
+
+    # Retention categories (DESIGN: webhooks log 7 d, activity 30 d, execution details 7 d,
+    # notifications 7 d).
+    webhook_log_days: Annotated[int, Field(ge=1)] = 7
+    activity_days: Annotated[int, Field(ge=1)] = 30
+    execution_details_days: Annotated[int, Field(ge=1)] = 7
+    notification_days: Annotated[int, Field(ge=1)] = 7
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)
+        return value
+
+    @field_validator("egress_source_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value:
+            ipaddress.ip_address(value)
+        return value or None
+
+    def public_egress_addresses(self) -> list[str]:
+        if self.egress_addresses:
+            return list(self.egress_addresses)
+        return [self.egress_source_address] if self.egress_source_address else []

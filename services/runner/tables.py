@@ -1,0 +1,134 @@
+"""Runner's tables. Each listable table has an increasing `seq` (newest first = highest seq) and
+a public `id`.
+
+Retention categories (each a setting): webhooks log 7 days (`webhook_log`), activity stream 30 days
+(`runs`), execution details 7 days (`attempts`, and the event a run carried: `runs.event`),
+notifications 7 days (`notifications`); idempotency keys live 24 hours.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Boolean, Column, Index, Integer, String, Table, Text
+
+from services.kit.db import Serial, Time, service_metadata
+
+metadata = service_metadata()
+
+connections = Table(
+    "connections",
+    metadata,
+    Column("seq", Serial, primary_key=True, autoincrement=True),
+    Column("id", String(36), nullable=False, unique=True),
+    Column("user_id", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    # active, paused
+    Column("status", String(16), nullable=False),
+    Column("trigger", JSON, nullable=False),
+    Column("action", JSON, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("signing_secret", String(200), nullable=True),
+    # Webhook triggers: SHA-256 of the token (the token is shown once) and its first characters.
+    Column("webhook_token_sha256", String(64), nullable=True, unique=True),
+    Column("webhook_token_hint", String(16), nullable=True),
+    Column("consecutive_failures", Integer, nullable=False),
+    Column("pause_reason", String(300), nullable=True),
+    Column("create_time", Time, nullable=False),
+    Column("update_time", Time, nullable=False),
+    Index("ix_connections_user_id_seq", "user_id", "seq"),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("seq", Serial, primary_key=True, autoincrement=True),
+    Column("id", String(36), nullable=False, unique=True),
+    Column("user_id", String(64), nullable=False),
+    Column("connection_id", String(36), nullable=False),
+    # webhook, schedule, manual
+    Column("trigger", String(16), nullable=False),
+    # queued, running, succeeded, failed
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    # The event delivered: {"body", "headers", "query", "received_at"} (execution details).
+    Column("event", JSON, nullable=True),
+    Column("create_time", Time, nullable=False),
+    Column("start_time", Time, nullable=True),
+    Column("finish_time", Time, nullable=True),
+    Column("next_attempt_time", Time, nullable=False),
+    # Redis queue: when the run was last pushed to the stream (NULL: not pushed since due).
+    Column("push_time", Time, nullable=True),
+    # A claimed run belongs to its worker until then.
+    Column("lease_until", Time, nullable=True),
+    Column("worker", String(100), nullable=True),
+    Column("error", String(1000), nullable=True),
+    Index("ix_runs_user_id_seq", "user_id", "seq"),
+    Index("ix_runs_connection_id_seq", "connection_id", "seq"),
+    Index("ix_runs_status_next_attempt_time", "status", "next_attempt_time"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("seq", Serial, primary_key=True, autoincrement=True),
+    Column("run_id", String(36), nullable=False, index=True),
+    Column("user_id", String(64), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("start_time", Time, nullable=False),
+    Column("finish_time", Time, nullable=False),
+    # method, url, headers, body as sent; credentials redacted.
+    Column("request", JSON, nullable=False),
+    Column("response_status", Integer, nullable=True),
+    Column("response_headers", JSON, nullable=True),
+    Column("response_body", Text, nullable=True),
+    Column("response_body_encoding", String(8), nullable=True),
+    Column("response_truncated", Boolean, nullable=False),
+    Column("error", String(1000), nullable=True),
+)
+
+webhook_log = Table(
+    "webhook_log",
+    metadata,
+    Column("seq", Serial, primary_key=True, autoincrement=True),
+    Column("id", String(36), nullable=False, unique=True),
+    Column("user_id", String(64), nullable=False),
+    Column("connection_id", String(36), nullable=False),
+    Column("run_id", String(36), nullable=True),
+    Column("receive_time", Time, nullable=False, index=True),
+    Column("source_ip", String(64), nullable=False),
+    Column("method", String(16), nullable=False),
+    Column("headers", JSON, nullable=False),
+    Column("query", Text, nullable=False),
+    # json, form, text, base64
+    Column("body_encoding", String(8), nullable=False),
+    Column("body", Text, nullable=False),
+    Index("ix_webhook_log_user_id_seq", "user_id", "seq"),
+    Index("ix_webhook_log_connection_id_seq", "connection_id", "seq"),
+)
+
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("seq", Serial, primary_key=True, autoincrement=True),
+    Column("id", String(36), nullable=False, unique=True),
+    Column("user_id", String(64), nullable=False),
+    Column("connection_id", String(36), nullable=True),
+    # run_failed, connection_paused, credential_problem
+    Column("kind", String(32), nullable=False),
+    Column("message", String(1000), nullable=False),
+    Column("run_id", String(36), nullable=True),
+    Column("credential_id", String(36), nullable=True),
+    Column("create_time", Time, nullable=False, index=True),
+    Column("read_time", Time, nullable=True),
+    Index("ix_notifications_user_id_seq", "user_id", "seq"),
+)
+
+# An Idempotency-Key seen on a connection: a repeat within 24 hours answers the first run.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("connection_id", String(36), primary_key=True),
+    Column("key_sha256", String(64), primary_key=True),
+    Column("run_id", String(36), nullable=False),
+    Column("create_time", Time, nullable=False, index=True),
+)

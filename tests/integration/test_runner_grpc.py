@@ -1,0 +1,268 @@
+"""The runner over real sockets with mTLS: the caller matrix, one user never reaching another's
+resources, webhook authenticity, idempotency and rate limits, and validation when saving."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import field_mask_pb2
+from leadmesh.runner.v1 import runner_pb2 as pb
+
+from services.kit.callers import user_metadata
+from services.kit.config import MeshSettings
+from services.kit.errors import from_rpc_error
+from services.runner.api import ALLOWED_CALLERS
+from tests.integration.grpc_support import call, refused
+from tests.integration.runner_support import runner_mesh
+
+SERVICE = pb.DESCRIPTOR.services_by_name["RunnerService"]
+METHODS = [m.name for m in SERVICE.methods]
+A, B = "user-a", "user-b"
+URL = "https://api.example.com/leads"
+
+
+@pytest.fixture
+async def rm(tmp_path: Path, mesh: MeshSettings, database_url: str):
+    # No workers: these tests look at what is accepted, not at deliveries.
+    async with runner_mesh(
+        tmp_path, mesh.pki_dir, database_url, workers=0, webhook_burst=5,
+        webhook_rate_per_second=1,
+    ) as built:  # fmt: skip
+        yield built
+
+
+def test_the_table_names_every_rpc():
+    assert sorted(m.rsplit("/", 1)[1] for m in ALLOWED_CALLERS) == sorted(METHODS)
+
+
+@pytest.mark.parametrize("caller", ["identity", "vault", "runner", "retention", "operator"])
+async def test_only_the_gateway_may_call(rm, caller: str):
+    stub = rm.dial("runner", caller)
+    for method in METHODS:
+        outcome = await call(stub, SERVICE, method)
+        assert refused(outcome, grpc.StatusCode.PERMISSION_DENIED), (caller, method, outcome)
+
+
+async def test_user_b_never_reaches_user_a_resources(rm):
+    made = await rm.connection(A, URL, trigger="webhook")
+    connection_id = made.connection.id
+    run_id = await rm.run(A, connection_id, {"x": 1})
+    await rm.hook(made.webhook_token, {"y": 2})
+    b = user_metadata(B)
+    attempts = {
+        "GetConnection": pb.GetConnectionRequest(id=connection_id),
+        "UpdateConnection": pb.UpdateConnectionRequest(
+            id=connection_id, name="mine", update_mask=field_mask_pb2.FieldMask(paths=["name"])
+        ),
+        "DeleteConnection": pb.DeleteConnectionRequest(id=connection_id),
+        "RotateWebhookToken": pb.RotateWebhookTokenRequest(id=connection_id),
+        "StartRun": pb.StartRunRequest(connection_id=connection_id),
+        "GetRun": pb.GetRunRequest(id=run_id),
+    }
+    for method, request in attempts.items():
+        outcome = await call(rm.stub, SERVICE, method, request, metadata=b)
+        assert refused(outcome, grpc.StatusCode.NOT_FOUND), (method, outcome)
+    for method in ("ListConnections", "ListActivity", "ListWebhookLog", "ListNotifications"):
+        reply = await call(rm.stub, SERVICE, method, metadata=b)
+        assert not reply.ListFields() or all(
+            not getattr(reply, f.name) for f, _ in reply.ListFields() if f.name != "next_page_token"
+        ), method
+        filtered = await call(
+            rm.stub, SERVICE, method, pb.ListRequest(connection_id=connection_id), metadata=b
+        ) if method != "ListConnections" else reply  # fmt: skip
+        assert "run" not in str(filtered) or not filtered.ListFields()
+    # A's things are all still there.
+    assert (await rm.detail(A, run_id)).run.id == run_id
+    mine = await rm.stub.ListActivity(pb.ListRequest(), metadata=user_metadata(A))
+    assert len(mine.runs) == 2
+
+
+async def test_a_notification_of_another_user_is_not_found(rm):
+    outcome = await call(
+        rm.stub, SERVICE, "MarkNotificationRead", pb.MarkNotificationReadRequest(id="nope"),
+        metadata=user_metadata(B),
+    )  # fmt: skip
+    assert refused(outcome, grpc.StatusCode.NOT_FOUND)
+
+
+def sign(secret: str, body: bytes, when: int | None = None) -> str:
+    stamp = str(int(time.time()) if when is None else when)
+    mac = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={stamp},v1={mac}"
+
+
+async def test_signed_webhooks(rm):
+    secret = "whsec_0123456789abcdef"
+    made = await rm.connection(A, URL, trigger="webhook", signing_secret=secret)
+    assert made.connection.has_signing_secret
+    body = json.dumps({"email": "ann@example.com"}).encode()
+    accepted = await rm.hook(made.webhook_token, body, {"X-Leadmesh-Signature": sign(secret, body)})
+    assert accepted.run_id
+    for header in (
+        None,
+        sign("another-secret-entirely", body),
+        sign(secret, body + b" "),
+        sign(secret, body, int(time.time()) - 301),  # outside the 5-minute replay window
+        "t=abc,v1=00",
+        "v1=" + "0" * 64,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await rm.hook(
+                made.webhook_token, body, {"X-Leadmesh-Signature": header} if header else {}
+            )
+        assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert from_rpc_error(failed.value).reason == "SIGNATURE_INVALID"
+    # Two v1 values (a secret being rotated): one match is enough.
+    two = sign(secret, body) + ",v1=" + "0" * 64
+    assert (await rm.hook(made.webhook_token, body, {"X-Leadmesh-Signature": two})).run_id
+
+
+async def test_idempotency_key_answers_the_first_run(rm):
+    made = await rm.connection(A, URL, trigger="webhook")
+    first = await rm.hook(made.webhook_token, {"n": 1}, {"Idempotency-Key": "lead-77"})
+    again = await rm.hook(made.webhook_token, {"n": 1}, {"Idempotency-Key": "lead-77"})
+    other = await rm.hook(made.webhook_token, {"n": 2}, {"Idempotency-Key": "lead-78"})
+    assert again.run_id == first.run_id and again.duplicate and not first.duplicate
+    assert other.run_id != first.run_id
+    runs = await rm.stub.ListActivity(pb.ListRequest(), metadata=user_metadata(A))
+    assert len(runs.runs) == 2
+
+
+async def test_unknown_paused_and_rate_limited_webhooks(rm):
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await rm.hook("no-such-token", {})
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    made = await rm.connection(A, URL, trigger="webhook")
+    for _ in range(5):  # the burst
+        await rm.hook(made.webhook_token, {})
+    with pytest.raises(grpc.aio.AioRpcError) as limited:
+        await rm.hook(made.webhook_token, {})
+    remote = from_rpc_error(limited.value)
+    assert remote.code == grpc.StatusCode.RESOURCE_EXHAUSTED and remote.reason == "RATE_LIMITED"
+    assert 0 < remote.retry_after <= 1.0
+    await rm.set_status(A, made.connection.id, "paused")
+    with pytest.raises(grpc.aio.AioRpcError) as paused:
+        await rm.hook(made.webhook_token, {})
+    assert from_rpc_error(paused.value).reason == "CONNECTION_PAUSED"
+
+
+async def test_rotating_the_token_retires_the_old_one(rm):
+    made = await rm.connection(A, URL, trigger="webhook")
+    rotated = await rm.stub.RotateWebhookToken(
+        pb.RotateWebhookTokenRequest(id=made.connection.id), metadata=user_metadata(A)
+    )
+    assert rotated.webhook_token and rotated.webhook_token != made.webhook_token
+    assert (await rm.hook(rotated.webhook_token, {})).run_id
+    with pytest.raises(grpc.aio.AioRpcError) as old:
+        await rm.hook(made.webhook_token, {})
+    assert old.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "encoding", "value"),
+    [
+        ("application/json", b'{"a": [1, 2]}', "json", {"a": [1, 2]}),
+        (
+            "application/x-www-form-urlencoded",
+            b"name=Ann&tag=a&tag=b",
+            "form",
+            {"name": "Ann", "tag": ["a", "b"]},
+        ),
+        ("text/plain", "héllo".encode(), "text", "héllo"),
+        ("application/octet-stream", b"\xff\x00\xfe", "base64", "/wD+"),
+    ],  # fmt: skip
+)
+async def test_any_content_type_is_kept(rm, content_type, body, encoding, value):
+    made = await rm.connection(A, URL, trigger="webhook")
+    accepted = await rm.hook(
+        made.webhook_token, body, {"content-type": content_type, "Authorization": "Bearer s3cr3t"}
+    )
+    log = await rm.stub.ListWebhookLog(pb.ListRequest(), metadata=user_metadata(A))
+    (entry,) = log.entries
+    assert entry.run_id == accepted.run_id and entry.body_encoding == encoding
+    assert entry.source_ip == "203.0.113.9"
+    headers = {h.name: h.value for h in entry.headers}
+    assert headers["authorization"] == "[redacted]" and "s3cr3t" not in str(entry)
+    detail = await rm.detail(A, accepted.run_id)
+    assert detail.run.status == "queued"
+    from services.kit.timestamps import json_value
+
+    assert json_value(detail.event)["body"] == value
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason"),
+    [
+        (
+            {"body_template": {"a": {"b": "{{ body.[ }}"}}},
+            "action.body_template.a.b",
+            "INVALID_TEMPLATE",
+        ),
+        ({"body_template": "{{ body.email"}, "action.body_template", "INVALID_TEMPLATE"),
+        ({"headers": {"X-A": "{{ nope( }}"}}, "action.headers.X-A", "INVALID_TEMPLATE"),
+        ({"url": "ftp://example.com"}, "action.url", "INVALID_URL"),
+        ({"url": "https://10.1.2.3/x"}, "action.url", "ADDRESS_REFUSED"),
+        (
+            {"trigger": {"type": "schedule", "cron": "61 * * * *"}},
+            "trigger.cron",
+            "INVALID_TRIGGER",
+        ),
+        ({"trigger": {"type": "schedule", "every_seconds": 0}}, "trigger", "INVALID_TRIGGER"),
+        ({"trigger": {"type": "email"}}, "trigger.type", "INVALID_TRIGGER"),
+        ({"method": "TRACE"}, "action.method", "INVALID_ACTION"),
+        ({"name": "  "}, "name", "INVALID_NAME"),
+        ({"signing_secret": "short"}, "signing_secret", "INVALID_SIGNING_SECRET"),
+        ({"max_attempts": 50}, "max_attempts", "INVALID_MAX_ATTEMPTS"),
+    ],  # fmt: skip
+)
+async def test_bad_connections_are_refused_when_saved(rm, change, field, reason):
+    from google.protobuf import struct_pb2
+    from google.protobuf.json_format import ParseDict
+
+    action = pb.Action(
+        type="http", method=change.get("method", "POST"), url=change.get("url", URL),
+        headers=change.get("headers", {}),
+    )  # fmt: skip
+    if "body_template" in change:
+        action.body_template.CopyFrom(ParseDict(change["body_template"], struct_pb2.Value()))
+    trigger = change.get("trigger", {"type": "manual"})
+    request = pb.CreateConnectionRequest(
+        name=change.get("name", "ok"),
+        trigger=pb.Trigger(**trigger),
+        action=action,
+        max_attempts=change.get("max_attempts", 0),
+        signing_secret=change.get("signing_secret", ""),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await rm.stub.CreateConnection(request, metadata=user_metadata(A))
+    remote = from_rpc_error(failed.value)
+    assert remote.code == grpc.StatusCode.INVALID_ARGUMENT, remote
+    assert remote.reason == reason and remote.violations[0].field == field
+    if reason == "INVALID_TEMPLATE":
+        assert "position" in remote.message
+
+
+async def test_lists_are_newest_first_and_paginate(rm):
+    made = await rm.connection(A, URL)
+    ids = [await rm.run(A, made.connection.id, {"i": i}) for i in range(5)]
+    seen, token = [], ""
+    while True:
+        page = await rm.stub.ListActivity(
+            pb.ListRequest(page_size=2, page_token=token), metadata=user_metadata(A)
+        )
+        seen += [r.id for r in page.runs]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == ids[::-1]
+    bad = await call(
+        rm.stub, SERVICE, "ListActivity", pb.ListRequest(page_token="garbage!"),
+        metadata=user_metadata(A),
+    )  # fmt: skip
+    assert refused(bad, grpc.StatusCode.INVALID_ARGUMENT)
