@@ -1,11 +1,15 @@
 """Accepted webhooks per second through the gateway, against a bare FastAPI endpoint answering 202
-on the same server stack (uvicorn, the gateway's TLS configuration and certificate), in one run.
+on the same server stack, in one run: a second gateway process (same uvicorn and TLS set-up, same
+middleware, same OpenTelemetry instrumentation) with one more route that reads the body and
+answers 202. The ratio is then the price of ingest itself: the gRPC call and the durable write.
 
     python bench/ingest.py [--seconds 15] [--concurrency 32]
 
 Each accepted webhook is durable before its 202: the runner writes the webhooks-log entry and the
 queued run in one transaction. Delivery is switched off (RUNNER_WORKERS=0) so that only
 acceptance is measured; bench/deliver.py measures the whole path. Target ratio >= 0.4.
+BENCH_EXTRA="NAME=value …" adds settings to the mesh (e.g. OTEL_SDK_DISABLED=true, to see what
+tracing costs).
 """
 
 from __future__ import annotations
@@ -24,21 +28,35 @@ from meshrun import ROOT, Mesh, percentile, sign_up
 
 from tests.conftest import free_port
 
+EXTRA = dict(a.split("=", 1) for a in os.environ.get("BENCH_EXTRA", "").split() if a)
 BARE_APP = """
-import ssl, sys, uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-app = FastAPI()
-@app.post("/hooks/{token}", status_code=202)
-async def hook(token: str, request: Request):
-    await request.body()
-    return {"run_id": "00000000-0000-0000-0000-000000000000"}
-config = uvicorn.Config(app, host="127.0.0.1", port=int(sys.argv[1]), ssl_certfile=sys.argv[2],
-    ssl_keyfile=sys.argv[3], log_config=None, access_log=False, server_header=False,
-    proxy_headers=False, lifespan="on")
-config.load()
-config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
-uvicorn.Server(config).run()
+import asyncio
+from fastapi import Request
+from gateway import server
+from gateway.settings import GatewaySettings
+from services.kit.logs import setup_logging
+from services.kit.telemetry import setup_telemetry
+
+original = server.create_app
+
+def with_bare_endpoint(settings, **kwargs):
+    app = original(settings, **kwargs)
+
+    @app.post("/bench/hooks/{token}", status_code=202)
+    async def bare(token: str, request: Request) -> dict:
+        await request.body()
+        return {"run_id": "00000000-0000-0000-0000-000000000000"}
+
+    return app
+
+server.create_app = with_bare_endpoint
+settings = GatewaySettings()
+setup_logging("gateway-bare", "WARNING")
+provider = setup_telemetry("gateway-bare", settings.mesh)
+try:
+    asyncio.run(server.serve(settings))
+finally:
+    provider.shutdown()
 """
 
 LEAD = json.dumps(
@@ -90,12 +108,14 @@ async def measure(mesh: Mesh, bare_url: str, seconds: float, concurrency: int) -
         assert created.status_code == 201, created.text
         hook = "/hooks/" + created.json()["webhook_url"].rsplit("/", 1)[1]
     gateway = mesh.base_url
-    for url, path in ((gateway, hook), (bare_url, "/hooks/x")):  # warm up both
+    for url, path in ((gateway, hook), (bare_url, "/bench/hooks/x")):  # warm up both
         await flood(url, mesh.context, path, 1.0, concurrency)
-    base_before, base_lat, _ = await flood(bare_url, mesh.context, "/hooks/x", seconds / 2,
+    base_before, base_lat, _ = await flood(bare_url, mesh.context, "/bench/hooks/x", seconds / 2,
                                            concurrency)  # fmt: skip
     rate, lat, failures = await flood(gateway, mesh.context, hook, seconds, concurrency)
-    base_after, _, _ = await flood(bare_url, mesh.context, "/hooks/x", seconds / 2, concurrency)
+    base_after, _, _ = await flood(
+        bare_url, mesh.context, "/bench/hooks/x", seconds / 2, concurrency
+    )
     return {
         "rate": rate,
         "p50": percentile(lat, 0.5) * 1000,
@@ -114,19 +134,19 @@ def main() -> None:
     args = parser.parse_args()
     mesh = Mesh(
         {"RUNNER_WORKERS": "0", "RUNNER_WEBHOOK_RATE_PER_SECOND": "1000000",
-         "RUNNER_WEBHOOK_BURST": "1000000"}
+         "RUNNER_WEBHOOK_BURST": "1000000", **EXTRA}
     )  # fmt: skip
     port = free_port()
     bare = subprocess.Popen(
-        [sys.executable, "-c", BARE_APP, str(port),
-         str(mesh.var / "gateway" / "tls.pem"), str(mesh.var / "gateway" / "tls.key")],
-        cwd=ROOT, env=dict(os.environ),
-    )  # fmt: skip
+        [sys.executable, "-c", BARE_APP],
+        cwd=ROOT,
+        env=dict(mesh.env, GATEWAY_HTTPS_PORT=str(port), GATEWAY_HTTP_PORT="0"),
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                httpx.get(f"https://localhost:{port}/docs", verify=mesh.context, timeout=1)
+                httpx.get(f"https://localhost:{port}/healthz", verify=mesh.context, timeout=1)
                 break
             except httpx.HTTPError:
                 if time.monotonic() > deadline:
@@ -141,7 +161,7 @@ def main() -> None:
         mesh.stop()
     before, after = figures["baseline_runs"]
     print(
-        f"bare FastAPI 202            {figures['baseline']:8.0f} /s   "
+        f"bare endpoint 202           {figures['baseline']:8.0f} /s   "
         f"p99 {figures['baseline_p99']:.1f} ms  ({before:.0f} / {after:.0f})"
     )
     print(

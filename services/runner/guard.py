@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import certifi
 import httpcore
 import httpx
-from httpcore._utils import is_socket_readable
+
+from services.runner.pool import LinearPool, QuickStream
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -155,40 +156,6 @@ def check_url(url: str, policy: EgressPolicy) -> None:
 # --- connect-time enforcement ---
 
 
-class _QuickStream(httpcore.AsyncNetworkStream):
-    """A stream whose "is_readable" costs a poll of its socket: httpcore asks it of every pooled
-    connection on every request, and anyio's answer rebuilds its attribute tables each time (with
-    dozens of pooled connections, the most expensive thing a delivery did)."""
-
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._socket = inner.get_extra_info("socket")
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        return await self._inner.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        await self._inner.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-    ) -> httpcore.AsyncNetworkStream:
-        return _QuickStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-    def get_extra_info(self, info: str):
-        if info == "is_readable" and self._socket is not None:
-            return is_socket_readable(self._socket)
-        if info == "socket":
-            return self._socket
-        return self._inner.get_extra_info(info)
-
-
 class GuardedBackend(httpcore.AsyncNetworkBackend):
     """httpcore network backend that resolves, checks, then connects to the checked IP."""
 
@@ -222,7 +189,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
                 stream = await self._inner.connect_tcp(
                     str(ip), port, timeout=left, local_address=source, socket_options=socket_options
                 )
-                return _QuickStream(stream)
+                return QuickStream(stream)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as failed:
                 error = failed
         assert error is not None
@@ -298,7 +265,7 @@ def make_client(
     # httpx offers no network_backend parameter: swap in a pool built like its own, plus ours.
     if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
         raise RuntimeError("httpx.AsyncHTTPTransport no longer keeps an httpcore pool in _pool")
-    transport._pool = httpcore.AsyncConnectionPool(
+    transport._pool = LinearPool(
         ssl_context=context,
         max_connections=LIMITS.max_connections,
         max_keepalive_connections=LIMITS.max_keepalive_connections,

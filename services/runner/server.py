@@ -27,6 +27,7 @@ from services.runner import MIGRATIONS
 from services.runner.activity import Activity
 from services.runner.api import ALLOWED_CALLERS, SERVICE, RunnerApi
 from services.runner.connections import Connections
+from services.runner.credentials import Credentials
 from services.runner.guard import EgressPolicy, make_client
 from services.runner.ingest import Ingest
 from services.runner.notify import MailNotices
@@ -67,7 +68,9 @@ class Core:
         if count <= 0:
             return
         vault_channel = open_channel(self.settings.mesh, "vault", caller="runner")
-        vault = vault_pb2_grpc.VaultServiceStub(vault_channel)
+        credentials = Credentials(
+            vault_pb2_grpc.VaultServiceStub(vault_channel), self.settings.credential_cache_seconds
+        )
         client = make_client(
             self.policy,
             connect_timeout=self.settings.connect_timeout_seconds,
@@ -87,7 +90,7 @@ class Core:
                 self.settings,
                 self.store,
                 self.queue,
-                vault,
+                credentials,
                 client,
                 self.policy,
                 self.clock,

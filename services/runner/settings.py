@@ -40,7 +40,9 @@ class RunnerSettings(BaseSettings):
     # In-process workers (0: none, the `leadmesh runner-worker` processes do the work) and
     # deliveries each worker runs at once.
     workers: Annotated[int, Field(ge=0)] = 1
-    concurrency: Annotated[int, Field(ge=1, le=1000)] = 32
+    concurrency: Annotated[int, Field(ge=1, le=1000)] = 64
+    # How long a resolved credential may stay in a worker's memory (0: ask the vault each time).
+    credential_cache_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
     # A claimed run whose worker is silent this long is claimed again.
     lease_seconds: Annotated[float, Field(gt=0)] = 60.0
     # How often due retries and orphaned runs are (re)queued.

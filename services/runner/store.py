@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -209,14 +209,18 @@ class Tx:
 
     async def finish_runs(self, results: list[dict[str, Any]]) -> None:
         """Each result: id, worker, and the run's new values (status, attempts, error, …); a run
-        is changed only while `worker` still holds it."""
+        is changed only while `worker` still holds it. One executemany per shape of change."""
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for result in results:
-            values = {k: v for k, v in result.items() if k not in ("id", "worker")}
-            await self.c.execute(
+            shapes.setdefault(tuple(sorted(result)), []).append(result)
+        for shape, rows in shapes.items():
+            values = {k: bindparam(f"v_{k}") for k in shape if k not in ("id", "worker")}
+            statement = (
                 update(runs)
-                .where(runs.c.id == result["id"], runs.c.worker == result["worker"])
+                .where(runs.c.id == bindparam("v_id"), runs.c.worker == bindparam("v_worker"))
                 .values(**values)
             )
+            await self.c.execute(statement, [{f"v_{k}": v for k, v in r.items()} for r in rows])
 
     # attempts
     async def add_attempts(self, values: list[dict[str, Any]]) -> None:

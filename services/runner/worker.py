@@ -15,14 +15,11 @@ import random
 from datetime import timedelta
 from typing import Any
 
-import grpc
 import httpx
-from google.protobuf.json_format import MessageToDict
-from leadmesh.vault.v1 import vault_pb2
+import sniffio
 
 from services.kit.clock import Clock
-from services.kit.errors import from_rpc_error
-from services.kit.tokens import sha256_hex
+from services.runner.credentials import CredentialProblem, Credentials, Outage
 from services.runner.delivery import Templates, body_text, prepare, retry_after_seconds
 from services.runner.guard import DestinationRefused, EgressPolicy, send
 from services.runner.queue import Candidate, Queue
@@ -33,25 +30,7 @@ from services.runner.template import TemplateError
 
 log = logging.getLogger("leadmesh.runner.worker")
 
-_OUR_OUTAGE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.CANCELLED,
-}
 _RETRY_STATUSES = {408, 425, 429}
-
-
-class CredentialProblem(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class Outage(Exception):
-    """Ours, not the destination's: try again later without using up an attempt."""
 
 
 class Worker:
@@ -61,7 +40,7 @@ class Worker:
         settings: RunnerSettings,
         store: Store,
         queue: Queue,
-        vault,
+        credentials: Credentials,
         client: httpx.AsyncClient,
         policy: EgressPolicy,
         clock: Clock,
@@ -71,7 +50,7 @@ class Worker:
         self.settings = settings
         self.store = store
         self.queue = queue
-        self.vault = vault
+        self.credentials = credentials
         self.client = client
         self.policy = policy
         self.clock = clock
@@ -115,6 +94,9 @@ class Worker:
                 task.cancel()
 
     async def _run(self) -> None:
+        # httpcore asks sniffio which library runs it many times per request; said once here,
+        # for this task and the delivery tasks it starts, the answer costs nothing.
+        sniffio.current_async_library_cvar.set("asyncio")
         while not self._stop.is_set():
             free = self.settings.concurrency - len(self._tasks)
             if free <= 0:
@@ -178,7 +160,11 @@ class Worker:
         action = connection["action"]
         credential_id = action.get("credential_id")
         try:
-            credential = await self._resolve(run, credential_id) if credential_id else None
+            credential = (
+                await self.credentials.resolve(run["user_id"], credential_id, run["connection_id"])
+                if credential_id
+                else None
+            )
         except Outage as error:
             return self._later(run, [], self._outage_delay(), str(error), charge=False)
         except CredentialProblem as error:
@@ -248,7 +234,9 @@ class Worker:
                 refreshed = True
                 attempt["error"] = "401: refreshing the OAuth credential"
                 try:
-                    credential = await self._refresh(run, credential_id, credential)
+                    credential = await self.credentials.refresh(
+                        run["user_id"], credential_id, run["connection_id"], credential
+                    )
                 except Outage as error:
                     return self._later(run, attempts, self._outage_delay(), str(error))
                 except CredentialProblem as error:
@@ -262,32 +250,6 @@ class Worker:
                 )
                 return self._retry_or_fail(run, attempts, wait, message)
             return self._final(run, attempts, "failed", message)
-
-    async def _resolve(self, run: dict[str, Any], credential_id: str) -> tuple[str, dict]:
-        request = vault_pb2.ResolveCredentialRequest(
-            user_id=run["user_id"], credential_id=credential_id, connection_id=run["connection_id"]
-        )
-        return await self._vault_call(self.vault.ResolveCredential, request)
-
-    async def _refresh(self, run, credential_id: str, credential) -> tuple[str, dict]:
-        request = vault_pb2.RefreshOAuthCredentialRequest(
-            user_id=run["user_id"],
-            credential_id=credential_id,
-            connection_id=run["connection_id"],
-            rejected_token_sha256=sha256_hex(str(credential[1].get("access_token", ""))),
-        )
-        return await self._vault_call(self.vault.RefreshOAuthCredential, request)
-
-    async def _vault_call(self, method, request) -> tuple[str, dict]:
-        try:
-            reply = await method(request)
-        except grpc.aio.AioRpcError as error:
-            remote = from_rpc_error(error)
-            if remote.code in _OUR_OUTAGE:
-                raise Outage(f"the vault is unreachable ({remote.code.name})") from None
-            raise CredentialProblem(remote.reason or remote.code.name, remote.message) from None
-        kind = vault_pb2.CredentialKind.Name(reply.credential.kind)
-        return kind.removeprefix("CREDENTIAL_KIND_").lower(), MessageToDict(reply.secret)
 
     # outcomes
     def _row(self, run: dict[str, Any], attempts: list, **values: Any) -> dict[str, Any]:

@@ -397,7 +397,13 @@ async def test_vault_stopped_for_10s_mid_load_loses_nothing_and_fails_nothing(
     tmp_path: Path, mesh: MeshSettings, receiver: Receiver, database_url: str
 ) -> None:
     async with runner_mesh(
-        tmp_path, mesh.pki_dir, database_url, ca_file=str(receiver.ca_file), **NO_RATE_LIMIT
+        tmp_path,
+        mesh.pki_dir,
+        database_url,
+        ca_file=str(receiver.ca_file),
+        # Every delivery asks the vault: the outage is on each one's path.
+        credential_cache_seconds=0,
+        **NO_RATE_LIMIT,
     ) as rm:
         made = await connect(rm, receiver)
         load = Load(rm, made.webhook_token, 400)

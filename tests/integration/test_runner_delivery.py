@@ -331,3 +331,25 @@ async def test_a_delivery_slower_than_its_lease_keeps_it(tmp_path, mesh, databas
         assert detail.run.status == "succeeded" and detail.run.attempts == 1
         # Renewed all along: no other claim, so no second delivery.
         assert len(receiver.requests) == 1
+
+
+async def test_a_burst_to_one_connection_resolves_its_credential_once(rm, receiver):
+    from sqlalchemy import create_engine, text
+
+    credential = await rm.credential(
+        USER, "api_key", {"key": "sk_burst_0123456789", "header": "X-Api-Key"}
+    )
+    made = await rm.connection(USER, receiver.https_url("/burst"), credential_id=credential)
+    runs = [await rm.run(USER, made.connection.id, {"i": i}) for i in range(8)]
+    for run_id in runs:
+        assert (await rm.finished(USER, run_id)).run.status == "succeeded"
+    assert len(receiver.requests) == 8
+    assert all(r.headers["x-api-key"] == "sk_burst_0123456789" for r in receiver.requests)
+    engine = create_engine(f"sqlite:///{rm.var.parent / 'vault.db'}")
+    with engine.connect() as connection:
+        resolves = connection.execute(
+            text("SELECT count(*) FROM audit_events WHERE action = 'resolve'")
+        ).scalar()
+    engine.dispose()
+    # Kept in the worker's memory for a few seconds: one vault call, audited, for the burst.
+    assert resolves == 1

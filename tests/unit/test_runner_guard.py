@@ -318,3 +318,20 @@ async def test_tls_verifies_the_hostname_although_the_guard_connects_to_the_ip(
     assert receiver.tls_server_names == ["localhost"]  # SNI: the URL's name, not 127.0.0.1
     assert receiver.requests[0].client_host == "127.0.0.1"
     assert receiver.requests[0].headers["host"].startswith("localhost:")
+
+
+async def test_many_concurrent_deliveries_share_a_bounded_reused_pool(
+    receiver: Receiver, client: httpx.AsyncClient
+) -> None:
+    import asyncio
+
+    async def wave() -> set[int]:
+        sent = await asyncio.gather(*(post(client, receiver.https_url("/many")) for _ in range(40)))
+        assert all(s.response.status_code == 200 for s in sent)
+        return {r.client_port for r in receiver.requests}
+
+    first = await wave()
+    receiver.reset()
+    second = await wave()
+    # The second wave rides the first wave's kept-alive connections.
+    assert len(first) <= 40 and second <= first
