@@ -1,10 +1,11 @@
 """End-to-end deliveries per second: webhook in through the gateway, mapped, authenticated with an
 API key resolved through the vault, delivered over verified TLS to a receiver on loopback.
 
-    python bench/deliver.py [--events 4000] [--concurrency 32] [--store sqlite|scaled|both]
+    python bench/deliver.py [--events 4000] [--concurrency 64] [--store sqlite|scaled|both]
 
 `sqlite`: the embedded default (`leadmesh up`, in-process workers). `scaled`: PostgreSQL + Redis
-(a fresh database per service) and two `leadmesh runner-worker` processes. Prints deliveries per
+(a fresh database per service) and two `leadmesh runner-worker` processes. `sqlite+worker`: SQLite
+with deliveries in one `runner-worker` process beside the runner. Prints deliveries per
 second (first acceptance to last delivery), p50/p99 from acceptance (the 202) to arrival at the
 receiver, duplicates, and events lost (accepted, never delivered: must be 0). Target: >= 300/s.
 """
@@ -162,10 +163,12 @@ def bench(store: str, events: int, concurrency: int) -> dict:
     }
     if store == "scaled":
         extra.update(scaled_env())
+    if store == "sqlite+worker":
+        extra["RUNNER_WORKERS"] = "0"
     mesh = Mesh(extra)
     workers = []
-    if store == "scaled":
-        for _ in range(2):
+    if store in ("scaled", "sqlite+worker"):
+        for _ in range(2 if store == "scaled" else 1):
             workers.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "services.cli", "runner-worker"],
@@ -189,14 +192,16 @@ def bench(store: str, events: int, concurrency: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=4000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--store", choices=["sqlite", "scaled", "both"], default="both")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--store", choices=["sqlite", "sqlite+worker", "scaled", "both"], default="both"
+    )
     args = parser.parse_args()
     stores = ["sqlite", "scaled"] if args.store == "both" else [args.store]
     for store in stores:
         f = bench(store, args.events, args.concurrency)
         print(
-            f"{store:<7} deliveries {f['rate']:7.0f} /s   accepted {f['ingest_rate']:6.0f} /s   "
+            f"{store:<13} deliveries {f['rate']:7.0f} /s   accepted {f['ingest_rate']:6.0f} /s   "
             f"accept→delivery p50 {f['p50']:7.1f} ms  p99 {f['p99']:7.1f} ms   "
             f"accepted {f['accepted']}  refused {f['refused']}  duplicates {f['duplicates']}  "
             f"lost {f['lost']}   (target >= 300/s, 0 lost)"
