@@ -6,6 +6,7 @@ attempts, the activity stream and notifications; refused input; one user's thing
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from tests.e2e.conftest import (
     PAUSE_AFTER_FAILURES,
+    Inbox,
     Mesh,
     SharedReceiver,
     action,
@@ -667,3 +669,26 @@ def test_runs_go_through_postgres_and_the_redis_queue(mesh_scaled: Mesh, receive
         nul_hook = caller.post(hooked["webhook_url"], content=b'{"n": "\\u0000"}',
                                headers={"Content-Type": "application/json"})  # fmt: skip
         assert nul_hook.status_code in (202, 422), nul_hook.text
+
+
+def test_failures_are_mailed_to_owners_who_consent(
+    mesh_up: Mesh, receiver: SharedReceiver, inbox: Inbox
+):
+    target = receiver.path("mailed")
+    receiver.answer(target, 500, {"error": "down"})
+    with mesh_up.client() as owner, mesh_up.client() as quiet:
+        address = register_and_login(owner)  # execution notifications: granted at sign-up
+        silent = register_and_login(quiet)
+        withdrawn = quiet.put(
+            "/v1/me/consents",
+            json={"items": [{"purpose": "execution_notifications", "granted": False}]},
+        )
+        assert withdrawn.status_code == 200, withdrawn.text
+        for client in (owner, quiet):
+            made = create(client, action=action(receiver.https_url(target)), max_attempts=1)
+            assert finished(client, start_run(client, made["id"], {"n": 1}))["status"] == "failed"
+        mail = inbox.wait_for(address, "failed")
+        assert "HTTP 500" in mail.get_content() and mail["List-Unsubscribe"]
+        # The runner never holds the address: identity looked it up and checked the consent.
+        time.sleep(1.0)
+        assert not [m for m in inbox.messages if silent in str(m["To"])]
