@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.cookiejar
 import ipaddress
 import logging
 import socket
@@ -277,8 +278,15 @@ def make_client(
     timeout = httpx.Timeout(
         connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
     )
+    # One client serves every user's deliveries: a cookie one API sets must never ride along on
+    # another user's call to the same host, so the jar accepts none.
+    jar = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     return httpx.AsyncClient(
-        transport=transport, trust_env=False, follow_redirects=False, timeout=timeout
+        transport=transport,
+        trust_env=False,
+        follow_redirects=False,
+        timeout=timeout,
+        cookies=jar,
     )
 
 

@@ -335,3 +335,12 @@ async def test_many_concurrent_deliveries_share_a_bounded_reused_pool(
     second = await wave()
     # The second wave rides the first wave's kept-alive connections.
     assert len(first) <= 40 and second <= first
+
+
+async def test_cookies_set_by_one_delivery_never_ride_on_the_next(
+    receiver: Receiver, client: httpx.AsyncClient
+) -> None:
+    receiver.respond(200, {"Set-Cookie": "session=abc123; Path=/"}, b"{}")
+    await post(client, receiver.https_url("/first"))
+    await post(client, receiver.https_url("/second"))
+    assert "cookie" not in receiver.requests[1].headers
