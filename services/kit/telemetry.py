@@ -123,14 +123,24 @@ def _attributes(attributes) -> list[dict]:
 
 
 def _any(value) -> dict:
-    if isinstance(value, bool):
-        return {"boolValue": value}
-    if isinstance(value, int):
-        return {"intValue": str(value)}
-    if isinstance(value, float):
-        return {"doubleValue": value}
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str:  # by far the most common: checked first, exactly
         return {"stringValue": value}
+    if kind is bool:
+        return {"boolValue": value}
+    if kind is int:
+        return {"intValue": str(value)}
+    if kind is float:
+        return {"doubleValue": value}
+    # Subclasses (enums and the like), bytes and sequences.
+    if isinstance(value, bool):
+        return {"boolValue": bool(value)}
+    if isinstance(value, int):
+        return {"intValue": str(int(value))}
+    if isinstance(value, float):
+        return {"doubleValue": float(value)}
+    if isinstance(value, str):
+        return {"stringValue": str(value)}
     if isinstance(value, bytes):
         return {"bytesValue": base64.b64encode(value).decode("ascii")}
     if isinstance(value, Sequence):
