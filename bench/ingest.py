@@ -3,11 +3,13 @@ on the same server stack, in one run: a second gateway process (same uvicorn and
 middleware, same OpenTelemetry instrumentation) with one more route that reads the body and
 answers 202. The ratio is then the price of ingest itself: the gRPC call and the durable write.
 
-    python bench/ingest.py [--seconds 15] [--concurrency 32]
+    python bench/ingest.py [--seconds 15] [--concurrency 64]
 
 Each accepted webhook is durable before its 202: the runner writes the webhooks-log entry and the
 queued run in one transaction. Delivery is switched off (RUNNER_WORKERS=0) so that only
 acceptance is measured; bench/deliver.py measures the whole path. Target ratio >= 0.4.
+64 senders by default, as in bench/deliver.py: every commit waits for its fsync (SQLite
+synchronous=FULL), so acceptance scales with how many webhooks share one group commit.
 BENCH_EXTRA="NAME=value …" adds settings to the mesh (e.g. OTEL_SDK_DISABLED=true, to see what
 tracing costs).
 """
@@ -130,7 +132,7 @@ async def measure(mesh: Mesh, bare_url: str, seconds: float, concurrency: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
     mesh = Mesh(
         {"RUNNER_WORKERS": "0", "RUNNER_WEBHOOK_RATE_PER_SECOND": "1000000",
