@@ -8,6 +8,7 @@ API key resolved through the vault, delivered over verified TLS to a receiver on
 with deliveries in one `runner-worker` process beside the runner. Prints deliveries per
 second (first acceptance to last delivery), p50/p99 from acceptance (the 202) to arrival at the
 receiver, duplicates, and events lost (accepted, never delivered: must be 0). Target: >= 300/s.
+BENCH_EXTRA="NAME=value …" adds settings to the mesh (e.g. RUNNER_CONCURRENCY=128).
 """
 
 from __future__ import annotations
@@ -161,6 +162,7 @@ def bench(store: str, events: int, concurrency: int) -> dict:
         "RUNNER_WEBHOOK_RATE_PER_SECOND": "1000000",
         "RUNNER_WEBHOOK_BURST": "1000000",
     }
+    extra.update(a.split("=", 1) for a in os.environ.get("BENCH_EXTRA", "").split() if a)
     if store == "scaled":
         extra.update(scaled_env())
     if store == "sqlite+worker":
