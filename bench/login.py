@@ -16,25 +16,14 @@ import argparse
 import asyncio
 import hashlib
 import os
-import signal
-import ssl
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
+from meshrun import PASSWORD, Mesh, percentile
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from services.identity.settings import IdentitySettings
 
-from services.identity.settings import IdentitySettings  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-
-PASSWORD = "benchmark passphrase that is long enough"
 # The prober asks 20 times a second: enough samples for a p99 over 20 s, little enough load that
 # it measures the logins' effect on other requests rather than its own.
 PROBE_PAUSE = 0.05
@@ -55,51 +44,6 @@ def raw_pbkdf2_rate(iterations: int, seconds: float) -> float:
     with ThreadPoolExecutor(threads) as pool:
         total = sum(pool.map(lambda _: work(), range(threads)))
     return total / (time.perf_counter() - started)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-class Mesh:
-    def __init__(self) -> None:
-        self.var = Path(tempfile.mkdtemp(prefix="leadmesh-bench-"))
-        self.port = free_port()
-        env = dict(
-            os.environ,
-            LEADMESH_VAR_DIR=str(self.var),
-            LEADMESH_PUBLIC_URL=f"https://localhost:{self.port}",
-            GATEWAY_HTTPS_PORT=str(self.port),
-            GATEWAY_HTTP_PORT=str(free_port()),
-            IDENTITY_PORT=str(free_port()),
-            LEADMESH_LOG_LEVEL="WARNING",
-        )
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        up = threading.Event()
-
-        def pump() -> None:
-            for line in self.process.stdout:  # type: ignore[union-attr]
-                if line.startswith("leadmesh is up"):
-                    up.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        if not up.wait(120):
-            self.stop()
-            raise SystemExit("the mesh did not come up")
-        self.context = ssl.create_default_context(cafile=str(self.var / "gateway" / "tls.pem"))
-        self.base_url = f"https://localhost:{self.port}"
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(60)
 
 
 async def probe_healthz(client: httpx.AsyncClient, until: float, pause: float) -> list[float]:

@@ -8,8 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
-from google.protobuf import field_mask_pb2, struct_pb2
-from google.protobuf.json_format import ParseDict
+from google.protobuf import field_mask_pb2
 from leadmesh.runner.v1 import runner_pb2
 from leadmesh.vault.v1 import vault_pb2
 from pydantic import BaseModel, Field
@@ -18,7 +17,7 @@ from gateway.auth import Principal, principal, upstreams
 from gateway.schemas import Page, Strict, timestamp
 from gateway.upstreams import UpstreamError, Upstreams, call
 from services.kit.errors import InvalidArgument, to_remote
-from services.kit.timestamps import json_value
+from services.kit.timestamps import json_value, to_value
 
 router = APIRouter(prefix="/v1/connections", tags=["connections"])
 
@@ -145,12 +144,6 @@ class RunAccepted(BaseModel):
     run_id: str
 
 
-def value_pb(value: Any) -> struct_pb2.Value:
-    if value is None:
-        return struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)
-    return ParseDict(value, struct_pb2.Value())
-
-
 def _trigger_pb(trigger: Trigger) -> runner_pb2.Trigger:
     return runner_pb2.Trigger(
         type=trigger.type, cron=trigger.cron or "", every_seconds=trigger.every_seconds or 0
@@ -166,7 +159,7 @@ def _action_pb(action: HttpAction) -> runner_pb2.Action:
         credential_id=action.credential_id or "",
     )
     if action.body_template is not None:
-        message.body_template.CopyFrom(value_pb(action.body_template))
+        message.body_template.CopyFrom(to_value(action.body_template))
     return message
 
 
@@ -322,6 +315,6 @@ async def start_run(
 ) -> RunAccepted:
     request = runner_pb2.StartRunRequest(connection_id=connection_id)
     if body.payload is not None:
-        request.payload.CopyFrom(value_pb(body.payload))
+        request.payload.CopyFrom(to_value(body.payload))
     run = await call(mesh.runner.StartRun, request, user_id=who.account_id)
     return RunAccepted(run_id=run.id)

@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import BigInteger, DateTime, Integer, MetaData, create_engine, event, make_url
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from services.kit.clock import as_utc
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg"}
 _SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
@@ -91,6 +94,28 @@ def _tune_sqlite(engine: Engine) -> None:
 
 
 TxT = TypeVar("TxT")
+
+
+def row_dict(row) -> dict[str, Any] | None:
+    """A result row as a dict, its datetimes aware (UTC); None for no row."""
+    if row is None:
+        return None
+    return {k: as_utc(v) if isinstance(v, datetime) else v for k, v in row._mapping.items()}
+
+
+class RowTx:
+    """A transaction's queries answering dicts: the base of a service's `Tx`."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.c = connection
+
+    async def _one(self, query) -> dict[str, Any] | None:
+        return row_dict((await self.c.execute(query)).first())
+
+    async def _all(self, query) -> list[dict[str, Any]]:
+        return [row_dict(r) for r in await self.c.execute(query)]  # type: ignore[misc]
+
+
 READ_ONLY = "leadmesh_read_only"
 
 # Column types every service's tables use: aware timestamps, and an autoincrementing key that is

@@ -16,6 +16,16 @@ def to_timestamp(value: datetime | None) -> Timestamp | None:
     return stamp
 
 
+def to_value(value: object):
+    """Plain JSON as a google.protobuf.Value (None as null_value)."""
+    from google.protobuf import struct_pb2
+    from google.protobuf.json_format import ParseDict
+
+    if value is None:
+        return struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)
+    return ParseDict(value, struct_pb2.Value())
+
+
 def json_value(message) -> object:
     """A google.protobuf.Value (or Struct) as plain JSON, whole numbers as ints: protobuf keeps
     every number as a double, and 5 must not reach a third party as 5.0."""

@@ -6,12 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import empty_pb2, struct_pb2
-from google.protobuf.json_format import ParseDict
 from leadmesh.runner.v1 import runner_pb2 as pb
 from leadmesh.runner.v1 import runner_pb2_grpc
 
 from services.kit.callers import acting_user
-from services.kit.timestamps import json_value, to_timestamp
+from services.kit.timestamps import json_value, to_timestamp, to_value
 from services.runner.activity import Activity
 from services.runner.connections import Connections
 from services.runner.ingest import Ingest
@@ -21,14 +20,6 @@ ALLOWED_CALLERS: dict[str, frozenset[str]] = {
     f"/{SERVICE}/{method.name}": frozenset({"gateway"})
     for method in pb.DESCRIPTOR.services_by_name["RunnerService"].methods
 }
-
-
-def _value(value: Any) -> struct_pb2.Value:
-    return ParseDict(value, struct_pb2.Value()) if value is not None else _null()
-
-
-def _null() -> struct_pb2.Value:
-    return struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)
 
 
 def _plain(message: struct_pb2.Value, present: bool) -> Any:
@@ -49,7 +40,7 @@ def action_pb(action: dict[str, Any]) -> pb.Action:
         method=action["method"],
         url=action["url"],
         headers=action.get("headers") or {},
-        body_template=_value(action.get("body_template")),
+        body_template=to_value(action.get("body_template")),
         credential_id=action.get("credential_id") or "",
     )
 
@@ -221,7 +212,7 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
         run, attempts = await self.activity.run(acting_user(context), request.id)
         detail = pb.RunDetail(run=run_pb(run), attempts=[attempt_pb(a) for a in attempts])
         if run["event"] is not None:
-            detail.event.CopyFrom(_value(run["event"]))
+            detail.event.CopyFrom(to_value(run["event"]))
         return detail
 
     async def ListActivity(self, request, context):  # noqa: N802

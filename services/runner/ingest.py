@@ -173,7 +173,8 @@ class Ingest:
         # a pause made by a worker elsewhere takes effect within the second.
         self._connections: dict[str, tuple[float, dict[str, Any] | None]] = {}
 
-    def forget(self, *_args: Any) -> None:
+    async def forget(self, _connection_id: str, _row: dict[str, Any] | None) -> None:
+        """A connection listener: any change empties the cache of connections by token."""
         self._connections.clear()
 
     async def _connection(self, token: str) -> dict[str, Any] | None:

@@ -162,15 +162,8 @@ def build(settings: RunnerSettings, clock: Clock | None = None) -> Parts:
     connections = Connections(settings, core.store, core.clock, core.policy)
     ingest = Ingest(settings, core.store, core.queue, core.clock)
     schedules = Schedules(core.store, ingest)
-    connections.listeners += [schedules.changed, _forgetting(ingest)]
+    connections.listeners += [schedules.changed, ingest.forget]
     return Parts(core, connections, ingest, Activity(core.store, core.clock), schedules)
-
-
-def _forgetting(ingest: Ingest):
-    async def forget(_connection_id: str, _row) -> None:
-        ingest.forget()
-
-    return forget
 
 
 RunningRunner = RunningService[Parts]

@@ -7,9 +7,8 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.kit.clock import as_utc
+from services.kit.db import RowTx, row_dict
 from services.kit.db import Store as KitStore
 from services.runner.tables import (
     attempts,
@@ -25,28 +24,13 @@ _RUN_WORK = [runs.c.id, runs.c.user_id, runs.c.connection_id, runs.c.trigger, ru
              runs.c.max_attempts, runs.c.event, runs.c.create_time]  # fmt: skip
 
 
-def row_dict(row) -> dict[str, Any] | None:
-    if row is None:
-        return None
-    return {k: as_utc(v) if isinstance(v, datetime) else v for k, v in row._mapping.items()}
-
-
 def _page(table, query, after: int | None, size: int):
     if after is not None:
         query = query.where(table.c.seq < after)
     return query.order_by(table.c.seq.desc()).limit(size)
 
 
-class Tx:
-    def __init__(self, connection: AsyncConnection) -> None:
-        self.c = connection
-
-    async def _one(self, query) -> dict[str, Any] | None:
-        return row_dict((await self.c.execute(query)).first())
-
-    async def _all(self, query) -> list[dict[str, Any]]:
-        return [row_dict(r) for r in await self.c.execute(query)]  # type: ignore[misc]
-
+class Tx(RowTx):
     # connections
     async def add_connection(self, values: dict[str, Any]) -> None:
         await self.c.execute(insert(connections).values(**values))

@@ -7,9 +7,8 @@ from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.kit.clock import as_utc
+from services.kit.db import RowTx
 from services.kit.db import Store as KitStore
 from services.vault.tables import (
     audit_events,
@@ -21,22 +20,7 @@ from services.vault.tables import (
 )
 
 
-def row_dict(row) -> dict[str, Any] | None:
-    if row is None:
-        return None
-    return {k: as_utc(v) if isinstance(v, datetime) else v for k, v in row._mapping.items()}
-
-
-class Tx:
-    def __init__(self, connection: AsyncConnection) -> None:
-        self.c = connection
-
-    async def _one(self, query) -> dict[str, Any] | None:
-        return row_dict((await self.c.execute(query)).first())
-
-    async def _all(self, query) -> list[dict[str, Any]]:
-        return [row_dict(r) for r in await self.c.execute(query)]  # type: ignore[misc]
-
+class Tx(RowTx):
     async def _insert_once(self, table, values: dict[str, Any]) -> bool:
         """Inserts unless the primary key exists; False when it did."""
         try:
