@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.upstreams import UpstreamError
+from services.kit.errors import DomainError, RemoteError, to_remote
 
 log = logging.getLogger("leadmesh.gateway")
 
@@ -106,7 +107,16 @@ def problem_response(
 
 async def _upstream(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, UpstreamError)
-    remote = error.remote
+    return _remote_problem(error.remote)
+
+
+async def _domain(_request: Request, error: Exception) -> JSONResponse:
+    """A domain error raised by the gateway itself renders as one from a service would."""
+    assert isinstance(error, DomainError)
+    return _remote_problem(to_remote(error))
+
+
+def _remote_problem(remote: RemoteError) -> JSONResponse:
     status = REASON_STATUS.get(remote.reason) or HTTP_STATUS.get(remote.code, 500)
     headers = {}
     if remote.retry_after is not None:
@@ -159,6 +169,7 @@ async def _http(_request: Request, error: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(UpstreamError, _upstream)
+    app.add_exception_handler(DomainError, _domain)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
     # Unexpected exceptions are answered by middleware.SecurityHeaders, inside the middleware

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from gateway.auth import Principal, principal, upstreams
 from gateway.schemas import Page, Strict, timestamp
 from gateway.upstreams import UpstreamError, Upstreams, call
-from services.kit.errors import InvalidArgument, to_remote
+from services.kit.errors import InvalidArgument
 from services.kit.timestamps import json_value, to_value
 
 router = APIRouter(prefix="/v1/connections", tags=["connections"])
@@ -182,14 +182,10 @@ async def _check_credential(mesh: Upstreams, user_id: str, credential_id: str | 
     except UpstreamError as error:
         if error.remote.reason != "CREDENTIAL_NOT_FOUND":
             raise
-        raise UpstreamError(
-            to_remote(
-                InvalidArgument(
-                    "CREDENTIAL_NOT_FOUND",
-                    "no credential of yours has this id",
-                    field="action.credential_id",
-                )
-            )
+        raise InvalidArgument(
+            "CREDENTIAL_NOT_FOUND",
+            "no credential of yours has this id",
+            field="action.credential_id",
         ) from None
 
 
