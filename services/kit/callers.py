@@ -7,6 +7,8 @@ the caller names itself in `x-leadmesh-insecure-caller`: development only.
 
 from __future__ import annotations
 
+from contextvars import ContextVar, Token
+
 import grpc
 
 from services.kit.errors import PermissionDenied, Unauthenticated
@@ -17,6 +19,24 @@ INSECURE_CALLER_KEY = "x-leadmesh-insecure-caller"
 GATEWAY = "gateway"
 # Methods every mesh member may call: health checks and reflection.
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+# The caller of the RPC being served, as the access interceptor read (and vetted) it.
+_vetted: ContextVar[str] = ContextVar("leadmesh_caller", default="")
+
+
+def vetted_caller() -> str:
+    """The mesh name of this RPC's caller, once the access interceptor has let it through."""
+    return _vetted.get()
+
+
+def vet_caller(name: str) -> Token[str]:
+    """Sets this RPC's caller (the access interceptor, after its checks); reset with the token."""
+    return _vetted.set(name)
+
+
+def forget_caller(token: Token[str]) -> None:
+    _vetted.reset(token)
 
 
 def peer_name(context: grpc.aio.ServicerContext, insecure: bool) -> str | None:

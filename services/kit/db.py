@@ -151,12 +151,17 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        if not self._sqlite:
-            async with self.engine.begin() as connection:
-                yield connection
-            return
-        async with self._writers, self.engine.begin() as connection:
+        async with self.writing(), self.engine.begin() as connection:
             yield connection
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[None]:
+        """This process's turn to write (SQLite: the writers' queue; elsewhere: no wait)."""
+        if not self._sqlite:
+            yield
+            return
+        async with self._writers:
+            yield
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

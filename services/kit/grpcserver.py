@@ -56,7 +56,11 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 peer = callers.peer_name(context, self._insecure)
                 self._authorize(method, peer)
                 callers.check_user_context(context, peer)
-                return await behavior(request, context)
+                vetted = callers.vet_caller(peer)  # type: ignore[arg-type] - _authorize: not None
+                try:
+                    return await behavior(request, context)
+                finally:
+                    callers.forget_caller(vetted)
             except DomainError as error:
                 outcome = error.code.name
                 status = to_grpc_status(error)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 def to_timestamp(value: datetime | None) -> Timestamp | None:
-    """A Timestamp, or None (the field stays unset) for a missing time."""
+    """A Timestamp, or None (the field stays unset) for a missing time; a naive datetime is UTC,
+    as for Timestamp.FromDatetime (whose pure-Python calendar arithmetic costs several times
+    more, on every message that carries a time)."""
     if value is None:
         return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    delta = (value if value.tzinfo else value.replace(tzinfo=UTC)) - _EPOCH
+    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 def to_value(value: object):

@@ -168,7 +168,9 @@ class Ingest:
         self.queue = queue
         self.clock = clock
         self.buckets = Buckets(settings.webhook_rate_per_second, settings.webhook_burst)
-        self._commits: GroupCommit[Accepted, Accepted] = GroupCommit(self._write)
+        self._commits: GroupCommit[Accepted, Accepted] = GroupCommit(
+            self._write, name="webhook write"
+        )
         # Connections by token digest, for a second: every change made here clears it at once;
         # a pause made by a worker elsewhere takes effect within the second.
         self._connections: dict[str, tuple[float, dict[str, Any] | None]] = {}

@@ -44,7 +44,9 @@ class Recorder:
         self.clock = clock
         self.pause_after = pause_after
         self.on_notices = on_notices
-        self._commits: GroupCommit[Outcome, None] = GroupCommit(self._write_and_tell)
+        self._commits: GroupCommit[Outcome, None] = GroupCommit(
+            self._write_and_tell, name="outcome write"
+        )
 
     async def record(self, outcome: Outcome) -> None:
         """Returns once the outcome is durable; concurrent outcomes share one transaction."""

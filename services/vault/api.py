@@ -96,11 +96,10 @@ class VaultApi(vault_pb2_grpc.VaultServiceServicer):
         self.vault = vault
         self.flow = flow
         self.admin = admin
-        self._insecure = vault.settings.mesh.insecure_internal
 
     def _peer(self, context) -> str:
         """The caller's mesh name, for the audit log (the interceptor has vetted it)."""
-        return callers.peer_name(context, self._insecure) or ""
+        return callers.vetted_caller()
 
     async def CreateCredential(self, request, context):  # noqa: N802 - gRPC method names
         row = await self.vault.create(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,8 +51,14 @@ def _not_found() -> NotFound:
     return NotFound("CREDENTIAL_NOT_FOUND", "no such credential")
 
 
+# The form this vault writes ids in; anything else is parsed (and normalised) by uuid.UUID.
+_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _credential_id(value: str) -> str:
     """Ids are UUIDs; anything else names no credential (and never reaches a query)."""
+    if _CANONICAL_ID.fullmatch(value):
+        return value
     try:
         return str(uuid.UUID(value))
     except ValueError:
@@ -60,8 +67,9 @@ def _credential_id(value: str) -> str:
 
 def _runner_ids(user_id: str, credential_id: str, connection_id: str) -> tuple[str, str, str]:
     """The ids a runner sends, checked before they reach a query or the audit log."""
-    printable = all(v.isprintable() and len(v) <= 64 for v in (user_id, connection_id))
-    if not (printable and user_id):
+    if not (0 < len(user_id) <= 64 and len(connection_id) <= 64):
+        raise _not_found()
+    if not (user_id.isprintable() and connection_id.isprintable()):
         raise _not_found()
     return user_id, _credential_id(credential_id), connection_id
 
@@ -280,9 +288,6 @@ class Vault:
         self, caller: str, user_id: str, credential_id: str, connection_id: str
     ) -> Resolved:
         user_id, credential_id, connection_id = _runner_ids(user_id, credential_id, connection_id)
-        event = Event(
-            caller, user_id, "resolve", credential_id=credential_id, connection_id=connection_id
-        )
         try:
             resolved = await self._open(user_id, credential_id)
             if resolved.credential["status"] == NEEDS_RECONNECT:
@@ -292,11 +297,14 @@ class Vault:
                 and self._expiring(resolved)
                 and resolved.secret.get("refresh_token")
             ):
-                resolved = await self._refresh(event, resolved, rejected=None)
+                resolved = await self._refresh(user_id, credential_id, resolved, rejected=None)
         except DomainError as error:
-            await self.audit.record(_with(event, outcome=error.reason))
+            failed = Event(caller, user_id, "resolve", error.reason, credential_id, connection_id)
+            await self.audit.record(failed, wait=False)
             raise
-        await self.audit.record(_with(event, used=True))
+        # Queued, not awaited: committed within the audit log's flush (see audit.py).
+        used = Event(caller, user_id, "resolve", "ok", credential_id, connection_id, used=True)
+        await self.audit.record(used, wait=False)
         return resolved
 
     async def refresh(
@@ -310,18 +318,21 @@ class Vault:
             resolved = await self._open(user_id, credential_id)
             if resolved.credential["kind"] != "oauth2":
                 raise FailedPrecondition("NOT_OAUTH2", "only oauth2 credentials refresh")
-            resolved = await self._refresh(event, resolved, rejected=rejected or "")
+            resolved = await self._refresh(
+                user_id, credential_id, resolved, rejected=rejected or ""
+            )
         except DomainError as error:
             await self.audit.record(_with(event, outcome=error.reason))
             raise
         await self.audit.record(_with(event, used=True))
         return resolved
 
-    async def _refresh(self, event: Event, seen: Resolved, *, rejected: str | None) -> Resolved:
+    async def _refresh(
+        self, user_id: str, credential_id: str, seen: Resolved, *, rejected: str | None
+    ) -> Resolved:
         """Refreshes under the credential's lease. Whoever held it before us may have refreshed
         already: then its result is returned and the (possibly rotated) refresh token is not
         spent twice."""
-        user_id, credential_id = event.user_id, event.credential_id or ""
         async with self.leases.hold(f"refresh:{credential_id}"):
             current = await self._open(user_id, credential_id, fresh=True)
             replaced = current.credential["token_sha256"] != seen.credential["token_sha256"]

@@ -67,7 +67,15 @@ def build(settings: VaultSettings, clock: Clock | None = None) -> Parts:
         client_secret,
         settings.http_timeout_seconds,
     )
-    vault = Vault(settings, store, keyring, AuditLog(store, clock), leases, providers, clock)
+    vault = Vault(
+        settings,
+        store,
+        keyring,
+        AuditLog(store, clock, settings.audit_flush_seconds),
+        leases,
+        providers,
+        clock,
+    )
     admin = KeyAdmin(vault)
     admin_ref.append(admin)
     return Parts(vault, OAuthFlow(vault), admin)

@@ -33,6 +33,10 @@ class VaultSettings(BaseSettings):
     # How long a refresh may hold its lease; others wait at most this long for its result.
     refresh_lease_seconds: Annotated[int, Field(ge=1)] = 30
     http_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    # Resolves are committed to the audit log within this many seconds, in one transaction per
+    # flush (a crash of the vault can lose the last flush's worth); 0: each resolve waits for its
+    # own commit. Every other event always waits for its commit.
+    audit_flush_seconds: Annotated[float, Field(ge=0, le=5)] = 0.05
     # Retention category of the audit log (DESIGN: 90 days).
     audit_log_days: Annotated[int, Field(ge=1)] = 90
 

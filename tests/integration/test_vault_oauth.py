@@ -160,6 +160,7 @@ async def test_invalid_grant_marks_the_credential_for_reconnection(vaults: list[
             await parts.vault.resolve("runner", "user-a", credential["id"], "conn-1")
         assert refused.value.reason == "CREDENTIAL_NEEDS_RECONNECT"
     assert (await parts.vault.get("user-a", credential["id"]))["status"] == "needs_reconnect"
+    await parts.vault.audit.flush()
     async with parts.vault.store.begin() as tx:
         outcomes = [e["outcome"] for e in await tx.audit_events("user-a")]
     assert "CREDENTIAL_NEEDS_RECONNECT" in outcomes

@@ -1,0 +1,107 @@
+"""Rows appended in batches on a thread of their own, straight through the database driver.
+
+For append-only tables written in large batches (the vault's audit events), where SQLAlchemy's
+per-row work for an executemany costs ten times SQLite's own: the INSERT is compiled by
+SQLAlchemy from the table, once, and each value converted by its column type's own bind
+processor, so rows are stored exactly as through the engine; the driver then inserts the batch
+in one call. The batch runs on a thread of its own, so the event loop never waits for the commit
+(an fsync on SQLite); it is one transaction.
+
+Only for inserts that need nothing back (no generated ids): anything that reads goes through the
+service's `Store`. Appends take their turn among the process's writers (`Database.writing`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sqlalchemy import Table, insert
+
+from services.kit.db import Database, create_sync_engine
+
+
+class _Statement:
+    """One table's INSERT, compiled for the engine's dialect, and how to bind a row to it."""
+
+    def __init__(self, table: Table, dialect) -> None:
+        columns = [c for c in table.columns if not (c.primary_key and c.autoincrement is True)]
+        compiled = (
+            insert(table).inline().values({c.name: None for c in columns}).compile(dialect=dialect)
+        )
+        self.sql = compiled.string
+        self._names = [c.name for c in columns]
+        self._positions = compiled.positiontup  # None for named paramstyles (psycopg)
+        self._convert = {
+            c.name: convert
+            for c in columns
+            if (convert := c.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
+
+    def bind(self, row: Mapping[str, Any]) -> tuple | dict:
+        values = {name: row.get(name) for name in self._names}
+        for name, convert in self._convert.items():
+            values[name] = convert(values[name])
+        if self._positions is not None:
+            return tuple(values[name] for name in self._positions)
+        return values
+
+
+class Appender:
+    def __init__(self, database: Database, tables: Sequence[Table], name: str) -> None:
+        self._database = database
+        self._engine = create_sync_engine(database.engine.url.render_as_string(hide_password=False))
+        dialect = self._engine.dialect
+        self._sqlite = dialect.name == "sqlite"
+        self._statements = {table.name: _Statement(table, dialect) for table in tables}
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        # The thread's own connection, kept between batches (only the thread touches it).
+        self._connection: Any = None
+
+    async def append(self, rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+        """Appends `{table name: rows}` in one transaction; returns once it is committed."""
+        bound = {
+            name: [self._statements[name].bind(row) for row in items]
+            for name, items in rows.items()
+            if items
+        }
+        if not bound:
+            return
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        async with self._database.writing():
+            await loop.run_in_executor(self._thread, context.run, self._write, bound)
+
+    def _write(self, bound: dict[str, list]) -> None:
+        if self._connection is None:
+            self._connection = self._engine.raw_connection()
+        connection = self._connection
+        cursor = connection.cursor()
+        try:
+            if self._sqlite:  # the driver is in autocommit mode (services.kit.db)
+                cursor.execute("BEGIN IMMEDIATE")
+            for name, rows in bound.items():
+                cursor.executemany(self._statements[name].sql, rows)
+            connection.commit()
+        except BaseException:
+            # Rolled back here and now: a traceback kept by whoever reports the error keeps this
+            # frame, and a connection closed with a live statement keeps SQLite's write lock.
+            self._connection = None
+            try:
+                connection.rollback()
+            finally:
+                cursor.close()
+                connection.invalidate()  # a fresh connection next time
+            raise
+        cursor.close()
+
+    def close(self) -> None:
+        """Waits for the batch under way, then lets the thread and the connection go."""
+        self._thread.shutdown(wait=True)
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        self._engine.dispose()
