@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.cookiejar
 import ipaddress
 import logging
 import socket
@@ -27,7 +26,7 @@ import certifi
 import httpcore
 import httpx
 
-from services.runner.pool import LinearPool, QuickStream
+from services.runner.pool import LinearPool, connect_asyncio
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -160,11 +159,8 @@ def check_url(url: str, policy: EgressPolicy) -> None:
 class GuardedBackend(httpcore.AsyncNetworkBackend):
     """httpcore network backend that resolves, checks, then connects to the checked IP."""
 
-    def __init__(
-        self, policy: EgressPolicy, inner: httpcore.AsyncNetworkBackend | None = None
-    ) -> None:
+    def __init__(self, policy: EgressPolicy) -> None:
         self._policy = policy
-        self._inner = inner if inner is not None else httpcore.AnyIOBackend()
 
     async def connect_tcp(
         self,
@@ -187,10 +183,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         for ip in candidates:  # in resolver order; the next one only if connecting fails
             left = None if deadline is None else max(deadline - loop.time(), 0.0)
             try:
-                stream = await self._inner.connect_tcp(
-                    str(ip), port, timeout=left, local_address=source, socket_options=socket_options
-                )
-                return QuickStream(stream)
+                return await connect_asyncio(str(ip), port, left, source, socket_options)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as failed:
                 error = failed
         assert error is not None
@@ -214,7 +207,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         raise DestinationRefused("ADDRESS_REFUSED", "unix sockets are refused")
 
     async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+        await asyncio.sleep(seconds)
 
 
 async def _resolve(host: str, port: int, seconds: float | None) -> list[IPAddress]:
@@ -250,14 +243,37 @@ def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
     return context
 
 
+@dataclass
+class Outbound:
+    """The one connection pool every delivery goes through (httpx's transport over httpcore's
+    pool, on the guarded backend) and its timeouts.
+
+    Deliveries use the transport directly rather than an `httpx.AsyncClient`: `send` does its
+    own redirects, a client's cookie jar is a hazard here (one user's API must never plant a
+    cookie on another user's delivery; with no jar at all there is nothing to plant), and the
+    client's merging, auth and cookie steps cost a fifth of a delivery's HTTP time."""
+
+    transport: httpx.AsyncHTTPTransport
+    timeouts: dict[str, float]
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    async def __aenter__(self) -> Outbound:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+
 def make_client(
     policy: EgressPolicy,
     *,
     connect_timeout: float,
     read_timeout: float,
     ca_file: str | None = None,
-) -> httpx.AsyncClient:
-    """An httpx client whose every connection goes through GuardedBackend (HTTP/1.1 only)."""
+) -> Outbound:
+    """Outgoing HTTP whose every connection goes through GuardedBackend (HTTP/1.1 only)."""
     # httpx logs each request's full URL at INFO, and a query string may carry an API key.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -275,23 +291,21 @@ def make_client(
         http2=False,
         network_backend=GuardedBackend(policy),
     )
-    timeout = httpx.Timeout(
-        connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
-    )
-    # One client serves every user's deliveries: a cookie one API sets must never ride along on
-    # another user's call to the same host, so the jar accepts none.
-    jar = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-    return httpx.AsyncClient(
-        transport=transport,
-        trust_env=False,
-        follow_redirects=False,
-        timeout=timeout,
-        cookies=jar,
-    )
+    timeouts = {
+        "connect": connect_timeout,
+        "read": read_timeout,
+        "write": read_timeout,
+        "pool": connect_timeout,
+    }
+    return Outbound(transport, timeouts)
+
+
+# Sent unless the connection's own headers say otherwise.
+DEFAULT_HEADERS = {"user-agent": "leadmesh-runner", "accept": "*/*"}
 
 
 async def send(
-    client: httpx.AsyncClient,
+    client: Outbound,
     method: str,
     url: str,
     *,
@@ -309,10 +323,15 @@ async def send(
     """
     check_url(url, policy)
     target = httpx.URL(url)
+    given = {name.lower() for name in headers}
     raw_headers = {name: value.encode() for name, value in headers.items()}  # UTF-8, not ASCII
+    raw_headers.update({k: v.encode() for k, v in DEFAULT_HEADERS.items() if k not in given})
+    extensions = {"timeout": client.timeouts}
     for _ in range(max_redirects + 1):
-        request = client.build_request(method, target, headers=raw_headers, content=content)
-        response = await client.send(request, stream=True)
+        request = httpx.Request(
+            method, target, headers=raw_headers, content=content, extensions=extensions
+        )
+        response = await client.transport.handle_async_request(request)
         try:
             location = response.headers.get("location")
             if response.status_code not in REDIRECTS or not location:

@@ -1,9 +1,11 @@
 """httpcore plumbing for deliveries, where its defaults cost most of a delivery's CPU with dozens
 of kept-alive connections to one API (httpcore 1.0.x): a pool whose bookkeeping is linear in its
-connections, and streams whose "is_readable" is a poll of their socket."""
+connections, and connections on asyncio's own streams."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 
 import httpcore
@@ -46,23 +48,40 @@ class LinearPool(httpcore.AsyncConnectionPool):
         return closing
 
 
-class QuickStream(httpcore.AsyncNetworkStream):
-    """A stream whose "is_readable" costs a poll of its socket: httpcore asks it of every pooled
-    connection on every request, and anyio's answer rebuilds its attribute tables each time (with
-    dozens of pooled connections, the most expensive thing a delivery did)."""
+class AsyncioStream(httpcore.AsyncNetworkStream):
+    """A connection on asyncio's own streams and TLS. httpcore's default (anyio) costs a cancel
+    scope and an exception map per read and per write, and runs TLS through a second layer of
+    Python; here a read or a write is one await under `asyncio.timeout`."""
 
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        self._socket = inner.get_extra_info("socket")
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        return await self._inner.read(max_bytes, timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._reader.read(max_bytes)
+        except TimeoutError:
+            raise httpcore.ReadTimeout("reading the response timed out") from None
+        except (OSError, ssl.SSLError) as error:
+            raise httpcore.ReadError(str(error) or type(error).__name__) from error
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        await self._inner.write(buffer, timeout)
+        if not buffer:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                self._writer.write(buffer)
+                await self._writer.drain()
+        except TimeoutError:
+            raise httpcore.WriteTimeout("sending the request timed out") from None
+        except (OSError, ssl.SSLError) as error:
+            raise httpcore.WriteError(str(error) or type(error).__name__) from error
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        self._writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await self._writer.wait_closed()
 
     async def start_tls(
         self,
@@ -70,11 +89,47 @@ class QuickStream(httpcore.AsyncNetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
     ) -> httpcore.AsyncNetworkStream:
-        return QuickStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+        try:
+            await self._writer.start_tls(
+                ssl_context, server_hostname=server_hostname, ssl_handshake_timeout=timeout
+            )
+        except TimeoutError:
+            await self.aclose()
+            raise httpcore.ConnectTimeout("the TLS handshake timed out") from None
+        except (OSError, ssl.SSLError) as error:
+            await self.aclose()
+            raise httpcore.ConnectError(str(error)) from error
+        return self
 
     def get_extra_info(self, info: str):
-        if info == "is_readable" and self._socket is not None:
-            return is_socket_readable(self._socket)
-        if info == "socket":
-            return self._socket
-        return self._inner.get_extra_info(info)
+        if info == "is_readable":
+            # An idle kept-alive connection that has anything to read (the server's close,
+            # as a rule) must not be reused. asyncio's transport reads eagerly, so what arrived
+            # is in the reader already; what has not been read by the transport is on the socket.
+            transport = self._writer.transport
+            if self._reader.at_eof() or transport.is_closing():
+                return True
+            socket = transport.get_extra_info("socket")
+            return socket is not None and is_socket_readable(socket)
+        names = {"client_addr": "sockname", "server_addr": "peername"}
+        return self._writer.get_extra_info(names.get(info, info))
+
+
+async def connect_asyncio(
+    ip: str, port: int, seconds: float | None, local_address: str | None, socket_options
+) -> AsyncioStream:
+    """A TCP connection to `ip` (an address, never a name: the guard has resolved and checked
+    it), from `local_address` when given."""
+    try:
+        async with asyncio.timeout(seconds):
+            reader, writer = await asyncio.open_connection(
+                ip, port, local_addr=(local_address, 0) if local_address else None
+            )
+    except TimeoutError:
+        raise httpcore.ConnectTimeout(f"connecting to {ip} timed out") from None
+    except OSError as error:
+        raise httpcore.ConnectError(str(error)) from error
+    sock = writer.get_extra_info("socket")
+    for option in socket_options or ():
+        sock.setsockopt(*option)
+    return AsyncioStream(reader, writer)

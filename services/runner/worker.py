@@ -21,7 +21,7 @@ import sniffio
 from services.kit.clock import Clock
 from services.runner.credentials import CredentialProblem, Credentials, Outage
 from services.runner.delivery import Templates, body_text, prepare, retry_after_seconds
-from services.runner.guard import DestinationRefused, EgressPolicy, send
+from services.runner.guard import DestinationRefused, EgressPolicy, Outbound, send
 from services.runner.queue import Candidate, Queue
 from services.runner.recorder import Outcome, Recorder
 from services.runner.settings import RunnerSettings
@@ -41,7 +41,7 @@ class Worker:
         store: Store,
         queue: Queue,
         credentials: Credentials,
-        client: httpx.AsyncClient,
+        client: Outbound,
         policy: EgressPolicy,
         clock: Clock,
         recorder: Recorder,

@@ -75,8 +75,11 @@ class _Scripted:
 
 
 class Receiver:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, keep_alive_seconds: float = 5.0) -> None:
+        """`keep_alive_seconds`: how long an idle connection stays open (then the server closes
+        it, as real APIs do)."""
         self.directory = Path(directory)
+        self._keep_alive = keep_alive_seconds
         self.ca_file = self.directory / "receiver-ca.pem"
         self._cert_file = self.directory / "receiver-cert.pem"
         self._key_file = self.directory / "receiver-key.pem"
@@ -153,6 +156,7 @@ class Receiver:
             ws="none",
             server_header=False,
             timeout_graceful_shutdown=2,
+            timeout_keep_alive=self._keep_alive,
             **options,
         )
 

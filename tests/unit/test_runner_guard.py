@@ -13,6 +13,7 @@ from services.runner.guard import (
     DestinationRefused,
     EgressPolicy,
     GuardedBackend,
+    Outbound,
     check_url,
     make_client,
     refused_kind,
@@ -37,18 +38,18 @@ def fresh(receiver: Receiver) -> None:
     receiver.reset()
 
 
-def client_for(policy: EgressPolicy, receiver: Receiver | None = None) -> httpx.AsyncClient:
+def client_for(policy: EgressPolicy, receiver: Receiver | None = None) -> Outbound:
     ca_file = str(receiver.ca_file) if receiver else None
     return make_client(policy, connect_timeout=5, read_timeout=5, ca_file=ca_file)
 
 
 @pytest.fixture
-async def client(receiver: Receiver) -> AsyncIterator[httpx.AsyncClient]:
+async def client(receiver: Receiver) -> AsyncIterator[Outbound]:
     async with client_for(LOOPBACK_PLAIN, receiver) as running:
         yield running
 
 
-async def post(client: httpx.AsyncClient, url: str, policy: EgressPolicy = LOOPBACK_PLAIN):
+async def post(client: Outbound, url: str, policy: EgressPolicy = LOOPBACK_PLAIN):
     return await send(
         client, "POST", url, headers={"Content-Type": "text/plain"}, content=b"lead", policy=policy
     )
@@ -151,7 +152,7 @@ async def test_a_name_resolving_to_loopback_is_refused_when_connecting(
         assert "s3cret" not in str(caught.value)
         # httpx and httpcore let the guard's exception through unchanged, even without send()
         with pytest.raises(DestinationRefused):
-            await client.get(url)
+            await client.transport.handle_async_request(httpx.Request("GET", url))
     assert receiver.requests == []
 
 
@@ -178,9 +179,7 @@ async def test_unix_sockets_are_refused() -> None:
         await GuardedBackend(STRICT).connect_unix_socket("/var/run/docker.sock")
 
 
-async def test_allowed_networks_reach_the_receiver(
-    receiver: Receiver, client: httpx.AsyncClient
-) -> None:
+async def test_allowed_networks_reach_the_receiver(receiver: Receiver, client: Outbound) -> None:
     sent = await post(client, receiver.https_url("/leads?src=x"))
     assert (sent.response.status_code, sent.body, sent.truncated) == (200, b'{"ok": true}', False)
     [request] = receiver.requests
@@ -192,7 +191,7 @@ async def test_allowed_networks_reach_the_receiver(
     )
 
 
-async def test_plain_http_only_when_allowed(receiver: Receiver, client: httpx.AsyncClient) -> None:
+async def test_plain_http_only_when_allowed(receiver: Receiver, client: Outbound) -> None:
     with pytest.raises(DestinationRefused) as caught:
         await post(client, receiver.http_url(), LOOPBACK)
     assert caught.value.reason == "PLAIN_HTTP_REFUSED"
@@ -208,9 +207,7 @@ async def test_connections_are_bound_to_the_source_address(receiver: Receiver) -
     assert receiver.requests[0].client_host == "127.0.0.2"
 
 
-async def test_keep_alive_connections_are_reused(
-    receiver: Receiver, client: httpx.AsyncClient
-) -> None:
+async def test_keep_alive_connections_are_reused(receiver: Receiver, client: Outbound) -> None:
     for _ in range(3):
         await post(client, receiver.https_url())
     assert len({r.client_port for r in receiver.requests}) == 1
@@ -220,7 +217,7 @@ async def test_keep_alive_connections_are_reused(
 
 
 async def test_a_redirect_to_the_same_origin_keeps_method_and_body(
-    receiver: Receiver, client: httpx.AsyncClient
+    receiver: Receiver, client: Outbound
 ) -> None:
     receiver.respond(307, {"Location": "/moved?x=1"})
     receiver.respond(302, {"Location": receiver.https_url("/final")})
@@ -233,9 +230,7 @@ async def test_a_redirect_to_the_same_origin_keeps_method_and_body(
     ]
 
 
-async def test_303_turns_into_a_get_without_body(
-    receiver: Receiver, client: httpx.AsyncClient
-) -> None:
+async def test_303_turns_into_a_get_without_body(receiver: Receiver, client: Outbound) -> None:
     receiver.respond(303, {"Location": "/status"})
     await post(client, receiver.https_url("/start"))
     final = receiver.requests[-1]
@@ -245,7 +240,7 @@ async def test_303_turns_into_a_get_without_body(
 
 @pytest.mark.parametrize("elsewhere", ["host", "port", "scheme"])
 async def test_a_redirect_to_another_origin_is_refused(
-    receiver: Receiver, client: httpx.AsyncClient, elsewhere: str
+    receiver: Receiver, client: Outbound, elsewhere: str
 ) -> None:
     location = {
         "host": receiver.https_url("/x?token=s3cret", host="localhost"),
@@ -260,7 +255,7 @@ async def test_a_redirect_to_another_origin_is_refused(
     assert len(receiver.requests) == 1
 
 
-async def test_redirect_loops_end(receiver: Receiver, client: httpx.AsyncClient) -> None:
+async def test_redirect_loops_end(receiver: Receiver, client: Outbound) -> None:
     receiver.respond(307, {"Location": "/again"}, times=10)
     with pytest.raises(DestinationRefused) as caught:
         await send(
@@ -283,16 +278,14 @@ async def test_redirect_loops_end(receiver: Receiver, client: httpx.AsyncClient)
     ("size", "truncated"), [(10, False), (MAX_BODY, False), (MAX_BODY + 1, True), (500_000, True)]
 )
 async def test_response_bodies_are_capped_at_64_kib(
-    receiver: Receiver, client: httpx.AsyncClient, size: int, truncated: bool
+    receiver: Receiver, client: Outbound, size: int, truncated: bool
 ) -> None:
     receiver.respond(200, body=b"x" * size)
     sent = await post(client, receiver.https_url())
     assert (len(sent.body), sent.truncated) == (min(size, MAX_BODY), truncated)
 
 
-async def test_the_pool_survives_a_truncated_body(
-    receiver: Receiver, client: httpx.AsyncClient
-) -> None:
+async def test_the_pool_survives_a_truncated_body(receiver: Receiver, client: Outbound) -> None:
     receiver.respond(200, body=b"x" * 500_000)
     await post(client, receiver.https_url())
     sent = await post(client, receiver.https_url())
@@ -311,7 +304,7 @@ async def test_tls_needs_the_receivers_ca(receiver: Receiver) -> None:
 
 
 async def test_tls_verifies_the_hostname_although_the_guard_connects_to_the_ip(
-    receiver: Receiver, client: httpx.AsyncClient
+    receiver: Receiver, client: Outbound
 ) -> None:
     sent = await post(client, receiver.https_url("/named", host="localhost"))
     assert sent.response.status_code == 200
@@ -321,7 +314,7 @@ async def test_tls_verifies_the_hostname_although_the_guard_connects_to_the_ip(
 
 
 async def test_many_concurrent_deliveries_share_a_bounded_reused_pool(
-    receiver: Receiver, client: httpx.AsyncClient
+    receiver: Receiver, client: Outbound
 ) -> None:
     import asyncio
 
@@ -337,8 +330,25 @@ async def test_many_concurrent_deliveries_share_a_bounded_reused_pool(
     assert len(first) <= 40 and second <= first
 
 
+async def test_a_connection_the_api_closed_while_idle_is_not_reused(tmp_path) -> None:
+    """A kept-alive connection the server has since closed is seen as closed before the next
+    delivery picks it (else that delivery fails and uses up an attempt)."""
+    import asyncio
+
+    with Receiver(tmp_path, keep_alive_seconds=0.3) as closing:
+        async with client_for(LOOPBACK, closing) as client:
+            for _ in range(2):
+                sent = await post(client, closing.https_url("/idle"), LOOPBACK)
+                assert sent.response.status_code == 200
+                await asyncio.sleep(0.8)  # the receiver closes the idle connection meanwhile
+            sent = await post(client, closing.https_url("/idle"), LOOPBACK)
+            assert sent.response.status_code == 200
+        ports = [r.client_port for r in closing.requests]
+        assert len(ports) == 3 and len(set(ports)) == 3
+
+
 async def test_cookies_set_by_one_delivery_never_ride_on_the_next(
-    receiver: Receiver, client: httpx.AsyncClient
+    receiver: Receiver, client: Outbound
 ) -> None:
     receiver.respond(200, {"Set-Cookie": "session=abc123; Path=/"}, b"{}")
     await post(client, receiver.https_url("/first"))
