@@ -27,6 +27,7 @@ import httpcore
 import httpx
 
 from services.runner.pool import LinearPool, connect_asyncio
+from services.runner.tracing import http_call, record_status
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -331,14 +332,16 @@ async def send(
         request = httpx.Request(
             method, target, headers=raw_headers, content=content, extensions=extensions
         )
-        response = await client.transport.handle_async_request(request)
-        try:
-            location = response.headers.get("location")
-            if response.status_code not in REDIRECTS or not location:
-                body, truncated = await _read_capped(response)
-                return Sent(response, body, truncated)
-        finally:
-            await response.aclose()
+        with http_call(method, target) as span:
+            response = await client.transport.handle_async_request(request)
+            record_status(span, response.status_code)
+            try:
+                location = response.headers.get("location")
+                if response.status_code not in REDIRECTS or not location:
+                    body, truncated = await _read_capped(response)
+                    return Sent(response, body, truncated)
+            finally:
+                await response.aclose()
         target = _redirect_target(target, location, policy)
         if response.status_code == 303 and method != "HEAD":
             method, content = "GET", None

@@ -27,6 +27,7 @@ from services.kit.tokens import sha256_hex
 from services.runner.queue import Queue
 from services.runner.settings import RunnerSettings
 from services.runner.store import Store
+from services.runner.tracing import current_trace_parent
 
 SIGNATURE_HEADER = "x-leadmesh-signature"
 IDEMPOTENCY_HEADER = "idempotency-key"
@@ -306,4 +307,5 @@ class Ingest:
             "create_time": now,
             "next_attempt_time": now,
             "push_time": now if self.queue.pushes else None,
+            "trace_parent": current_trace_parent(),
         }

@@ -21,7 +21,8 @@ from services.runner.tables import (
 
 # What a worker needs of a run; the event is loaded with it.
 _RUN_WORK = [runs.c.id, runs.c.user_id, runs.c.connection_id, runs.c.trigger, runs.c.attempts,
-             runs.c.max_attempts, runs.c.event, runs.c.create_time]  # fmt: skip
+             runs.c.max_attempts, runs.c.event, runs.c.create_time,
+             runs.c.trace_parent]  # fmt: skip
 
 
 def _page(table, query, after: int | None, size: int):

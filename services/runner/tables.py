@@ -62,6 +62,9 @@ runs = Table(
     Column("lease_until", Time, nullable=True),
     Column("worker", String(100), nullable=True),
     Column("error", String(1000), nullable=True),
+    # The W3C traceparent of the request that queued the run (the webhook's trace), so that its
+    # delivery joins that trace; NULL for scheduled runs. Ids only, never data.
+    Column("trace_parent", String(64), nullable=True),
     Index("ix_runs_user_id_seq", "user_id", "seq"),
     Index("ix_runs_connection_id_seq", "connection_id", "seq"),
     Index("ix_runs_status_next_attempt_time", "status", "next_attempt_time"),

@@ -27,6 +27,7 @@ from services.runner.recorder import Outcome, Recorder
 from services.runner.settings import RunnerSettings
 from services.runner.store import Store
 from services.runner.template import TemplateError
+from services.runner.tracing import continuing
 
 log = logging.getLogger("leadmesh.runner.worker")
 
@@ -135,7 +136,8 @@ class Worker:
     async def _deliver(self, run: dict[str, Any], connection: dict[str, Any] | None) -> None:
         self._in_flight.add(run["id"])
         try:
-            await self._deliver_and_record(run, connection)
+            with continuing(run.get("trace_parent")):  # the trace of the request that queued it
+                await self._deliver_and_record(run, connection)
         finally:
             self._in_flight.discard(run["id"])
 

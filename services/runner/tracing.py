@@ -1,0 +1,76 @@
+"""A run's delivery in the trace of the request that queued it, and a client span per HTTP call.
+
+A run is queued by a request (a webhook, a manual run) and delivered later by a worker, perhaps in
+another process: the run's row keeps the W3C traceparent of the queuing request, and the worker
+continues that trace, so one trace leads from the third party's webhook through the gateway and
+the runner to the call to the user's API (and the vault, when it is asked). Scheduled runs start
+a trace of their own.
+
+HTTP client spans follow the semantic conventions but carry no URL path or query (either may hold
+a key or a token) and no error message (it may quote the destination): method, scheme, host, port,
+status and the error's type only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+_tracer = trace.get_tracer("leadmesh.runner")
+
+
+def current_trace_parent() -> str | None:
+    """The W3C traceparent of the current span (the request queuing a run), or None."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier.get("traceparent")
+
+
+@contextmanager
+def continuing(trace_parent: str | None) -> Iterator[None]:
+    """The block runs in the trace `trace_parent` names (in no trace for None)."""
+    token = otel_context.attach(
+        _PROPAGATOR.extract({"traceparent": trace_parent} if trace_parent else {})
+    )
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+@contextmanager
+def http_call(method: str, url: httpx.URL) -> Iterator[Span]:
+    """A client span around one HTTP request; the caller sets the status code it got."""
+    attributes = {
+        "http.request.method": method,
+        "url.scheme": url.scheme,
+        "server.address": url.host,
+        "server.port": url.port or (443 if url.scheme == "https" else 80),
+    }
+    with _tracer.start_as_current_span(
+        method,
+        kind=SpanKind.CLIENT,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield span
+        except BaseException as error:
+            span.set_attribute("error.type", type(error).__name__)
+            span.set_status(Status(StatusCode.ERROR))
+            raise
+
+
+def record_status(span: Span, status: int) -> None:
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        span.set_attribute("error.type", str(status))
+        span.set_status(Status(StatusCode.ERROR))
