@@ -15,8 +15,15 @@ def to_timestamp(value: datetime | None) -> Timestamp | None:
     more, on every message that carries a time)."""
     if value is None:
         return None
+    return put_timestamp(Timestamp(), value)
+
+
+def put_timestamp(stamp: Timestamp, value: datetime) -> Timestamp:
+    """Sets `stamp` (a message's own Timestamp field, as a rule: no copy) to `value`."""
     delta = (value if value.tzinfo else value.replace(tzinfo=UTC)) - _EPOCH
-    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
+    stamp.seconds = delta.days * 86_400 + delta.seconds
+    stamp.nanos = delta.microseconds * 1000
+    return stamp
 
 
 def to_value(value: object):

@@ -13,7 +13,7 @@ from leadmesh.vault.v1 import vault_pb2_grpc
 from services.kit import callers
 from services.kit.callers import acting_user
 from services.kit.errors import InvalidArgument
-from services.kit.timestamps import to_timestamp
+from services.kit.timestamps import put_timestamp
 from services.vault.domain import Resolved, Vault
 from services.vault.flow import OAuthFlow
 from services.vault.keyadmin import KeyAdmin
@@ -65,20 +65,24 @@ def kind_name(value: int) -> str:
     raise InvalidArgument("INVALID_KIND", "kinds are: api_key, login, oauth2", field="kind")
 
 
-def credential_pb(row: dict[str, Any]) -> pb.Credential:
-    return pb.Credential(
-        id=row["id"],
-        name=row["name"],
-        kind=_KINDS[row["kind"]],
-        provider=row["provider"],
-        hint=row["hint"],
-        status=_STATUSES[row["status"]],
-        scopes=row["scopes"] or [],
-        expire_time=to_timestamp(row["expire_time"]),
-        create_time=to_timestamp(row["create_time"]),
-        update_time=to_timestamp(row["update_time"]),
-        last_use_time=to_timestamp(row["last_use_time"]),
-    )
+_TIMES = ("expire_time", "create_time", "update_time", "last_use_time")
+
+
+def credential_pb(row: dict[str, Any], into: pb.Credential | None = None) -> pb.Credential:
+    """The credential's metadata, filled into `into` (a response's own field: no copy) or new."""
+    message = pb.Credential() if into is None else into
+    message.id = row["id"]
+    message.name = row["name"]
+    message.kind = _KINDS[row["kind"]]
+    message.provider = row["provider"]
+    message.hint = row["hint"]
+    message.status = _STATUSES[row["status"]]
+    if row["scopes"]:
+        message.scopes.extend(row["scopes"])
+    for name in _TIMES:
+        if row[name] is not None:
+            put_timestamp(getattr(message, name), row[name])
+    return message
 
 
 def _secret(message: struct_pb2.Struct) -> dict[str, Any]:
@@ -86,9 +90,10 @@ def _secret(message: struct_pb2.Struct) -> dict[str, Any]:
 
 
 def resolved_pb(resolved: Resolved) -> pb.ResolvedCredential:
-    secret = struct_pb2.Struct()
-    secret.update(resolved.secret)
-    return pb.ResolvedCredential(credential=credential_pb(resolved.credential), secret=secret)
+    message = pb.ResolvedCredential()
+    credential_pb(resolved.credential, into=message.credential)
+    message.secret.update(resolved.secret)
+    return message
 
 
 class VaultApi(vault_pb2_grpc.VaultServiceServicer):

@@ -23,7 +23,7 @@ import contextvars
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.kit.appender import Appender
 from services.kit.clock import Clock
@@ -42,8 +42,9 @@ SHUTDOWN_SECONDS = 5.0
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
+    """One audited action (immutable; a tuple, since one is made for every resolve)."""
+
     caller: str
     user_id: str
     action: str
@@ -54,7 +55,7 @@ class Event:
     used: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _Queued:
     event: Event | None  # None: a marker that only waits for what is ahead of it
     time: datetime = _NEVER

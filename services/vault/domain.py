@@ -392,7 +392,7 @@ def _needs_reconnect() -> FailedPrecondition:
 
 
 def _with(event: Event, **changes: Any) -> Event:
-    return Event(**{**event.__dict__, **changes})
+    return event._replace(**changes)
 
 
 def _encode_token(row: dict[str, Any]) -> str:

@@ -84,3 +84,24 @@ def test_secrets_in_url_query_parameters_are_masked():
 
     shown = _hide_url_password("redis://cache:6379/0?password=s3cret&ssl_cert_reqs=none")
     assert "s3cret" not in shown and "ssl_cert_reqs=none" in shown
+
+
+def test_timestamps_equal_protobufs_own_conversion():
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from services.kit.timestamps import to_timestamp
+
+    for value in (
+        datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC),
+        datetime(2026, 12, 2, 5, 6, 7, 891011, tzinfo=UTC),
+        datetime(2026, 1, 1),  # naive: UTC, as for FromDatetime
+        datetime(2026, 5, 5, 1, 2, 3, 999999, tzinfo=timezone(timedelta(hours=5))),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ):
+        reference = Timestamp()
+        reference.FromDatetime(value)
+        assert to_timestamp(value) == reference, value
+    assert to_timestamp(None) is None
