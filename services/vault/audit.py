@@ -10,7 +10,8 @@ and what keeps a resolve from costing a commit of its own; the price is that a c
 process can lose the resolves of its last `flush_seconds`. `flush_seconds = 0` makes every resolve
 wait for its commit. The log fails closed: while events cannot be written, they are kept and
 retried, and resolving is refused (AUDIT_UNAVAILABLE), so nothing is resolved unrecorded for longer
-than one flush.
+than one flush. A writer that is only slow is waited for: past `max_queued` queued events a resolve
+waits for its commit, so the queue never grows without bound.
 
 A resolve also moves its credential's `last_use_time`, to the minute: written at most once a
 minute per credential (as sessions' idle deadlines are), not once per resolve.
@@ -35,7 +36,8 @@ log = logging.getLogger("leadmesh.vault.audit")
 
 USE_TIME_STEP = timedelta(minutes=1)
 BATCH = 1000
-# Queued events beyond which resolving is refused rather than the queue growing without bound.
+# Queued events beyond which a resolve waits for its commit, as every other event does: the writer
+# falling behind slows resolving down rather than growing the queue without bound.
 MAX_QUEUED = 100_000
 RETRY_SECONDS = 1.0
 SHUTDOWN_SECONDS = 5.0
@@ -63,8 +65,11 @@ class _Queued:
 
 
 class AuditLog:
-    def __init__(self, store: Store, clock: Clock, flush_seconds: float = 0.05) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, flush_seconds: float = 0.05, max_queued: int = MAX_QUEUED
+    ) -> None:
         self._store = store
+        self._max_queued = max_queued
         self._appender = Appender(store.database, [audit_events], "vault-audit")
         self._clock = clock
         self._flush_seconds = flush_seconds
@@ -79,10 +84,13 @@ class AuditLog:
     async def record(self, event: Event, *, wait: bool = True) -> None:
         """Queues the event; with `wait`, returns once it is committed (or raises why not)."""
         if not wait and self._flush_seconds > 0:
-            if self._failing or len(self._queue) >= MAX_QUEUED:
+            if self._failing:
                 raise Unavailable(
                     "AUDIT_UNAVAILABLE", "the audit log cannot be written; resolving is held"
                 )
+            if len(self._queue) >= self._max_queued:
+                await self._enqueue_and_wait(_Queued(event, self._clock.now()))
+                return
             # The request path only queues; the row is built when the batch is written.
             self._queue.append(_Queued(event, self._clock.now()))
             self._schedule(self._flush_seconds)

@@ -71,7 +71,8 @@ class KeyAdmin:
                     }
                 )
             await tx.rewrap_user_keys(changes)
-        self.vault.sealed.forget()
+        # Only these users' cached rows hold a data key wrapped the old way.
+        self.vault.sealed.forget(users=[change["user_id"] for change in changes])
         async with self.vault.store.read() as tx:
             remaining = sum(n for v, n in (await tx.key_counts()).items() if v != current)
         return len(changes), remaining, current

@@ -11,6 +11,7 @@ epoch, so a read that raced a change is not stored.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Collection
 from typing import Any
 
 Key = tuple[str, str]
@@ -38,7 +39,13 @@ class SealedRows:
         if len(self._rows) > self._capacity:
             self._rows.popitem(last=False)
 
-    def forget(self) -> None:
-        """Something changed: every row may be stale."""
+    def forget(self, users: Collection[str] | None = None) -> None:
+        """Something changed: every row may be stale, or only those of `users` (a rewrap of
+        their data keys). Either way the epoch moves, so no read that raced it is kept."""
         self.epoch += 1
-        self._rows.clear()
+        if users is None:
+            self._rows.clear()
+            return
+        users = set(users)
+        for key in [key for key in self._rows if key[0] in users]:
+            del self._rows[key]

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from services.kit.errors import Unavailable
+from services.vault.audit import AuditLog
 from services.vault.server import Parts, build, migrate_database
 from tests.integration.vault_support import SECRETS, vault_settings
 
@@ -156,3 +157,20 @@ async def test_last_use_is_written_once_a_minute(vault_parts: Parts, clock):
     await vault.resolve("runner", "user-a", credential_id, "conn-1")
     await vault.audit.flush()
     assert (await vault.get("user-a", credential_id))["last_use_time"] == clock.now()
+
+
+async def test_a_writer_that_falls_behind_slows_resolving_rather_than_queueing_without_end(
+    vault_parts: Parts,
+):
+    """Past `max_queued` queued events a resolve waits for its own commit (back-pressure): the
+    queue is bounded, and nothing is refused while the log can be written."""
+    vault = vault_parts.vault
+    credential_id = await _credential(vault_parts)
+    await vault.audit.close()  # the vault's own log, for one that flushes only when made to
+    vault.audit = AuditLog(vault.store, vault.clock, flush_seconds=30, max_queued=3)
+    for n in range(3):
+        await vault.resolve("runner", "user-a", credential_id, f"conn-{n}")
+    assert [e["action"] for e in await _events(vault_parts)] == ["create"]  # queued only
+    await vault.resolve("runner", "user-a", credential_id, "conn-3")  # waits: the queue is full
+    events = await _events(vault_parts)
+    assert [e["connection_id"] for e in events[1:]] == [f"conn-{n}" for n in range(4)]
