@@ -4,8 +4,10 @@ For append-only tables written in large batches (the vault's audit events), wher
 per-row work for an executemany costs ten times SQLite's own: the INSERT is compiled by
 SQLAlchemy from the table, once, and each value converted by its column type's own bind
 processor, so rows are stored exactly as through the engine; the driver then inserts the batch
-in one call. The batch runs on a thread of its own, so the event loop never waits for the commit
-(an fsync on SQLite); it is one transaction.
+in one executemany (PostgreSQL) or a few multi-row INSERTs (SQLite: its driver gives up and
+retakes the GIL for each row of an executemany, a handoff with the busy event loop each). The
+batch runs on a thread of its own, so the event loop never waits for the commit (an fsync on
+SQLite); it is one transaction.
 
 Only for inserts that need nothing back (no generated ids): anything that reads goes through the
 service's `Store`. Appends take their turn among the process's writers (`Database.writing`).
@@ -23,6 +25,11 @@ from sqlalchemy import Table, insert
 
 from services.kit.db import Database, create_sync_engine
 
+# SQLite's own default limit on a statement's parameters (SQLITE_MAX_VARIABLE_NUMBER, 3.32+), and
+# rows per statement (few distinct statement texts, each cached by the driver).
+_SQLITE_VARIABLES = 32766
+_SQLITE_ROWS = 512
+
 
 class _Statement:
     """One table's INSERT, compiled for the engine's dialect, and how to bind a row to it."""
@@ -34,6 +41,10 @@ class _Statement:
         )
         self.sql = compiled.string
         self._names = [c.name for c in columns]
+        # "INSERT … VALUES (?, …)" → its head and one row's placeholders, for multi-row VALUES.
+        head, _, placeholders = self.sql.rpartition(" VALUES ")
+        self._head, self._placeholders = head + " VALUES ", placeholders
+        self._multi: dict[int, str] = {}
         self._positions = compiled.positiontup  # None for named paramstyles (psycopg)
         self._convert = {
             c.name: convert
@@ -48,6 +59,18 @@ class _Statement:
         if self._positions is not None:
             return tuple(values[name] for name in self._positions)
         return values
+
+    @property
+    def width(self) -> int:
+        return len(self._names)
+
+    def many(self, count: int) -> str:
+        """One INSERT of `count` rows (positional paramstyles): the driver steps the statement
+        once, where an executemany steps, and gives up the GIL, once per row."""
+        sql = self._multi.get(count)
+        if sql is None:
+            sql = self._multi[count] = self._head + ", ".join([self._placeholders] * count)
+        return sql
 
 
 class Appender:
@@ -84,7 +107,11 @@ class Appender:
             if self._sqlite:  # the driver is in autocommit mode (services.kit.db)
                 cursor.execute("BEGIN IMMEDIATE")
             for name, rows in bound.items():
-                cursor.executemany(self._statements[name].sql, rows)
+                statement = self._statements[name]
+                if self._sqlite:
+                    self._insert_multirow(cursor, statement, rows)
+                else:
+                    cursor.executemany(statement.sql, rows)
             connection.commit()
         except BaseException:
             # Rolled back here and now: a traceback kept by whoever reports the error keeps this
@@ -97,6 +124,19 @@ class Appender:
                 connection.invalidate()  # a fresh connection next time
             raise
         cursor.close()
+
+    def _insert_multirow(self, cursor, statement: _Statement, rows: list) -> None:
+        # Each sqlite3 step releases and retakes the GIL: per row, that is a handoff with the
+        # event loop's thread (tens of µs each on a busy loop); per statement, one.
+        # Chunks of power-of-two sizes, so that few statement texts exist (the driver caches
+        # its prepared statements by text).
+        most = max(1, min(_SQLITE_ROWS, _SQLITE_VARIABLES // statement.width))
+        start = 0
+        while start < len(rows):
+            size = 1 << (min(most, len(rows) - start).bit_length() - 1)
+            chunk = rows[start : start + size]
+            cursor.execute(statement.many(size), [v for row in chunk for v in row])
+            start += size
 
     def close(self) -> None:
         """Waits for the batch under way, then lets the thread and the connection go."""

@@ -31,6 +31,7 @@ from services.vault.keys import (
     KeyRing,
     KeyUnavailable,
     Tampered,
+    cipher,
     new_data_key,
     seal,
     secret_aad,
@@ -264,20 +265,24 @@ class Vault:
             epoch = self.sealed.epoch
             async with self.store.read() as tx:
                 row = await tx.sealed_credential(user_id, credential_id)
-            if row is not None:
-                self.sealed.put(key, row, epoch)
-        if row is None:
-            raise _not_found()
-        if row["wrapped_key"] is None or row["generation"] != row["key_generation"]:
-            raise FailedPrecondition("KEY_DESTROYED", "the data key of this secret is destroyed")
-        key = self._unwrap(user_id, row["kek_version"], row["wrapped_key"])
+            if row is None:
+                raise _not_found()
+            if row["wrapped_key"] is None or row["generation"] != row["key_generation"]:
+                raise FailedPrecondition(
+                    "KEY_DESTROYED", "the data key of this secret is destroyed"
+                )
+            # The data key's cipher, kept with the row (see sealcache.py for why that is safe).
+            row["cipher"] = cipher(self._unwrap(user_id, row["kek_version"], row["wrapped_key"]))
+            self.sealed.put(key, row, epoch)
         try:
-            plaintext = unseal(key, row["secret"], secret_aad(user_id, credential_id, row["kind"]))
+            plaintext = unseal(
+                row["cipher"], row["secret"], secret_aad(user_id, credential_id, row["kind"])
+            )
         except Tampered:
             raise DataLoss("SECRET_UNREADABLE", "the stored secret does not authenticate") from None
-        for column in ("kek_version", "wrapped_key", "generation", "secret"):
-            row.pop(column)
-        return Resolved(row, json.loads(plaintext))
+        for column in ("kek_version", "wrapped_key", "generation", "secret", "cipher"):
+            del row[column]
+        return Resolved(row, json.loads(plaintext.decode()))
 
     def _expiring(self, resolved: Resolved) -> bool:
         expires_at = resolved.secret.get("expires_at")

@@ -35,14 +35,22 @@ class Tampered(Exception):
     """A ciphertext did not authenticate: altered, moved to another row, or the wrong key."""
 
 
-def seal(key: bytes, plaintext: bytes, associated: bytes) -> bytes:
+def cipher(key: bytes) -> AESGCM:
+    """A key made ready to seal and unseal with, for a key used again and again."""
+    return AESGCM(key)
+
+
+def seal(key: bytes | AESGCM, plaintext: bytes, associated: bytes) -> bytes:
+    """`key`: a key, or its `cipher`."""
     nonce = os.urandom(NONCE_BYTES)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, associated)
+    cipher = key if isinstance(key, AESGCM) else AESGCM(key)
+    return nonce + cipher.encrypt(nonce, plaintext, associated)
 
 
-def unseal(key: bytes, sealed: bytes, associated: bytes) -> bytes:
+def unseal(key: bytes | AESGCM, sealed: bytes, associated: bytes) -> bytes:
+    cipher = key if isinstance(key, AESGCM) else AESGCM(key)
     try:
-        return AESGCM(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], associated)
+        return cipher.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], associated)
     except (InvalidTag, ValueError):
         raise Tampered from None
 
@@ -91,7 +99,13 @@ class KeyRing:
     def __init__(self, *, inline: str | None, path: Path | None, managed: bool) -> None:
         self._inline, self._path, self.managed = inline, path, managed
         self._lock = threading.Lock()
-        self._file = self._read()
+        self._use(self._read())
+
+    def _use(self, file: KeyFile) -> None:
+        # Each KEK's cipher made once: making one (key schedule, OpenSSL's cipher lookup) costs
+        # more than the unwrap it serves, the busiest call of a resolve.
+        self._ciphers = {version: AESGCM(key) for version, key in file.keys.items()}
+        self._file = file
 
     @classmethod
     def from_setting(cls, value: str | None, var_dir: Path) -> KeyRing:
@@ -115,7 +129,7 @@ class KeyRing:
 
     def reload(self) -> None:
         with self._lock:
-            self._file = self._read()
+            self._use(self._read())
 
     @property
     def current(self) -> str:
@@ -125,14 +139,14 @@ class KeyRing:
     def versions(self) -> list[str]:
         return sorted(self._file.keys, key=lambda v: (len(v), v))
 
-    def _kek(self, version: str) -> bytes:
-        key = self._file.keys.get(version)
-        if key is None and self._path is not None:
+    def _kek(self, version: str) -> AESGCM:
+        cipher = self._ciphers.get(version)
+        if cipher is None and self._path is not None:
             self.reload()  # another process may have added it (a rotation)
-            key = self._file.keys.get(version)
-        if key is None:
+            cipher = self._ciphers.get(version)
+        if cipher is None:
             raise KeyUnavailable(version)
-        return key
+        return cipher
 
     def wrap(self, user_id: str, data_key: bytes) -> tuple[str, bytes]:
         version = self.current
@@ -144,19 +158,19 @@ class KeyRing:
     def add_version(self) -> str:
         """A new random KEK made current (managed key files only)."""
         with self._lock:
-            self._file = self._read()
-            version = _next_version(self._file.keys)
-            keys = {**self._file.keys, version: secrets.token_bytes(KEY_BYTES)}
-            self._file = KeyFile(version, keys)
+            on_disk = self._read()
+            version = _next_version(on_disk.keys)
+            keys = {**on_disk.keys, version: secrets.token_bytes(KEY_BYTES)}
+            self._use(KeyFile(version, keys))
             _write_private(self._path, self._file.dumps())  # type: ignore[arg-type]
         log.info("new KEK version is current", extra={"version": version})
         return version
 
     def remove_version(self, version: str) -> None:
         with self._lock:
-            self._file = self._read()
-            keys = {v: k for v, k in self._file.keys.items() if v != version}
-            self._file = KeyFile(self._file.current, keys)
+            on_disk = self._read()
+            keys = {v: k for v, k in on_disk.keys.items() if v != version}
+            self._use(KeyFile(on_disk.current, keys))
             _write_private(self._path, self._file.dumps())  # type: ignore[arg-type]
 
 

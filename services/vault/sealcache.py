@@ -1,7 +1,10 @@
 """Sealed rows kept in memory so a resolve need not read the database each time.
 
-Only what the database holds is kept — ciphertext and the *wrapped* data key, never plaintext or an
-unwrapped key — so the cache adds no secret to this process's memory that a read would not.
+What the database holds is kept — ciphertext and the wrapped data key — and, beside it, the opened
+data key's cipher, never a plaintext secret. That key adds nothing to what this process's memory
+already yields: the KEKs that unwrap every data key are loaded here anyway, and a key is only
+of use with the ciphertext of the database. Crypto-shredding destroys the wrapped copy and empties
+the cache (as every change does), so no opened key outlives it here.
 It is exact only while this process makes every change, which is the single-machine mode (no
 REDIS_URL: one vault process; the operator's commands reach it by RPC). Scaled out, replicas do
 not cache until invalidations travel between them. Any change empties the cache and moves its

@@ -66,6 +66,23 @@ async def test_appended_rows_read_back_as_rows_the_engine_wrote(database: Databa
     assert len({r["at"].replace(tzinfo=UTC) for r in rows}) == 1  # stored in the same form
 
 
+async def test_a_large_batch_keeps_every_row_and_its_order(database: Database):
+    """More rows than one multi-row statement takes on SQLite, in a count no power of two is."""
+    when = datetime(2026, 12, 2, 3, 4, 5, tzinfo=UTC)
+    appender = Appender(database, [entries], "test-appender")
+    try:
+        batch = [{"at": when, "name": f"row-{n}", "count": n} for n in range(1037)]
+        await appender.append({"appended_entries": batch})
+        await appender.append({"appended_entries": batch[:3]})
+    finally:
+        appender.close()
+    rows = await _rows(database)
+    assert [(r["name"], r["count"]) for r in rows] == [
+        (f"row-{n}", n) for n in [*range(1037), 0, 1, 2]
+    ]
+    assert {r["at"].replace(tzinfo=None) for r in rows} == {when.replace(tzinfo=None)}
+
+
 async def test_a_failed_batch_writes_nothing_and_holds_no_lock(database: Database):
     appender = Appender(database, [entries], "test-appender")
     when = datetime.now(UTC)

@@ -213,7 +213,10 @@ async def test_crypto_shredding_destroys_one_user_and_spares_the_others(vault_pa
         backup = (
             await connection.execute(select(credentials).where(credentials.c.id == gone["id"]))
         ).one()
+    # Resolved once: the row and its opened data key are cached; shredding must drop both.
+    assert (await vault.resolve("runner", "user-a", gone["id"], "c")).secret == SECRETS["api_key"]
     assert await admin.shred("retention", "user-a") == (True, 1)
+    assert vault.sealed.get(("user-a", gone["id"])) is None
     assert await admin.shred("retention", "user-a") == (False, 0)  # idempotent
     with pytest.raises(NotFound):
         await vault.resolve("runner", "user-a", gone["id"], "c")
