@@ -36,15 +36,13 @@ class _Statement:
 
     def __init__(self, table: Table, dialect) -> None:
         columns = [c for c in table.columns if not (c.primary_key and c.autoincrement is True)]
-        compiled = (
-            insert(table).inline().values({c.name: None for c in columns}).compile(dialect=dialect)
-        )
+        self._table, self._dialect = table, dialect
+        self._empty_row = {c.name: None for c in columns}
+        compiled = self._compile(1)
         self.sql = compiled.string
         self._names = [c.name for c in columns]
-        # "INSERT … VALUES (?, …)" → its head and one row's placeholders, for multi-row VALUES.
-        head, _, placeholders = self.sql.rpartition(" VALUES ")
-        self._head, self._placeholders = head + " VALUES ", placeholders
-        self._multi: dict[int, str] = {}
+        # Multi-row INSERTs by their row count (positional paramstyles: rows' values in order).
+        self._multirow: dict[int, str] = {}
         self._positions = compiled.positiontup  # None for named paramstyles (psycopg)
         self._convert = {
             c.name: convert
@@ -60,17 +58,24 @@ class _Statement:
             return tuple(values[name] for name in self._positions)
         return values
 
-    @property
-    def width(self) -> int:
-        return len(self._names)
+    def _compile(self, rows: int):
+        values = self._empty_row if rows == 1 else [self._empty_row] * rows
+        return insert(self._table).inline().values(values).compile(dialect=self._dialect)
 
-    def many(self, count: int) -> str:
-        """One INSERT of `count` rows (positional paramstyles): the driver steps the statement
-        once, where an executemany steps, and gives up the GIL, once per row."""
-        sql = self._multi.get(count)
-        if sql is None:
-            sql = self._multi[count] = self._head + ", ".join([self._placeholders] * count)
-        return sql
+    def insert_multirow(self, cursor, rows: list[tuple]) -> None:
+        """The bound rows in multi-row INSERTs (positional paramstyles): sqlite3 steps each
+        statement once — and gives up and retakes the GIL once, a handoff with the busy event
+        loop's thread — where an executemany does so for every row. Chunks have power-of-two
+        sizes, so that few statement texts exist (the driver caches its prepared statements)."""
+        most = max(1, min(_SQLITE_ROWS, _SQLITE_VARIABLES // len(self._names)))
+        start = 0
+        while start < len(rows):
+            size = 1 << (min(most, len(rows) - start).bit_length() - 1)
+            sql = self._multirow.get(size)
+            if sql is None:
+                sql = self._multirow[size] = self._compile(size).string
+            cursor.execute(sql, [v for row in rows[start : start + size] for v in row])
+            start += size
 
 
 class Appender:
@@ -109,7 +114,7 @@ class Appender:
             for name, rows in bound.items():
                 statement = self._statements[name]
                 if self._sqlite:
-                    self._insert_multirow(cursor, statement, rows)
+                    statement.insert_multirow(cursor, rows)
                 else:
                     cursor.executemany(statement.sql, rows)
             connection.commit()
@@ -124,19 +129,6 @@ class Appender:
                 connection.invalidate()  # a fresh connection next time
             raise
         cursor.close()
-
-    def _insert_multirow(self, cursor, statement: _Statement, rows: list) -> None:
-        # Each sqlite3 step releases and retakes the GIL: per row, that is a handoff with the
-        # event loop's thread (tens of µs each on a busy loop); per statement, one.
-        # Chunks of power-of-two sizes, so that few statement texts exist (the driver caches
-        # its prepared statements by text).
-        most = max(1, min(_SQLITE_ROWS, _SQLITE_VARIABLES // statement.width))
-        start = 0
-        while start < len(rows):
-            size = 1 << (min(most, len(rows) - start).bit_length() - 1)
-            chunk = rows[start : start + size]
-            cursor.execute(statement.many(size), [v for row in chunk for v in row])
-            start += size
 
     def close(self) -> None:
         """Waits for the batch under way, then lets the thread and the connection go."""

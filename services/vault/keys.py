@@ -40,17 +40,19 @@ def cipher(key: bytes) -> AESGCM:
     return AESGCM(key)
 
 
+def _ready(key: bytes | AESGCM) -> AESGCM:
+    return key if isinstance(key, AESGCM) else cipher(key)
+
+
 def seal(key: bytes | AESGCM, plaintext: bytes, associated: bytes) -> bytes:
     """`key`: a key, or its `cipher`."""
     nonce = os.urandom(NONCE_BYTES)
-    cipher = key if isinstance(key, AESGCM) else AESGCM(key)
-    return nonce + cipher.encrypt(nonce, plaintext, associated)
+    return nonce + _ready(key).encrypt(nonce, plaintext, associated)
 
 
 def unseal(key: bytes | AESGCM, sealed: bytes, associated: bytes) -> bytes:
-    cipher = key if isinstance(key, AESGCM) else AESGCM(key)
     try:
-        return cipher.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], associated)
+        return _ready(key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], associated)
     except (InvalidTag, ValueError):
         raise Tampered from None
 
@@ -104,7 +106,7 @@ class KeyRing:
     def _use(self, file: KeyFile) -> None:
         # Each KEK's cipher made once: making one (key schedule, OpenSSL's cipher lookup) costs
         # more than the unwrap it serves, the busiest call of a resolve.
-        self._ciphers = {version: AESGCM(key) for version, key in file.keys.items()}
+        self._ciphers = {version: cipher(key) for version, key in file.keys.items()}
         self._file = file
 
     @classmethod
@@ -140,13 +142,13 @@ class KeyRing:
         return sorted(self._file.keys, key=lambda v: (len(v), v))
 
     def _kek(self, version: str) -> AESGCM:
-        cipher = self._ciphers.get(version)
-        if cipher is None and self._path is not None:
+        kek = self._ciphers.get(version)
+        if kek is None and self._path is not None:
             self.reload()  # another process may have added it (a rotation)
-            cipher = self._ciphers.get(version)
-        if cipher is None:
+            kek = self._ciphers.get(version)
+        if kek is None:
             raise KeyUnavailable(version)
-        return cipher
+        return kek
 
     def wrap(self, user_id: str, data_key: bytes) -> tuple[str, bytes]:
         version = self.current
