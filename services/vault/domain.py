@@ -340,11 +340,11 @@ class Vault:
         spent twice."""
         async with self.leases.hold(f"refresh:{credential_id}"):
             current = await self._open(user_id, credential_id, fresh=True)
+            if current.credential["status"] == NEEDS_RECONNECT:
+                raise _needs_reconnect()  # whatever token the caller saw, none is served now
             replaced = current.credential["token_sha256"] != seen.credential["token_sha256"]
             if replaced or (rejected and current.credential["token_sha256"] != rejected):
                 return current
-            if current.credential["status"] == NEEDS_RECONNECT:
-                raise _needs_reconnect()
             if rejected is None and not self._expiring(current):
                 return current
             refresh_token = current.secret.get("refresh_token")

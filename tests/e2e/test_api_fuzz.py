@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
@@ -117,6 +118,15 @@ def test_signed_in_requests_conform(api_schema, fuzzed: Mesh, signed_in: dict[st
         "POST /v1/notifications/{notification_id}/read",
     }
     assert runner <= set(operations)
+    vault = {
+        "GET /v1/credentials",
+        "GET /v1/credentials/{credential_id}",
+        "PATCH /v1/credentials/{credential_id}",
+        "DELETE /v1/credentials/{credential_id}",
+        "GET /v1/oauth/{provider}/start",
+        "GET /v1/oauth/{provider}/callback",
+    }
+    assert vault <= set(operations)
 
 
 def test_the_fuzzed_session_still_works(fuzzed: Mesh, signed_in: dict[str, str]):
@@ -170,6 +180,12 @@ _FAST = settings(
     max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck)
 )
 _OK_OR_REFUSED = {200, 201, 202, 204, 400, 413, 422, 429}
+
+
+def _query(params: dict[str, str]) -> str:
+    """A query string of any text, lone surrogates too (as their UTF-8-like bytes, escaped):
+    httpx would send bytes values as their repr, b'…'."""
+    return urlencode({k: v.encode("utf-8", "surrogatepass") for k, v in params.items()})
 
 
 def _raw_json(value: Any) -> bytes:
@@ -285,8 +301,7 @@ def test_webhooks_take_any_body_headers_and_query(fuzzed: Mesh, receiver):
         @_FAST
         def run(body: bytes, media: str, headers: dict[str, str], query: dict[str, str]) -> None:
             sent = {**headers, "Content-Type": media} if media else headers
-            params = {k: v.encode("utf-8", "surrogatepass") for k, v in query.items()}
-            answer = caller.post(next(urls), content=body, headers=sent, params=params)
+            answer = caller.post(f"{next(urls)}?{_query(query)}", content=body, headers=sent)
             assert answer.status_code in _OK_OR_REFUSED, answer.text
             if answer.status_code == 202:
                 accepted.append(answer.json()["run_id"])
@@ -297,3 +312,33 @@ def test_webhooks_take_any_body_headers_and_query(fuzzed: Mesh, receiver):
         _all_finished(owner, accepted)
         log = owner.get("/v1/webhook-log", params={"page_size": 100})
         assert log.status_code == 200 and len(log.json()["items"]) == min(len(accepted), 100)
+
+
+def test_oauth_with_the_configured_provider_never_fails(fuzzed: Mesh, oauth_provider):
+    """The schema's fuzzer names providers at random, so none exists: here the flow runs against
+    the configured one, with a live state (or a fuzzed one), and fuzzed names, codes and errors."""
+    outcomes: set[str] = set()
+    with fuzzed.client() as client:
+        register_and_login(client)
+
+        @given(name=_TEXT, state=st.none() | _TEXT, code=_TEXT, error=_TEXT)
+        @_FAST
+        def run(name: str, state: str | None, code: str, error: str) -> None:
+            started = client.get(f"/v1/oauth/crm/start?{_query({'name': name})}")
+            assert started.status_code in {302, 422}, started.text
+            if started.status_code == 302:
+                location = started.headers["location"]
+                assert location.startswith(oauth_provider.authorize_url)
+                if state is None:  # the live one
+                    state = parse_qs(urlsplit(location).query)["state"][0]
+            params = {"state": state or "", "code": code, "error": error}
+            back = client.get(f"/v1/oauth/crm/callback?{_query(params)}")
+            assert back.status_code in {302, 422}, back.text
+            if back.status_code == 302:
+                outcomes.add(parse_qs(urlsplit(back.headers["location"]).query)["oauth_error"][0])
+
+        run()
+        # Forged states, and live ones with a fuzzed code or error, came back with their reason.
+        assert "OAUTH_STATE_INVALID" in outcomes, outcomes
+        assert outcomes & {"OAUTH_EXCHANGE_FAILED", "OAUTH_DENIED"}, outcomes
+        assert client.get("/v1/credentials").json()["items"] == []

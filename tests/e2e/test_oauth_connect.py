@@ -1,5 +1,6 @@
 """Connecting a third-party account through the gateway, as a browser would: start → the
-provider's consent → callback in the same session → a stored oauth2 credential."""
+provider's consent → callback in the same session → a stored oauth2 credential → resolved by the
+runner for a delivery → expired at the provider → refreshed once, and delivered again."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from tests.e2e.conftest import Mesh, register_and_login
+from tests.e2e.conftest import Mesh, action, create, finished, register_and_login, start_run
 from tests.support.oauth_server import OAuthServer
 
 
@@ -20,22 +21,50 @@ def _consent(provider: OAuthServer, location: str) -> str:
         return browser.get(location).headers["location"]
 
 
+def _connect(mesh: Mesh, api: httpx.Client, provider: OAuthServer, name: str) -> str:
+    """The browser's round trip; the new credential's id."""
+    started = api.get("/v1/oauth/crm/start", params={"name": name})
+    assert started.status_code == 302
+    back = _consent(provider, started.headers["location"])
+    assert back.startswith(f"{mesh.base_url}/v1/oauth/crm/callback?")
+    done = api.get(back.removeprefix(mesh.base_url))
+    assert done.status_code == 302
+    landing = urlsplit(done.headers["location"])
+    assert f"{landing.scheme}://{landing.netloc}" == mesh.env["LEADMESH_FRONTEND_URL"]
+    assert landing.path.startswith("/credentials/") and "oauth=connected" in landing.query
+    return landing.path.rsplit("/", 1)[1]
+
+
 def test_connect_an_account_with_oauth(mesh_up: Mesh, oauth_provider: OAuthServer):
     with mesh_up.client() as api:
         register_and_login(api)
-        started = api.get("/v1/oauth/crm/start", params={"name": "Work CRM"})
-        assert started.status_code == 302
-        back = _consent(oauth_provider, started.headers["location"])
-        assert back.startswith(f"{mesh_up.base_url}/v1/oauth/crm/callback?")
-        done = api.get(back.removeprefix(mesh_up.base_url))
-        assert done.status_code == 302
-        landing = urlsplit(done.headers["location"])
-        assert landing.path.startswith("/credentials/") and "oauth=connected" in landing.query
-        credential_id = landing.path.rsplit("/", 1)[1]
+        credential_id = _connect(mesh_up, api, oauth_provider, "Work CRM")
         shown = api.get(f"/v1/credentials/{credential_id}").json()
         assert shown["kind"] == "oauth2" and shown["provider"] == "crm"
         assert shown["name"] == "Work CRM" and shown["scopes"] == ["contacts.read"]
+        assert shown["status"] == "active"
         assert "access_token" not in api.get("/v1/credentials").text
+
+
+def test_a_connected_account_delivers_and_is_refreshed_once_expired(
+    mesh_up: Mesh, oauth_provider: OAuthServer
+):
+    with mesh_up.client() as api:
+        register_and_login(api)
+        credential_id = _connect(mesh_up, api, oauth_provider, "API")
+        connection = create(
+            api, action=action(oauth_provider.api_url, method="GET", credential_id=credential_id)
+        )
+        first = finished(api, start_run(api, connection["id"]))
+        assert first["status"] == "succeeded", first
+        assert [a["response_status"] for a in first["attempts"]] == [200]
+        refreshed = oauth_provider.refresh_count
+        oauth_provider.expire_access_tokens()  # the runner's token is now refused with a 401
+        second = finished(api, start_run(api, connection["id"]))
+        assert second["status"] == "succeeded", second
+        assert [a["response_status"] for a in second["attempts"]][-1] == 200
+        assert oauth_provider.refresh_count == refreshed + 1
+        assert api.get(f"/v1/credentials/{credential_id}").json()["status"] == "active"
 
 
 def test_a_callback_in_another_session_is_refused(mesh_up: Mesh, oauth_provider: OAuthServer):

@@ -22,10 +22,11 @@ from services.kit.callers import user_metadata
 from services.kit.config import MeshSettings
 from services.kit.errors import from_rpc_error
 from services.kit.grpcclient import open_channel
-from services.vault.api import ALLOWED_CALLERS, SERVICE
+from services.kit.pki import load_mesh_certificate
+from services.vault.api import ALLOWED_CALLERS
 from services.vault.server import RunningVault, migrate_database, start
 from tests.integration.grpc_support import call, refused
-from tests.integration.vault_support import API_KEY, vault_settings
+from tests.integration.vault_support import API_KEY, OAUTH2, vault_settings
 
 METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["VaultService"].methods]
 CALLERS = ("gateway", "identity", "runner", "retention", "operator")
@@ -69,11 +70,31 @@ async def _call(stub, method: str, request=None, **kwargs):
     return await call(stub, SERVICE_DESCRIPTOR, method, request, **kwargs)
 
 
-def test_the_table_names_every_rpc():
-    assert sorted(m.rsplit("/", 1)[1] for m in ALLOWED_CALLERS) == sorted(METHODS)
-    plaintext = {"ResolveCredential", "RefreshOAuthCredential"}
-    for method in plaintext:
-        assert ALLOWED_CALLERS[f"/{SERVICE}/{method}"] == {"runner"}
+# Who may call what, written out here rather than read from the code's table: a test that took
+# its expectation from `ALLOWED_CALLERS` could never catch a wrong grant there.
+EXPECTED_CALLERS = {
+    "CreateCredential": {"gateway"},
+    "GetCredential": {"gateway"},
+    "ListCredentials": {"gateway"},
+    "UpdateCredential": {"gateway"},
+    "DeleteCredential": {"gateway"},
+    "StartOAuth": {"gateway"},
+    "CompleteOAuth": {"gateway"},
+    "ResolveCredential": {"runner"},
+    "RefreshOAuthCredential": {"runner"},
+    "GetKeyStatus": {"operator"},
+    "BeginKeyRotation": {"operator"},
+    "RewrapDataKeys": {"operator"},
+    "RetireKeyVersion": {"operator"},
+    "RotateUserDataKey": {"operator"},
+    "SetOAuthClientSecret": {"operator"},
+    "ShredUserKey": {"operator", "retention"},
+}
+
+
+def test_the_table_grants_exactly_the_expected_callers():
+    assert sorted(EXPECTED_CALLERS) == sorted(METHODS)
+    assert {m.rsplit("/", 1)[1]: set(c) for m, c in ALLOWED_CALLERS.items()} == EXPECTED_CALLERS
 
 
 @pytest.mark.parametrize("caller", CALLERS)
@@ -81,7 +102,7 @@ async def test_caller_matrix_over_every_rpc(dial, caller: str):
     stub = dial(caller)
     metadata = user_metadata("user-a") if caller == "gateway" else None
     for method in METHODS:
-        allowed = caller in ALLOWED_CALLERS[f"/{SERVICE}/{method}"]
+        allowed = caller in EXPECTED_CALLERS[method]
         outcome = await _call(stub, method, metadata=metadata)
         denied = refused(outcome, grpc.StatusCode.PERMISSION_DENIED)
         assert denied != allowed, (caller, method, outcome)
@@ -89,22 +110,30 @@ async def test_caller_matrix_over_every_rpc(dial, caller: str):
             assert from_rpc_error(outcome).reason == "CALLER_NOT_ALLOWED"
 
 
-async def test_no_certificate_no_connection(vault: RunningVault):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{vault.port}") as channel:
-        outcome = await _call(vault_pb2_grpc.VaultServiceStub(channel), "ResolveCredential")
-    assert outcome.code() == grpc.StatusCode.UNAVAILABLE
+async def test_no_mesh_certificate_no_rpc(vault: RunningVault, mesh: MeshSettings):
+    """TLS with the mesh CA but no client certificate, and plaintext: no RPC at all is served."""
+    ca = load_mesh_certificate(mesh.pki_dir, "runner").ca_pem
+    address = f"127.0.0.1:{vault.port}"
+    options = [("grpc.ssl_target_name_override", "vault")]
+    no_cert = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(ca), options=options)
+    for channel in (no_cert, grpc.aio.insecure_channel(address)):
+        async with channel:
+            stub = vault_pb2_grpc.VaultServiceStub(channel)
+            for method in METHODS:
+                outcome = await _call(stub, method)
+                assert refused(outcome, grpc.StatusCode.UNAVAILABLE), (method, outcome)
+
+
+async def _create(gateway, user_id: str, kind: int, values: dict) -> pb.Credential:
+    secret = struct_pb2.Struct()
+    secret.update(values)
+    request = pb.CreateCredentialRequest(name="CRM", kind=kind, provider="crm", secret=secret)
+    return await gateway.CreateCredential(request, metadata=user_metadata(user_id))
 
 
 async def test_only_the_runner_sees_plaintext_and_only_for_the_owner(dial):
     gateway, runner = dial("gateway"), dial("runner")
-    secret = struct_pb2.Struct()
-    secret.update(API_KEY)
-    created = await gateway.CreateCredential(
-        pb.CreateCredentialRequest(
-            name="CRM", kind=pb.CREDENTIAL_KIND_API_KEY, provider="crm", secret=secret
-        ),
-        metadata=user_metadata("user-a"),
-    )
+    created = await _create(gateway, "user-a", pb.CREDENTIAL_KIND_API_KEY, API_KEY)
     assert API_KEY["key"] not in str(created) and created.hint == "…6789"
     fetched = await gateway.GetCredential(
         pb.GetCredentialRequest(id=created.id), metadata=user_metadata("user-a")
@@ -125,6 +154,44 @@ async def test_only_the_runner_sees_plaintext_and_only_for_the_owner(dial):
     assert from_rpc_error(forged).reason == "CALLER_NOT_ALLOWED" or (
         from_rpc_error(forged).reason == "USER_CONTEXT_NOT_TRUSTED"
     )
+
+
+async def test_user_b_cannot_see_use_change_or_delete_user_a_credentials(dial):
+    gateway, runner = dial("gateway"), dial("runner")
+    mine, theirs = user_metadata("user-a"), user_metadata("user-b")
+    created = await _create(gateway, "user-a", pb.CREDENTIAL_KIND_OAUTH2, OAUTH2)
+    renamed = pb.UpdateCredentialRequest(id=created.id, name="taken")
+    renamed.update_mask.paths.append("name")
+    attempts = [
+        (gateway, "GetCredential", pb.GetCredentialRequest(id=created.id), theirs),
+        (gateway, "UpdateCredential", renamed, theirs),
+        (gateway, "DeleteCredential", pb.DeleteCredentialRequest(id=created.id), theirs),
+        (
+            runner,
+            "ResolveCredential",
+            pb.ResolveCredentialRequest(user_id="user-b", credential_id=created.id),
+            None,
+        ),
+        (
+            runner,
+            "RefreshOAuthCredential",
+            pb.RefreshOAuthCredentialRequest(user_id="user-b", credential_id=created.id),
+            None,
+        ),
+    ]
+    for stub, method, request, metadata in attempts:
+        outcome = await _call(stub, method, request, metadata=metadata)
+        assert refused(outcome, grpc.StatusCode.NOT_FOUND), (method, outcome)
+        assert from_rpc_error(outcome).reason == "CREDENTIAL_NOT_FOUND"
+    listed = await gateway.ListCredentials(pb.ListCredentialsRequest(), metadata=theirs)
+    assert list(listed.credentials) == []
+    # A's credential is untouched by all of it.
+    kept = await gateway.GetCredential(pb.GetCredentialRequest(id=created.id), metadata=mine)
+    assert kept.name == "CRM"
+    resolved = await runner.ResolveCredential(
+        pb.ResolveCredentialRequest(user_id="user-a", credential_id=created.id)
+    )
+    assert resolved.secret["access_token"] == OAUTH2["access_token"]
 
 
 async def test_a_killed_rotation_resumes(vault: RunningVault, vault_var: Path):

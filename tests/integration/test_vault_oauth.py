@@ -149,6 +149,19 @@ async def test_a_rejected_token_is_refreshed_once_and_then_served(vaults: list[P
     assert oauth.refresh_count == count + 1
     assert both[0].secret["access_token"] == both[1].secret["access_token"]
     assert both[0].secret["access_token"] != first.secret["access_token"]
+    # Each refresh is audited (who, which credential and connection, the outcome), without a token.
+    for built in vaults:
+        await built.vault.audit.flush()
+    async with parts.vault.store.begin() as tx:
+        events = [e for e in await tx.audit_events("user-a") if e["action"] == "refresh"]
+    assert sorted((e["connection_id"], e["outcome"], e["caller"]) for e in events) == [
+        ("conn-1", "ok", "runner"),
+        ("conn-2", "ok", "runner"),
+    ]
+    assert {e["credential_id"] for e in events} == {credential["id"]}
+    tokens = {first.secret["access_token"], both[0].secret["access_token"], rejected}
+    tokens |= {first.secret["refresh_token"], both[0].secret["refresh_token"]}
+    assert not [t for t in tokens for e in events if t in str(e)]
 
 
 async def test_invalid_grant_marks_the_credential_for_reconnection(vaults: list[Parts], oauth):
@@ -164,6 +177,15 @@ async def test_invalid_grant_marks_the_credential_for_reconnection(vaults: list[
     async with parts.vault.store.begin() as tx:
         outcomes = [e["outcome"] for e in await tx.audit_events("user-a")]
     assert "CREDENTIAL_NEEDS_RECONNECT" in outcomes
+    # The runner reporting a 401 now gets the same answer, and the refused refresh is audited.
+    with pytest.raises(FailedPrecondition) as refused:
+        await parts.vault.refresh("runner", "user-a", credential["id"], "conn-2", "0" * 64)
+    assert refused.value.reason == "CREDENTIAL_NEEDS_RECONNECT"
+    async with parts.vault.store.begin() as tx:
+        refreshes = [e for e in await tx.audit_events("user-a") if e["action"] == "refresh"]
+    assert [(e["connection_id"], e["outcome"]) for e in refreshes] == [
+        ("conn-2", "CREDENTIAL_NEEDS_RECONNECT")
+    ]
     reconnected = await connect(parts, oauth, session="session-2")
     assert reconnected["status"] == "active"
 
@@ -233,3 +255,97 @@ async def test_production_keeps_the_client_secret_sealed_in_the_vault(
         files = sorted(tmp_path.glob("service.db*"))  # noqa: ASYNC240 - a test reading files
         stored = b"".join(p.read_bytes() for p in files)
         assert oauth.client_secret.encode() not in stored
+
+
+async def test_two_vault_processes_spend_a_refresh_token_once(
+    tmp_path: Path, database_url: str, oauth: OAuthServer, mesh
+):
+    """Two real vault processes on one database, asked over mTLS at the same moment: one refresh."""
+    import base64
+    import os
+    import shutil
+    import sys
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from leadmesh.vault.v1 import vault_pb2 as pb
+    from leadmesh.vault.v1 import vault_pb2_grpc
+
+    from services.kit.callers import user_metadata
+    from services.kit.config import MeshSettings
+    from services.kit.grpcclient import open_channel
+    from tests.conftest import free_port
+
+    shutil.copytree(mesh.pki_dir, tmp_path / "pki")
+    keys = json.dumps({"current": "v1", "keys": {"v1": base64.b64encode(os.urandom(32)).decode()}})
+    settings = vault_settings(tmp_path, database_url, oauth_providers=providers(oauth))
+    migrate_database(settings)
+    ports = [free_port(), free_port()]
+    env = dict(
+        os.environ,
+        LEADMESH_VAR_DIR=str(tmp_path),
+        LEADMESH_LOG_LEVEL="WARNING",
+        LEADMESH_INSECURE_INTERNAL="0",
+        VAULT_DATABASE_URL=database_url,
+        VAULT_MASTER_KEYS=keys,
+        VAULT_OAUTH_PROVIDERS=providers(oauth),
+    )
+    env.pop("REDIS_URL", None)  # the lease is the database's row
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.vault", env={**env, "VAULT_PORT": str(port)}
+        )
+        for port in ports
+    ]
+    channels = []
+    try:
+        runners, gateway = [], None
+        for port in ports:
+            there = MeshSettings(var_dir=tmp_path, vault_addr=f"127.0.0.1:{port}", _env_file=None)
+            runner_channel = open_channel(there, "vault", caller="runner")
+            channels += [runner_channel, open_channel(there, "vault", caller="gateway")]
+            health = health_pb2_grpc.HealthStub(runner_channel)
+            await health.Check(health_pb2.HealthCheckRequest(), timeout=30, wait_for_ready=True)
+            runners.append(vault_pb2_grpc.VaultServiceStub(runner_channel))
+            gateway = vault_pb2_grpc.VaultServiceStub(channels[-1])
+        who = user_metadata("user-a")
+        started = await gateway.StartOAuth(
+            pb.StartOAuthRequest(
+                session_id="s1", provider="crm", name="CRM", redirect_uri=CALLBACK
+            ),
+            metadata=who,
+        )
+        async with httpx.AsyncClient() as browser:
+            consent = await browser.get(started.authorization_url, follow_redirects=False)
+        back = parse_qs(urlsplit(consent.headers["location"]).query)
+        credential = await gateway.CompleteOAuth(
+            pb.CompleteOAuthRequest(
+                session_id="s1",
+                provider="crm",
+                state=back["state"][0],
+                code=back["code"][0],
+                redirect_uri=CALLBACK,
+            ),
+            metadata=who,
+        )
+        oauth.refresh_delay = 0.3  # both processes ask while the one refresh is in flight
+        resolved = await asyncio.gather(
+            *(
+                runners[n % 2].ResolveCredential(
+                    pb.ResolveCredentialRequest(
+                        user_id="user-a", credential_id=credential.id, connection_id=f"c{n}"
+                    ),
+                    timeout=30,
+                )
+                for n in range(8)
+            )
+        )
+        assert oauth.refresh_count == 1
+        assert len({r.secret["access_token"] for r in resolved}) == 1
+        refreshes = [r for r in oauth.token_requests if r["grant_type"] == "refresh_token"]
+        assert [r["error"] for r in refreshes] == [None]
+    finally:
+        for channel in channels:
+            await channel.close()
+        for process in processes:
+            process.terminate()
+            await process.wait()
