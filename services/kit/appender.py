@@ -9,6 +9,9 @@ retakes the GIL for each row of an executemany, a handoff with the busy event lo
 batch runs on a thread of its own, so the event loop never waits for the commit (an fsync on
 SQLite); it is one transaction.
 
+A row is a mapping of column names, or — for the busiest writers, which need no dict per row — a
+tuple of its values in the order of `Appender.columns(table)`.
+
 Only for inserts that need nothing back (no generated ids): anything that reads goes through the
 service's `Store`. Appends take their turn among the process's writers (`Database.writing`).
 """
@@ -49,14 +52,33 @@ class _Statement:
             for c in columns
             if (convert := c.type.dialect_impl(dialect).bind_processor(dialect)) is not None
         }
+        self._convert_at = [(self._names.index(n), f) for n, f in self._convert.items()]
+        # Tuple rows bind as they come where the statement takes values in column order.
+        self._in_order = self._positions is not None and list(self._positions) == self._names
 
-    def bind(self, row: Mapping[str, Any]) -> tuple | dict:
-        values = {name: row.get(name) for name in self._names}
+    @property
+    def columns(self) -> list[str]:
+        return list(self._names)
+
+    def bind(self, row: Mapping[str, Any] | tuple) -> tuple | dict:
+        if type(row) is tuple:
+            if len(row) != len(self._names):
+                raise ValueError(f"a row of {self._table.name} has {len(self._names)} values")
+            values = list(row)
+            for index, convert in self._convert_at:
+                values[index] = convert(values[index])
+            if self._in_order:
+                return tuple(values)
+            row = dict(zip(self._names, values, strict=True))
+            if self._positions is None:
+                return row
+            return tuple(row[name] for name in self._positions)
+        named = {name: row.get(name) for name in self._names}
         for name, convert in self._convert.items():
-            values[name] = convert(values[name])
+            named[name] = convert(named[name])
         if self._positions is not None:
-            return tuple(values[name] for name in self._positions)
-        return values
+            return tuple(named[name] for name in self._positions)
+        return named
 
     def _compile(self, rows: int):
         values = self._empty_row if rows == 1 else [self._empty_row] * rows
@@ -89,7 +111,11 @@ class Appender:
         # The thread's own connection, kept between batches (only the thread touches it).
         self._connection: Any = None
 
-    async def append(self, rows: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+    def columns(self, table: Table) -> list[str]:
+        """The order of a tuple row's values for `table`."""
+        return self._statements[table.name].columns
+
+    async def append(self, rows: Mapping[str, Sequence[Mapping[str, Any] | tuple]]) -> None:
         """Appends `{table name: rows}` in one transaction; returns once it is committed."""
         bound = {
             name: [self._statements[name].bind(row) for row in items]

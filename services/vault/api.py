@@ -3,6 +3,7 @@ through ResolveCredential and RefreshOAuthCredential, to the runner."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import empty_pb2, struct_pb2
@@ -68,7 +69,7 @@ def kind_name(value: int) -> str:
 _TIMES = ("expire_time", "create_time", "update_time", "last_use_time")
 
 
-def credential_pb(row: dict[str, Any], into: pb.Credential | None = None) -> pb.Credential:
+def credential_pb(row: Mapping[str, Any], into: pb.Credential | None = None) -> pb.Credential:
     """The credential's metadata, filled into `into` (a response's own field: no copy) or new."""
     message = pb.Credential() if into is None else into
     message.id = row["id"]
@@ -91,7 +92,10 @@ def _secret(message: struct_pb2.Struct) -> dict[str, Any]:
 
 def resolved_pb(resolved: Resolved) -> pb.ResolvedCredential:
     message = pb.ResolvedCredential()
-    credential_pb(resolved.credential, into=message.credential)
+    if resolved.rendered is not None:  # made by credential_pb when the row was read
+        message.credential.CopyFrom(resolved.rendered)
+    else:
+        credential_pb(resolved.credential, into=message.credential)
     message.secret.update(resolved.secret)
     return message
 

@@ -24,7 +24,7 @@ import contextvars
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from services.kit.appender import Appender
 from services.kit.clock import Clock
@@ -42,6 +42,9 @@ MAX_QUEUED = 100_000
 RETRY_SECONDS = 1.0
 SHUTDOWN_SECONDS = 5.0
 _NEVER = datetime.min.replace(tzinfo=UTC)
+_COLUMNS = (
+    "event_time", "caller", "user_id", "credential_id", "connection_id", "action", "outcome"
+)  # fmt: skip
 
 
 class Event(NamedTuple):
@@ -71,6 +74,8 @@ class AuditLog:
         self._store = store
         self._max_queued = max_queued
         self._appender = Appender(store.database, [audit_events], "vault-audit")
+        if self._appender.columns(audit_events) != list(_COLUMNS):  # the order of `_row`
+            raise RuntimeError("audit_events' columns are not the ones _row writes")
         self._clock = clock
         self._flush_seconds = flush_seconds
         self._queue: list[_Queued] = []
@@ -109,16 +114,17 @@ class AuditLog:
         await entry.done
 
     @staticmethod
-    def _row(event: Event, time: datetime) -> dict[str, Any]:
-        return {
-            "event_time": time,
-            "caller": event.caller,
-            "user_id": event.user_id,
-            "credential_id": event.credential_id,
-            "connection_id": event.connection_id,
-            "action": event.action,
-            "outcome": event.outcome[:48],
-        }
+    def _row(event: Event, time: datetime) -> tuple:
+        """The event as a row of `audit_events`, its values in `_COLUMNS` order."""
+        return (
+            time,
+            event.caller,
+            event.user_id,
+            event.credential_id,
+            event.connection_id,
+            event.action,
+            event.outcome[:48],
+        )
 
     def _schedule(self, delay: float) -> None:
         if delay > 0 and self._timer is not None:

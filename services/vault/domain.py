@@ -10,8 +10,10 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from services.kit.clock import Clock
@@ -84,10 +86,28 @@ def _text_field(value: str, field: str, limit: int) -> str:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resolved:
-    credential: dict[str, Any]
+    credential: Mapping[str, Any]  # metadata (read-only)
     secret: dict[str, Any]
+    # The metadata as the API sends it (`Vault.render`), made once per sealed row read.
+    rendered: Any = None
+
+
+# Columns of a sealed row that are not the credential's metadata.
+_SEALED_COLUMNS = frozenset({"kek_version", "wrapped_key", "generation", "secret"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Sealed:
+    """A sealed row made ready to open, as kept in `SealedRows`: the metadata, the data key's
+    cipher, the ciphertext with its associated data, and the metadata rendered for the API."""
+
+    credential: Mapping[str, Any]
+    cipher: Any  # AESGCM
+    secret: bytes
+    aad: bytes
+    rendered: Any
 
 
 class Vault:
@@ -100,7 +120,10 @@ class Vault:
         leases: Leases,
         providers: OAuthProviders,
         clock: Clock,
+        render: Callable[[Mapping[str, Any]], Any] | None = None,
     ) -> None:
+        """`render`: how the API sends a credential's metadata; a resolve served from memory
+        hands out the form made when its row was read (no work per resolve)."""
         self.settings = settings
         self.store = store
         self.keyring = keyring
@@ -108,7 +131,8 @@ class Vault:
         self.leases = leases
         self.providers = providers
         self.clock = clock
-        self.sealed = SealedRows(enabled=not settings.mesh.redis())
+        self.render = render
+        self.sealed: SealedRows[_Sealed] = SealedRows(enabled=not settings.mesh.redis())
 
     # data keys
     async def data_key(self, tx: Tx, user_id: str, *, create: bool) -> tuple[bytes, int] | None:
@@ -260,8 +284,8 @@ class Vault:
     async def _open(self, user_id: str, credential_id: str, *, fresh: bool = False) -> Resolved:
         """The sealed row opened; the ids are already checked (`_runner_ids`)."""
         key = (user_id, credential_id)
-        row = None if fresh else self.sealed.get(key)
-        if row is None:
+        sealed = None if fresh else self.sealed.get(key)
+        if sealed is None:
             epoch = self.sealed.epoch
             async with self.store.read() as tx:
                 row = await tx.sealed_credential(user_id, credential_id)
@@ -271,18 +295,25 @@ class Vault:
                 raise FailedPrecondition(
                     "KEY_DESTROYED", "the data key of this secret is destroyed"
                 )
-            # The data key's cipher, kept with the row (see sealcache.py for why that is safe).
-            row["cipher"] = cipher(self._unwrap(user_id, row["kek_version"], row["wrapped_key"]))
-            self.sealed.put(key, row, epoch)
+            sealed = self._ready(user_id, credential_id, row)
+            self.sealed.put(key, sealed, epoch)
         try:
-            plaintext = unseal(
-                row["cipher"], row["secret"], secret_aad(user_id, credential_id, row["kind"])
-            )
+            plaintext = unseal(sealed.cipher, sealed.secret, sealed.aad)
         except Tampered:
             raise DataLoss("SECRET_UNREADABLE", "the stored secret does not authenticate") from None
-        for column in ("kek_version", "wrapped_key", "generation", "secret", "cipher"):
-            del row[column]
-        return Resolved(row, json.loads(plaintext.decode()))
+        return Resolved(sealed.credential, json.loads(plaintext), sealed.rendered)
+
+    def _ready(self, user_id: str, credential_id: str, row: dict[str, Any]) -> _Sealed:
+        # The data key's cipher, kept with the row (see sealcache.py for why that is safe).
+        key = cipher(self._unwrap(user_id, row["kek_version"], row["wrapped_key"]))
+        credential = MappingProxyType({k: v for k, v in row.items() if k not in _SEALED_COLUMNS})
+        return _Sealed(
+            credential,
+            key,
+            row["secret"],
+            secret_aad(user_id, credential_id, row["kind"]),
+            None if self.render is None else self.render(credential),
+        )
 
     def _expiring(self, resolved: Resolved) -> bool:
         expires_at = resolved.secret.get("expires_at")

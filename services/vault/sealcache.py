@@ -9,36 +9,38 @@ It is exact only while this process makes every change, which is the single-mach
 REDIS_URL: one vault process; the operator's commands reach it by RPC). Scaled out, replicas do
 not cache until invalidations travel between them. Any change empties the cache and moves its
 epoch, so a read that raced a change is not stored.
+
+Entries are immutable (frozen, read-only mappings): the one kept is the one handed out, uncopied.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Collection
-from typing import Any
+from typing import Generic, TypeVar
 
-Key = tuple[str, str]
+Key = tuple[str, str]  # (user id, credential id)
+EntryT = TypeVar("EntryT")
 
 
-class SealedRows:
+class SealedRows(Generic[EntryT]):
     def __init__(self, capacity: int = 10_000, *, enabled: bool = True) -> None:
         self.enabled = enabled
         self._capacity = capacity
-        self._rows: OrderedDict[Key, dict[str, Any]] = OrderedDict()
+        self._rows: OrderedDict[Key, EntryT] = OrderedDict()
         self.epoch = 0
 
-    def get(self, key: Key) -> dict[str, Any] | None:
+    def get(self, key: Key) -> EntryT | None:
         row = self._rows.get(key) if self.enabled else None
         if row is not None:
             self._rows.move_to_end(key)
-            return dict(row)
-        return None
+        return row
 
-    def put(self, key: Key, row: dict[str, Any], epoch: int) -> None:
-        """Keeps a row read at `epoch`, unless something changed since."""
+    def put(self, key: Key, row: EntryT, epoch: int) -> None:
+        """Keeps an entry read at `epoch`, unless something changed since."""
         if not self.enabled or epoch != self.epoch:
             return
-        self._rows[key] = dict(row)
+        self._rows[key] = row
         if len(self._rows) > self._capacity:
             self._rows.popitem(last=False)
 

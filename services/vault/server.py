@@ -14,7 +14,7 @@ from services.kit.grpcserver import RunningService, start_server
 from services.kit.service import service_main
 from services.kit.telemetry import instrument_engine
 from services.vault import MIGRATIONS
-from services.vault.api import ALLOWED_CALLERS, SERVICE, VaultApi
+from services.vault.api import ALLOWED_CALLERS, SERVICE, VaultApi, credential_pb
 from services.vault.audit import AuditLog
 from services.vault.domain import Vault
 from services.vault.flow import OAuthFlow
@@ -75,6 +75,7 @@ def build(settings: VaultSettings, clock: Clock | None = None) -> Parts:
         leases,
         providers,
         clock,
+        render=credential_pb,
     )
     admin = KeyAdmin(vault)
     admin_ref.append(admin)

@@ -66,6 +66,24 @@ async def test_appended_rows_read_back_as_rows_the_engine_wrote(database: Databa
     assert len({r["at"].replace(tzinfo=UTC) for r in rows}) == 1  # stored in the same form
 
 
+async def test_tuple_rows_are_stored_as_mapping_rows_are(database: Database):
+    when = datetime(2026, 12, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    appender = Appender(database, [entries], "test-appender")
+    try:
+        assert appender.columns(entries) == ["at", "name", "count"]
+        await appender.append({"appended_entries": [{"at": when, "name": "mapping", "count": 1}]})
+        await appender.append({"appended_entries": [(when, "tuple", 2), (when, "none", None)]})
+        with pytest.raises(ValueError, match="3 values"):
+            await appender.append({"appended_entries": [(when, "short")]})
+    finally:
+        appender.close()
+    rows = await _rows(database)
+    assert [(r["name"], r["count"]) for r in rows] == [
+        ("mapping", 1), ("tuple", 2), ("none", None)
+    ]  # fmt: skip
+    assert {r["at"].replace(tzinfo=UTC) for r in rows} == {when}  # converted as the engine does
+
+
 async def test_a_large_batch_keeps_every_row_and_its_order(database: Database):
     """More rows than one multi-row statement takes on SQLite, in a count no power of two is."""
     when = datetime(2026, 12, 2, 3, 4, 5, tzinfo=UTC)

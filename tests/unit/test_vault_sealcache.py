@@ -25,11 +25,21 @@ def test_a_read_begun_before_a_change_is_not_kept():
     assert cache.get(("ann", "c1")) is None
 
 
-def test_rows_handed_out_are_copies_and_nothing_is_kept_when_disabled():
-    cache = SealedRows()
-    cache.put(("ann", "c1"), {"n": 1}, cache.epoch)
-    cache.get(("ann", "c1"))["n"] = 2  # type: ignore[index]
-    assert cache.get(("ann", "c1")) == {"n": 1}
-    off = SealedRows(enabled=False)
-    off.put(("ann", "c1"), {"n": 1}, off.epoch)
+def test_the_kept_entry_is_handed_out_and_nothing_is_kept_when_disabled():
+    cache: SealedRows[tuple[int]] = SealedRows()
+    entry = (1,)
+    cache.put(("ann", "c1"), entry, cache.epoch)
+    assert cache.get(("ann", "c1")) is entry  # entries are immutable: no copy is made
+    off: SealedRows[tuple[int]] = SealedRows(enabled=False)
+    off.put(("ann", "c1"), entry, off.epoch)
     assert off.get(("ann", "c1")) is None
+
+
+def test_the_least_recently_used_entry_goes_first():
+    cache: SealedRows[str] = SealedRows(capacity=2)
+    cache.put(("ann", "c1"), "a", cache.epoch)
+    cache.put(("bob", "c1"), "b", cache.epoch)
+    assert cache.get(("ann", "c1")) == "a"  # used: bob's is now the oldest
+    cache.put(("cy", "c1"), "c", cache.epoch)
+    assert cache.get(("bob", "c1")) is None
+    assert cache.get(("ann", "c1")) == "a" and cache.get(("cy", "c1")) == "c"
