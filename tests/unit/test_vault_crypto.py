@@ -41,8 +41,10 @@ def test_seal_uses_a_fresh_nonce_and_opens_only_with_its_associated_data():
         unseal(new_data_key(), first, aad)
 
 
-def test_a_managed_key_ring_is_generated_private_and_rotates(tmp_path):
-    ring = KeyRing.from_setting(None, tmp_path)
+def test_a_managed_key_ring_is_generated_private_and_rotates(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="leadmesh.vault.keys"):
+        ring = KeyRing.from_setting(None, tmp_path)
+    assert "production must supply VAULT_MASTER_KEYS" in caplog.text
     path = tmp_path / "master-keys.json"
     assert ring.managed and ring.current == "v1"
     assert oct(path.stat().st_mode & 0o777) == "0o600"
