@@ -96,7 +96,7 @@ def resolved_pb(resolved: Resolved) -> pb.ResolvedCredential:
         message.credential.CopyFrom(resolved.rendered)
     else:
         credential_pb(resolved.credential, into=message.credential)
-    message.secret.update(resolved.secret)
+    message.secret.CopyFrom(resolved.struct)
     return message
 
 

@@ -6,7 +6,6 @@ credential and its kind. A credential of another user is simply not found.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import uuid
@@ -15,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
+
+from google.protobuf import struct_pb2
 
 from services.kit.clock import Clock
 from services.kit.errors import (
@@ -29,7 +30,6 @@ from services.kit.tokens import invalid_page_token, page_cursor, page_token, sha
 from services.vault import kinds
 from services.vault.audit import AuditLog, Event
 from services.vault.keys import (
-    FORMAT_VERSION,
     KeyRing,
     KeyUnavailable,
     Tampered,
@@ -86,12 +86,24 @@ def _text_field(value: str, field: str, limit: int) -> str:
     return value
 
 
-@dataclass(frozen=True, slots=True)
 class Resolved:
-    credential: Mapping[str, Any]  # metadata (read-only)
-    secret: dict[str, Any]
-    # The metadata as the API sends it (`Vault.render`), made once per sealed row read.
-    rendered: Any = None
+    """An opened credential: its metadata (read-only), its secret as the Struct a resolve sends,
+    and the metadata as the API sends it (`Vault.render`, made once per sealed row read)."""
+
+    __slots__ = ("credential", "struct", "rendered", "_secret")
+
+    def __init__(
+        self, credential: Mapping[str, Any], struct: struct_pb2.Struct, rendered: Any = None
+    ) -> None:
+        self.credential, self.struct, self.rendered = credential, struct, rendered
+        self._secret: dict[str, Any] | None = None
+
+    @property
+    def secret(self) -> dict[str, Any]:
+        """The secret as plain values, made when first asked (an api_key resolve never asks)."""
+        if self._secret is None:
+            self._secret = kinds.as_dict(self.struct)
+        return self._secret
 
 
 # Columns of a sealed row that are not the credential's metadata.
@@ -107,6 +119,7 @@ class _Sealed:
     cipher: Any  # AESGCM
     secret: bytes
     aad: bytes
+    format_version: int
     rendered: Any
 
 
@@ -197,12 +210,13 @@ class Vault:
     def _sealed_columns(
         self, key: bytes, generation: int, user_id: str, credential_id: str, kind: str, secret: dict
     ) -> dict[str, Any]:
-        plaintext = json.dumps(secret, separators=(",", ":")).encode()
+        plaintext = kinds.encode(secret)
         expires_at = secret.get("expires_at")
+        aad = secret_aad(user_id, credential_id, kind, kinds.SECRET_FORMAT)
         return {
-            "secret": seal(key, plaintext, secret_aad(user_id, credential_id, kind)),
+            "secret": seal(key, plaintext, aad),
             "key_generation": generation,
-            "format_version": FORMAT_VERSION,
+            "format_version": kinds.SECRET_FORMAT,
             "hint": kinds.hint(kind, secret),
             "scopes": list(secret.get("scopes", [])),
             "expire_time": datetime.fromtimestamp(expires_at, UTC) if expires_at else None,
@@ -299,9 +313,10 @@ class Vault:
             self.sealed.put(key, sealed, epoch)
         try:
             plaintext = unseal(sealed.cipher, sealed.secret, sealed.aad)
-        except Tampered:
+            struct = kinds.decode(plaintext, sealed.format_version)
+        except (Tampered, kinds.Undecodable):
             raise DataLoss("SECRET_UNREADABLE", "the stored secret does not authenticate") from None
-        return Resolved(sealed.credential, json.loads(plaintext), sealed.rendered)
+        return Resolved(sealed.credential, struct, sealed.rendered)
 
     def _ready(self, user_id: str, credential_id: str, row: dict[str, Any]) -> _Sealed:
         # The data key's cipher, kept with the row (see sealcache.py for why that is safe).
@@ -311,7 +326,8 @@ class Vault:
             credential,
             key,
             row["secret"],
-            secret_aad(user_id, credential_id, row["kind"]),
+            secret_aad(user_id, credential_id, row["kind"], row["format_version"]),
+            row["format_version"],
             None if self.render is None else self.render(credential),
         )
 

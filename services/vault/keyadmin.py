@@ -108,7 +108,7 @@ class KeyAdmin:
             version, wrapped = self.keyring.wrap(user_id, new_key)
             rows = await tx.user_credentials(user_id)
             for row in rows:
-                aad = secret_aad(user_id, row["id"], row["kind"])
+                aad = secret_aad(user_id, row["id"], row["kind"], row["format_version"])
                 plaintext = unseal(old_key, row["secret"], aad)
                 await tx.update_credential(
                     row["id"], secret=seal(new_key, plaintext, aad), key_generation=generation + 1

@@ -57,8 +57,9 @@ def unseal(key: bytes | AESGCM, sealed: bytes, associated: bytes) -> bytes:
         raise Tampered from None
 
 
-def secret_aad(user_id: str, credential_id: str, kind: str) -> bytes:
-    return f"leadmesh-vault|secret|v{FORMAT_VERSION}|{user_id}|{credential_id}|{kind}".encode()
+def secret_aad(user_id: str, credential_id: str, kind: str, version: int = FORMAT_VERSION) -> bytes:
+    """`version`: the format of the sealed plaintext (a row's `format_version`)."""
+    return f"leadmesh-vault|secret|v{version}|{user_id}|{credential_id}|{kind}".encode()
 
 
 def data_key_aad(user_id: str, version: str) -> bytes:

@@ -1,12 +1,22 @@
-"""The kinds of credential and the shape of each one's secret object.
+"""The kinds of credential, the shape of each one's secret object, and how a secret is encoded
+before it is sealed.
 
 Errors name the offending field, never its value: values are secrets.
+
+Encodings (the credential's `format_version`, bound into the ciphertext's associated data):
+1 is the secret as JSON (rows sealed before format 2, still read); 2 is a serialized
+`google.protobuf.Struct`, the very message a resolve sends, so that serving it takes one parse in
+C instead of a JSON parse and a Struct built field by field in Python.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
+
+from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
 
 from services.kit.errors import InvalidArgument
 
@@ -90,3 +100,47 @@ def hint(kind: str, secret: dict[str, Any]) -> str:
         username = secret["username"]
         return f"…{username[-4:]}" if len(username) >= 8 else ""
     return ""
+
+
+JSON_FORMAT, STRUCT_FORMAT = 1, 2
+SECRET_FORMAT = STRUCT_FORMAT  # what secrets are sealed as
+
+
+class Undecodable(Exception):
+    """A plaintext that is not a secret in the format its row names."""
+
+
+def encode(secret: dict[str, Any]) -> bytes:
+    """A (validated) secret as the plaintext to seal, in `SECRET_FORMAT`."""
+    message = struct_pb2.Struct()
+    message.update(secret)
+    return message.SerializeToString(deterministic=True)
+
+
+def decode(plaintext: bytes, format_version: int) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    try:
+        if format_version == STRUCT_FORMAT:
+            message.ParseFromString(plaintext)
+        elif format_version == JSON_FORMAT:
+            message.update(json.loads(plaintext))
+        else:
+            raise Undecodable(f"no secret format {format_version}")
+    except (DecodeError, ValueError, TypeError, AttributeError):
+        raise Undecodable(f"not a secret in format {format_version}") from None
+    return message
+
+
+def as_dict(message: struct_pb2.Struct) -> dict[str, Any]:
+    """A decoded secret as plain values (whole numbers as int, as validate stores them)."""
+    return {key: _plain(value) for key, value in message.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, struct_pb2.Struct):
+        return as_dict(value)
+    if isinstance(value, struct_pb2.ListValue):
+        return [_plain(item) for item in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

@@ -4,12 +4,14 @@ nowhere else, keys that rotate without losing anything, and crypto-shredding."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text, update
 
 from services.kit.errors import DataLoss, InvalidArgument, NotFound, Unavailable
+from services.vault.keys import seal, secret_aad
 from services.vault.server import Parts
 from services.vault.tables import credentials, metadata, user_keys
 from tests.integration.vault_support import SECRETS, secret_values, vault_settings
@@ -82,6 +84,44 @@ async def test_tampered_moved_or_foreign_ciphertext_fails_closed(vault_parts: Pa
         with pytest.raises(DataLoss) as refused:
             await vault.resolve("runner", user, credential["id"], "conn-1")
         assert refused.value.reason == "SECRET_UNREADABLE"
+
+
+async def test_format_1_secrets_still_open_and_a_row_cannot_claim_another_format(
+    vault_parts: Parts,
+):
+    """Rows sealed before format 2 hold JSON, with associated data naming format 1: they resolve
+    and survive a per-user key rotation; a row whose format is changed fails closed."""
+    vault, admin = vault_parts.vault, vault_parts.admin
+    old = await vault.create("gateway", "user-a", "old", "oauth2", "acme", SECRETS["oauth2"])
+    other = await vault.create("gateway", "user-b", "b", "api_key", "acme", SECRETS["api_key"])
+    async with vault.store.begin() as tx:
+        key, _ = await vault.data_key(tx, "user-a", create=False)  # type: ignore[misc]
+    plaintext = json.dumps(SECRETS["oauth2"]).encode()
+    as_format_1 = seal(key, plaintext, secret_aad("user-a", old["id"], "oauth2", 1))
+    async with vault.store.engine.begin() as connection:
+        await connection.execute(
+            update(credentials)
+            .where(credentials.c.id == old["id"])
+            .values(secret=as_format_1, format_version=1)
+        )
+        await connection.execute(
+            update(credentials).where(credentials.c.id == other["id"]).values(format_version=1)
+        )
+    vault.sealed.forget()  # the rows were changed behind the vault's back
+    resolved = await vault.resolve("runner", "user-a", old["id"], "c")
+    assert resolved.secret == SECRETS["oauth2"] and resolved.struct["access_token"]
+    with pytest.raises(DataLoss) as refused:
+        await vault.resolve("runner", "user-b", other["id"], "c")
+    assert refused.value.reason == "SECRET_UNREADABLE"
+    assert await admin.rotate_user_key("operator", "user-a") == 1
+    async with vault.store.engine.connect() as connection:
+        kept = (
+            await connection.execute(
+                select(credentials.c.format_version).where(credentials.c.id == old["id"])
+            )
+        ).scalar_one()
+    assert kept == 1  # re-encrypted as it was
+    assert (await vault.resolve("runner", "user-a", old["id"], "c")).secret == SECRETS["oauth2"]
 
 
 async def test_another_users_credential_is_not_found_everywhere(vault_parts: Parts):

@@ -105,3 +105,29 @@ def test_hints_reveal_nothing_of_passwords():
         "….com"
     )
     assert kinds.hint("oauth2", {"access_token": "a" * 40}) == ""
+
+
+SECRET_OF = {
+    "api_key": {"key": "sk_live_0123456789abcdef", "query": "api_key"},
+    "login": {"username": "ann@example.com", "password": "pässword with spaces"},
+    "oauth2": {
+        "access_token": "at",
+        "refresh_token": "rt",
+        "expires_at": 4102444800,
+        "scopes": ["contacts.read", "contacts.write"],
+    },
+}
+
+
+@pytest.mark.parametrize("kind", ["api_key", "login", "oauth2"])
+def test_secrets_are_sealed_as_the_struct_a_resolve_sends(kind):
+    stored = kinds.validate(kind, SECRET_OF[kind])
+    plaintext = kinds.encode(stored)
+    decoded = kinds.decode(plaintext, kinds.SECRET_FORMAT)
+    assert kinds.as_dict(decoded) == stored  # whole numbers stay whole (expires_at)
+    assert decoded.SerializeToString(deterministic=True) == plaintext
+    as_json = json.dumps(stored).encode()  # format 1, as older rows hold it
+    assert kinds.as_dict(kinds.decode(as_json, kinds.JSON_FORMAT)) == stored
+    for wrong, version in ((as_json, kinds.STRUCT_FORMAT), (plaintext, 9), (b"\xff", 1)):
+        with pytest.raises(kinds.Undecodable):
+            kinds.decode(wrong, version)
