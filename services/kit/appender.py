@@ -46,39 +46,35 @@ class _Statement:
         self._names = [c.name for c in columns]
         # Multi-row INSERTs by their row count (positional paramstyles: rows' values in order).
         self._multirow: dict[int, str] = {}
-        self._positions = compiled.positiontup  # None for named paramstyles (psycopg)
-        self._convert = {
-            c.name: convert
-            for c in columns
+        positions = compiled.positiontup  # None for named paramstyles (psycopg)
+        # Each column's bind processor, by the column's index in a row.
+        self._convert_at = [
+            (index, convert)
+            for index, c in enumerate(columns)
             if (convert := c.type.dialect_impl(dialect).bind_processor(dialect)) is not None
-        }
-        self._convert_at = [(self._names.index(n), f) for n, f in self._convert.items()]
-        # Tuple rows bind as they come where the statement takes values in column order.
-        self._in_order = self._positions is not None and list(self._positions) == self._names
+        ]
+        # Where a positional statement takes each value (column order, as a rule: no reordering).
+        self._order = None if positions is None else [self._names.index(p) for p in positions]
+        self._in_order = self._order == list(range(len(self._names)))
 
     @property
     def columns(self) -> list[str]:
         return list(self._names)
 
     def bind(self, row: Mapping[str, Any] | tuple) -> tuple | dict:
-        if type(row) is tuple:
-            if len(row) != len(self._names):
-                raise ValueError(f"a row of {self._table.name} has {len(self._names)} values")
-            values = list(row)
-            for index, convert in self._convert_at:
-                values[index] = convert(values[index])
-            if self._in_order:
-                return tuple(values)
-            row = dict(zip(self._names, values, strict=True))
-            if self._positions is None:
-                return row
-            return tuple(row[name] for name in self._positions)
-        named = {name: row.get(name) for name in self._names}
-        for name, convert in self._convert.items():
-            named[name] = convert(named[name])
-        if self._positions is not None:
-            return tuple(named[name] for name in self._positions)
-        return named
+        """A mapping row, or a tuple row in `columns` order, as the driver takes it."""
+        if type(row) is not tuple:
+            row = tuple(row.get(name) for name in self._names)
+        elif len(row) != len(self._names):
+            raise ValueError(f"a row of {self._table.name} has {len(self._names)} values")
+        values = list(row)
+        for index, convert in self._convert_at:
+            values[index] = convert(values[index])
+        if self._in_order:
+            return tuple(values)
+        if self._order is None:
+            return dict(zip(self._names, values, strict=True))
+        return tuple(values[index] for index in self._order)
 
     def _compile(self, rows: int):
         values = self._empty_row if rows == 1 else [self._empty_row] * rows

@@ -92,10 +92,7 @@ def _secret(message: struct_pb2.Struct) -> dict[str, Any]:
 
 def resolved_pb(resolved: Resolved) -> pb.ResolvedCredential:
     message = pb.ResolvedCredential()
-    if resolved.rendered is not None:  # made by credential_pb when the row was read
-        message.credential.CopyFrom(resolved.rendered)
-    else:
-        credential_pb(resolved.credential, into=message.credential)
+    message.credential.CopyFrom(resolved.rendered)  # credential_pb's, made when the row was read
     message.secret.CopyFrom(resolved.struct)
     return message
 

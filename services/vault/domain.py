@@ -93,7 +93,7 @@ class Resolved:
     __slots__ = ("credential", "struct", "rendered", "_secret")
 
     def __init__(
-        self, credential: Mapping[str, Any], struct: struct_pb2.Struct, rendered: Any = None
+        self, credential: Mapping[str, Any], struct: struct_pb2.Struct, rendered: Any
     ) -> None:
         self.credential, self.struct, self.rendered = credential, struct, rendered
         self._secret: dict[str, Any] | None = None
@@ -133,7 +133,8 @@ class Vault:
         leases: Leases,
         providers: OAuthProviders,
         clock: Clock,
-        render: Callable[[Mapping[str, Any]], Any] | None = None,
+        *,
+        render: Callable[[Mapping[str, Any]], Any],
     ) -> None:
         """`render`: how the API sends a credential's metadata; a resolve served from memory
         hands out the form made when its row was read (no work per resolve)."""
@@ -328,7 +329,7 @@ class Vault:
             row["secret"],
             secret_aad(user_id, credential_id, row["kind"], row["format_version"]),
             row["format_version"],
-            None if self.render is None else self.render(credential),
+            self.render(credential),
         )
 
     def _expiring(self, resolved: Resolved) -> bool:

@@ -4,19 +4,30 @@ callback → stored → resolved → expired → refreshed, once, however many a
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
+import os
+import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from leadmesh.vault.v1 import vault_pb2 as pb
+from leadmesh.vault.v1 import vault_pb2_grpc
 from pydantic import SecretStr
 
+from services.kit.callers import user_metadata
 from services.kit.clock import SettableClock
+from services.kit.config import MeshSettings
 from services.kit.errors import FailedPrecondition, InvalidArgument
+from services.kit.grpcclient import open_channel
 from services.vault.server import Parts, build, migrate_database
+from tests.conftest import free_port
 from tests.integration.vault_support import vault_settings
 from tests.support.oauth_server import OAuthServer
 
@@ -261,20 +272,6 @@ async def test_two_vault_processes_spend_a_refresh_token_once(
     tmp_path: Path, database_url: str, oauth: OAuthServer, mesh
 ):
     """Two real vault processes on one database, asked over mTLS at the same moment: one refresh."""
-    import base64
-    import os
-    import shutil
-    import sys
-
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-    from leadmesh.vault.v1 import vault_pb2 as pb
-    from leadmesh.vault.v1 import vault_pb2_grpc
-
-    from services.kit.callers import user_metadata
-    from services.kit.config import MeshSettings
-    from services.kit.grpcclient import open_channel
-    from tests.conftest import free_port
-
     shutil.copytree(mesh.pki_dir, tmp_path / "pki")
     keys = json.dumps({"current": "v1", "keys": {"v1": base64.b64encode(os.urandom(32)).decode()}})
     settings = vault_settings(tmp_path, database_url, oauth_providers=providers(oauth))
