@@ -1,11 +1,11 @@
 # One image for every process of the mesh; the command picks the process.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml requirements.lock ./
 COPY services ./services
 COPY gateway ./gateway
 COPY protos ./protos
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir -c requirements.lock . \
  && python -m services.kit.protogen --protos protos --out /gen --no-path-file
 
 FROM python:3.11-slim

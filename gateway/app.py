@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-from gateway import problems
+from gateway import docs, openapi, problems
 from gateway.middleware import AccessLog, BodyLimit, CsrfGuard, NulGuard, SecurityHeaders
 from gateway.routes import (
     accounts,
@@ -27,9 +27,11 @@ from services.kit.clock import Clock, SystemClock
 
 DESCRIPTION = """The leadmesh REST API.
 
-Errors are `application/problem+json` with a stable `code`. Browser sessions use the `lm_session`
-cookie; every POST, PUT, PATCH and DELETE that carries it must echo the `lm_csrf` cookie in the
-`X-CSRF-Token` header.
+Errors are `application/problem+json` with a stable `code`; each operation lists the statuses it
+can answer and their codes. Browser sessions use the `lm_session` cookie (security scheme
+`session`); every POST, PUT, PATCH and DELETE that carries it must echo the `lm_csrf` cookie, or
+the `csrf_token` of the sign-in answer, in the `X-CSRF-Token` header (security scheme `csrf`). To
+try operations here: sign in with POST /v1/sessions, then enter its `csrf_token` under Authorize.
 """
 
 # Span attributes that may carry a raw URL or query string (tokens travel in some of them).
@@ -56,6 +58,8 @@ def create_app(settings: GatewaySettings, *, clock: Clock | None = None) -> Fast
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Served by gateway/docs.py, from this origin only.
+        docs_url=None,
         redoc_url=None,
     )
     app.state.settings = settings
@@ -68,6 +72,8 @@ def create_app(settings: GatewaySettings, *, clock: Clock | None = None) -> Fast
     ):  # fmt: skip
         app.include_router(module.router)
     problems.install(app)
+    docs.install(app)
+    app.openapi = lambda: openapi.build(app)  # type: ignore[method-assign]
     # Added innermost first: the access log sees everything, CSRF runs last before routing.
     app.add_middleware(NulGuard)
     app.add_middleware(CsrfGuard)

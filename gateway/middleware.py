@@ -13,6 +13,8 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import CSRF_HEADER, SESSION_COOKIE, csrf_matches
+from gateway.docs import ASSETS, DOCS_PATHS
+from gateway.docs import DOCS_CSP as _DOCS_CSP
 
 log = logging.getLogger("leadmesh.gateway.access")
 
@@ -75,8 +77,14 @@ class AccessLog:
             )
 
 
+# API answers are data, never a document to render: nothing may load or frame them.
+API_CSP = b"default-src 'none'; frame-ancestors 'none'"
+DOCS_CSP = _DOCS_CSP.encode()
+
+
 class SecurityHeaders:
-    """HSTS on every HTTPS response, and no caching or sniffing of API answers."""
+    """HSTS on every HTTPS response, a Content-Security-Policy (the documentation pages' own, the
+    strictest for everything else), and no caching or sniffing of API answers."""
 
     def __init__(self, app: ASGIApp, hsts_max_age: int) -> None:
         self.app = app
@@ -90,7 +98,9 @@ class SecurityHeaders:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        cacheable = scope["path"] in ("/docs", "/openapi.json")
+        path = scope["path"]
+        documentation = path in DOCS_PATHS or path.startswith(ASSETS + "/")
+        cacheable = documentation or path == "/openapi.json"
 
         started = False
 
@@ -100,6 +110,7 @@ class SecurityHeaders:
                 started = True
                 headers = list(message.get("headers", ()))
                 headers.extend(self._headers)
+                headers.append((b"content-security-policy", DOCS_CSP if documentation else API_CSP))
                 if not cacheable:
                     headers.append((b"cache-control", b"no-store"))
                 message["headers"] = headers

@@ -14,7 +14,6 @@ from typing import Any
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -52,6 +51,7 @@ TITLES = {
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
+    410: "Gone",
     413: "Content Too Large",
     415: "Unsupported Media Type",
     422: "Unprocessable Content",
@@ -64,11 +64,14 @@ TITLES = {
 }
 
 # Reasons whose HTTP status differs from their gRPC code's: a state conflict the client can
-# resolve, a body over the runner's limit (RESOURCE_EXHAUSTED, but not a rate limit).
-REASON_STATUS = {"CONNECTION_PAUSED": 409, "NOT_A_WEBHOOK": 409, "BODY_TOO_LARGE": 413}
-
-# Status codes any operation may answer; documented on every operation of the OpenAPI document.
-COMMON_ERRORS = (400, 401, 403, 404, 409, 413, 422, 429, 503, 504)
+# resolve, a body over the runner's limit (RESOURCE_EXHAUSTED, but not a rate limit), a webhook
+# of an account whose deletion was requested (gone for good: senders should stop).
+REASON_STATUS = {
+    "CONNECTION_PAUSED": 409,
+    "NOT_A_WEBHOOK": 409,
+    "BODY_TOO_LARGE": 413,
+    "ACCOUNT_DELETED": 410,
+}
 
 
 class FieldError(BaseModel):
@@ -150,7 +153,7 @@ async def _validation(_request: Request, error: Exception) -> JSONResponse:
     return problem_response(422, "INVALID_REQUEST", "the request is not valid", errors=errors)
 
 
-async def _http(_request: Request, error: Exception) -> JSONResponse:
+async def _http(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
     code = {
         404: "NOT_FOUND",
@@ -164,7 +167,25 @@ async def _http(_request: Request, error: Exception) -> JSONResponse:
         code, detail = error.detail["code"], error.detail["detail"]
     else:
         detail = str(error.detail)
-    return problem_response(error.status_code, code, detail, headers=error.headers)
+    headers = error.headers
+    if error.status_code == 405 and (allowed := _allowed_methods(request)):
+        headers = {**(headers or {}), "Allow": allowed}
+    return problem_response(error.status_code, code, detail, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route of this path takes (RFC 9110 §15.5.6): Starlette names only those
+    of the first route matching the path, and one path often has a route per method."""
+    from starlette.routing import Match
+
+    from gateway.openapi import api_routes
+
+    methods: set[str] = set()
+    for route in api_routes(request.app):
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 def install(app: FastAPI) -> None:
@@ -174,33 +195,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http)
     # Unexpected exceptions are answered by middleware.SecurityHeaders, inside the middleware
     # stack, so that the 500 still carries HSTS (Starlette's own handler runs outside it).
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document with every error declared as a Problem in application/problem+json."""
-    if app.openapi_schema:
-        return app.openapi_schema
-    schema = get_openapi(
-        title=app.title, version=app.version, description=app.description, routes=app.routes
-    )
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-    components.update(components["Problem"].pop("$defs", {}))
-    components.pop("HTTPValidationError", None)
-    components.pop("ValidationError", None)
-    problem = {"content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
-    for path_item in schema.get("paths", {}).values():
-        for operation in path_item.values():
-            responses = operation.setdefault("responses", {})
-            declared = {int(code) for code in responses if code.isdigit()}
-            for code in declared | set(COMMON_ERRORS):
-                existing = responses.get(str(code), {})
-                if code < 400 or (existing and "HTTPValidationError" not in str(existing)):
-                    continue  # an error body of its own, declared by the route
-                responses[str(code)] = {"description": TITLES.get(code, "Error"), **problem}
-            for code, response in responses.items():
-                if code == "204":
-                    response.pop("content", None)
-    app.openapi_schema = schema
-    return schema
+    # The errors of each operation are documented by gateway/openapi.py.

@@ -17,6 +17,8 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
+from services.kit.config import settings_or_exit
+from services.kit.db import private_umask
 from services.kit.logs import setup_logging
 from services.kit.pki import ensure_self_signed
 from services.kit.telemetry import setup_telemetry
@@ -115,7 +117,8 @@ async def serve(settings: GatewaySettings) -> None:
 
 
 def run() -> None:
-    settings = GatewaySettings()
+    private_umask()  # the TLS key and anything else under var/ are the operator's alone
+    settings = settings_or_exit(GatewaySettings)
     setup_logging("gateway", settings.mesh.log_level)
     provider = setup_telemetry("gateway", settings.mesh)
     try:

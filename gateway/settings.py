@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.kit.config import MeshSettings
+from services.kit.config import CommaList, MeshSettings
 
 # The services the gateway calls today; /readyz checks each one's gRPC health.
 UPSTREAMS = ("identity", "vault", "runner")
@@ -30,7 +30,7 @@ class GatewaySettings(BaseSettings):
     hsts_max_age: int = 31_536_000
     remember_email_days: int = 365
     # Proxies whose X-Forwarded-For is believed (CIDRs); none by default.
-    trusted_proxies: list[str] = Field(default_factory=list)
+    trusted_proxies: CommaList = Field(default_factory=list)
     # Seconds /readyz waits for each upstream's health answer.
     readiness_timeout: float = 2.0
 

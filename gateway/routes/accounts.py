@@ -18,6 +18,7 @@ from gateway.auth import (
     set_session_cookies,
     upstreams,
 )
+from gateway.openapi import errors
 from gateway.schemas import (
     Account,
     Email,
@@ -62,7 +63,12 @@ class Unsubscribed(BaseModel):
     subscribed: bool = False
 
 
-@router.post("/accounts", status_code=status.HTTP_201_CREATED, response_model=Account)
+@router.post(
+    "/accounts",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Account,
+    responses=errors({409: "EMAIL_TAKEN"}),
+)
 async def create_account(
     body: NewAccount, response: Response, identity: Upstreams = Depends(upstreams)
 ) -> Account:
@@ -86,7 +92,11 @@ def signed_in(request: Request, response: Response, reply: identity_pb2.LoginRes
     )
 
 
-@router.post("/sessions", response_model=SignedIn)
+@router.post(
+    "/sessions",
+    response_model=SignedIn,
+    responses=errors({401: "INVALID_CREDENTIALS", 403: "ACCOUNT_DISABLED", 429: "LOGIN_THROTTLED"}),
+)
 async def login(
     body: Credentials,
     request: Request,
@@ -132,7 +142,11 @@ async def request_password_reset(
     return Accepted()
 
 
-@router.post("/password-resets/confirm", status_code=status.HTTP_204_NO_CONTENT)
+@router.post(
+    "/password-resets/confirm",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=errors({422: "RESET_TOKEN_INVALID"}),
+)
 async def confirm_password_reset(
     body: ResetConfirmation, response: Response, identity: Upstreams = Depends(upstreams)
 ) -> None:
@@ -146,7 +160,12 @@ async def confirm_password_reset(
 UnsubscribeToken = Annotated[str, Query(min_length=1, max_length=500)]
 
 
-@router.get("/unsubscribe", response_model=Unsubscribed, tags=["consents"])
+@router.get(
+    "/unsubscribe",
+    response_model=Unsubscribed,
+    tags=["consents"],
+    responses=errors({422: "UNSUBSCRIBE_TOKEN_INVALID"}),
+)
 async def unsubscribe(
     token: UnsubscribeToken, identity: Upstreams = Depends(upstreams)
 ) -> Unsubscribed:
@@ -155,7 +174,12 @@ async def unsubscribe(
     return Unsubscribed(purpose=purpose_from_proto(reply.purpose))
 
 
-@router.post("/unsubscribe", response_model=Unsubscribed, tags=["consents"])
+@router.post(
+    "/unsubscribe",
+    response_model=Unsubscribed,
+    tags=["consents"],
+    responses=errors({422: "UNSUBSCRIBE_TOKEN_INVALID"}),
+)
 async def unsubscribe_one_click(
     token: UnsubscribeToken, identity: Upstreams = Depends(upstreams)
 ) -> Unsubscribed:

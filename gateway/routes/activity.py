@@ -23,7 +23,7 @@ Id = Annotated[str, Path(min_length=1, max_length=64)]
 PageSize = Annotated[int, Query(ge=1, le=100)]
 PageToken = Annotated[str | None, Query(max_length=300)]
 ConnectionFilter = Annotated[str | None, Query(max_length=64)]
-RunStatus = Literal["queued", "running", "succeeded", "failed"]
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class Run(BaseModel):
@@ -37,6 +37,9 @@ class Run(BaseModel):
     finish_time: datetime | None
     next_attempt_time: datetime | None
     error: str | None
+    # The W3C trace id its delivery continues (32 hex digits), for the operators' traces and
+    # logs; null for scheduled runs.
+    trace_id: str | None = None
 
     @classmethod
     def fields(cls, m: runner_pb2.Run) -> dict[str, Any]:
@@ -51,6 +54,7 @@ class Run(BaseModel):
             "finish_time": timestamp(m.finish_time),
             "next_attempt_time": timestamp(m.next_attempt_time),
             "error": m.error or None,
+            "trace_id": m.trace_id or None,
         }
 
 
@@ -86,6 +90,9 @@ class RunDetail(BaseModel):
     finish_time: datetime | None
     next_attempt_time: datetime | None
     error: str | None
+    # The W3C trace id its delivery continues (32 hex digits): the key to its spans and to the
+    # log lines of its attempts; null for scheduled runs.
+    trace_id: str | None = None
     # The event delivered (body, headers, query, received_at), while execution details are kept.
     event: Any = None
 
@@ -101,6 +108,8 @@ class WebhookLogEntry(BaseModel):
     query: str
     body_encoding: Literal["json", "form", "text", "base64"]
     body: str
+    # Headers and query parameters whose values were replaced by "[redacted]".
+    redacted: list[str] = []
 
 
 class Notification(BaseModel):
@@ -214,6 +223,7 @@ async def list_webhook_log(
                 query=e.query,
                 body_encoding=e.body_encoding,  # type: ignore[arg-type]
                 body=e.body,
+                redacted=list(e.redacted),
             )
             for e in reply.entries
         ],

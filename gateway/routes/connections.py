@@ -14,6 +14,7 @@ from leadmesh.vault.v1 import vault_pb2
 from pydantic import BaseModel, Field
 
 from gateway.auth import Principal, principal, upstreams
+from gateway.openapi import errors
 from gateway.schemas import Page, Strict, timestamp
 from gateway.upstreams import UpstreamError, Upstreams, call
 from services.kit.errors import InvalidArgument
@@ -284,7 +285,11 @@ async def delete_connection(
     )
 
 
-@router.post("/{connection_id}/rotate-token", response_model=Connection)
+@router.post(
+    "/{connection_id}/rotate-token",
+    response_model=Connection,
+    responses=errors({409: "NOT_A_WEBHOOK"}),
+)
 async def rotate_token(
     connection_id: ConnectionId,
     request: Request,
@@ -301,7 +306,10 @@ async def rotate_token(
 
 
 @router.post(
-    "/{connection_id}/runs", status_code=status.HTTP_202_ACCEPTED, response_model=RunAccepted
+    "/{connection_id}/runs",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RunAccepted,
+    responses=errors({409: "CONNECTION_PAUSED", 410: "ACCOUNT_DELETED"}),
 )
 async def start_run(
     connection_id: ConnectionId,

@@ -12,6 +12,7 @@ from leadmesh.runner.v1 import runner_pb2
 from pydantic import BaseModel
 
 from gateway.auth import client
+from gateway.openapi import calls_upstream, errors
 from gateway.upstreams import call
 
 router = APIRouter(tags=["webhooks"])
@@ -27,17 +28,30 @@ class Accepted(BaseModel):
     "/hooks/{token}",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Accepted,
+    responses=errors(
+        {
+            401: "SIGNATURE_INVALID",
+            404: "WEBHOOK_NOT_FOUND",
+            409: "CONNECTION_PAUSED",
+            410: "ACCOUNT_DELETED",
+            413: "BODY_TOO_LARGE",
+            429: "RATE_LIMITED",
+        }
+    ),
     openapi_extra={
         "requestBody": {
             "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
             "required": False,
-        }
+        },
+        **calls_upstream(),
     },
 )
 async def receive_webhook(token: Token, request: Request) -> Response:
-    """202 `{run_id}` once the event is stored. 404 unknown token, 409 paused connection, 401 bad
-    signature, 413 body over 1 MiB, 429 rate limited (with Retry-After). A repeated
-    `Idempotency-Key` within 24 hours answers the first `run_id` (`Idempotent-Replayed: true`)."""
+    """202 `{run_id}` once the event is stored. 404 unknown token, 409 paused connection, 410 the
+    account's deletion was requested (nothing stored), 401 bad signature, 413 body over 1 MiB, 429
+    rate limited (with Retry-After). A repeated `Idempotency-Key` within 24 hours, or a signed
+    request sent again within its signature's window (a replay), answers the first `run_id`
+    (`Idempotent-Replayed: true`)."""
     # The busiest route: no dependency injection, no response-model round trip (the response is
     # documented by `response_model` and built directly).
     body = await request.body()

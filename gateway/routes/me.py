@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import datetime
 from typing import Annotated
 
+import grpc
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from leadmesh.identity.v1 import identity_pb2
+from leadmesh.runner.v1 import runner_pb2
+from leadmesh.vault.v1 import vault_pb2
 from pydantic import BaseModel, Field
 
 from gateway.auth import Principal, clear_session_cookies, client, principal, upstreams
+from gateway.openapi import errors
 from gateway.routes.accounts import signed_in
 from gateway.schemas import (
     Account,
@@ -24,6 +30,8 @@ from gateway.schemas import (
     timestamp,
 )
 from gateway.upstreams import Upstreams, call
+
+log = logging.getLogger("leadmesh.gateway")
 
 router = APIRouter(prefix="/v1/me", tags=["me"])
 
@@ -66,7 +74,11 @@ async def me(
     return Account.of(account)
 
 
-@router.put("/password", response_model=SignedIn)
+@router.put(
+    "/password",
+    response_model=SignedIn,
+    responses=errors({401: "INVALID_CREDENTIALS", 429: "LOGIN_THROTTLED"}),
+)
 async def change_password(
     body: PasswordChange,
     request: Request,
@@ -89,7 +101,9 @@ async def change_password(
     return signed_in(request, response, reply)
 
 
-@router.put("/plan", response_model=Account)
+@router.put(
+    "/plan", response_model=Account, responses=errors({422: ("CARD_DATA_REFUSED", "UNKNOWN_PLAN")})
+)
 async def change_plan(
     body: PlanChange, who: Principal = Depends(principal), identity: Upstreams = Depends(upstreams)
 ) -> Account:
@@ -149,7 +163,12 @@ async def end_other_sessions(
     return Revoked(revoked_count=reply.revoked_count)
 
 
-@router.delete("", status_code=status.HTTP_202_ACCEPTED, response_model=DeletionRequested)
+@router.delete(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=DeletionRequested,
+    responses=errors({401: "INVALID_CREDENTIALS", 429: "LOGIN_THROTTLED"}),
+)
 async def request_deletion(
     body: DeletionConfirmation,
     request: Request,
@@ -157,7 +176,9 @@ async def request_deletion(
     who: Principal = Depends(principal),
     identity: Upstreams = Depends(upstreams),
 ) -> DeletionRequested:
-    """Disables the account and ends every session now; erasure follows within 60 days."""
+    """Disables the account and ends every session now; the account's webhooks answer 410,
+    its schedules and queued runs stop, its credentials are no longer used; erasure follows
+    within 60 days."""
     reply = await call(
         identity.identity.RequestDeletion,
         identity_pb2.RequestDeletionRequest(
@@ -165,7 +186,29 @@ async def request_deletion(
         ),
         user_id=who.account_id,
     )
+    await suspend_everywhere(identity, who.account_id)
     clear_session_cookies(response)
     return DeletionRequested(
         request_time=timestamp(reply.request_time), erase_deadline=timestamp(reply.erase_deadline)
     )
+
+
+async def suspend_everywhere(upstreams: Upstreams, user_id: str) -> None:
+    """Stops the user's processing in the runner and the vault at once. Best effort: identity has
+    recorded the request, and both reconcile from that record within half a minute (a service
+    that is down catches up when it starts), so a failure here is logged, never the user's."""
+    calls = {
+        "runner": upstreams.runner.SuspendUser(runner_pb2.SuspendUserRequest(user_id=user_id)),
+        "vault": upstreams.vault.SuspendUser(vault_pb2.SuspendUserRequest(user_id=user_id)),
+    }
+    outcomes = await asyncio.gather(*calls.values(), return_exceptions=True)
+    for service, outcome in zip(calls, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            failure = (
+                outcome.code().name
+                if isinstance(outcome, grpc.aio.AioRpcError)
+                else type(outcome).__name__
+            )
+            log.warning(
+                "suspension left to the reconciler", extra={"service": service, "error": failure}
+            )

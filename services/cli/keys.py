@@ -11,7 +11,7 @@ from leadmesh.vault.v1 import vault_pb2 as pb
 from leadmesh.vault.v1 import vault_pb2_grpc
 
 from services.cli.probes import operator_channel
-from services.kit.config import MeshSettings
+from services.kit.config import MeshSettings, load_settings
 from services.kit.errors import from_rpc_error
 
 
@@ -20,7 +20,7 @@ class Refused(Exception):
 
 
 def _stub():
-    channel, metadata = operator_channel(MeshSettings(), "vault")
+    channel, metadata = operator_channel(load_settings(MeshSettings), "vault")
     return channel, vault_pb2_grpc.VaultServiceStub(channel), metadata
 
 

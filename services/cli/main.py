@@ -7,13 +7,19 @@ import json
 import sys
 
 from services.cli.mesh import PROCESSES
+from services.kit.config import InvalidSettings, load_settings, report_invalid
 
 
 def _config(_args: argparse.Namespace) -> int:
     """Effective configuration of every process, secrets masked."""
+    from services.cli.supervisor import RestartPolicy
     from services.kit.config import describe
 
-    merged: dict[str, object] = {}
+    # Settings come from the environment: this is what `leadmesh up` would start from this
+    # shell, not necessarily what a running mesh (started elsewhere) uses.
+    names = ", ".join(process.name for process in PROCESSES)
+    print(f"# settings of {names} as `leadmesh up` would start them from this shell")
+    merged: dict[str, object] = describe(load_settings(RestartPolicy))
     for process in PROCESSES:
         settings = process.settings()
         merged.update(describe(settings))
@@ -44,7 +50,7 @@ def _status(args: argparse.Namespace) -> int:
     from services.cli.probes import gateway_health, grpc_health
     from services.kit.config import MeshSettings
 
-    mesh, gateway, healthy = MeshSettings(), GatewaySettings(), True
+    mesh, gateway, healthy = load_settings(MeshSettings), load_settings(GatewaySettings), True
     for process in PROCESSES:
         if args.only and process.name not in args.only:
             continue
@@ -60,10 +66,12 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _migrate(_args: argparse.Namespace) -> int:
+    from services.cli.mesh import check_settings
     from services.cli.supervisor import prepare
     from services.kit.config import MeshSettings
 
-    prepare(MeshSettings())
+    check_settings()  # before any database is touched
+    prepare(load_settings(MeshSettings))
     print("every service's database is at its newest migration")
     return 0
 
@@ -79,7 +87,7 @@ def _announce(args: argparse.Namespace) -> int:
 
     body = args.body if args.body is not None else open(args.body_file, encoding="utf-8").read()
     purpose = identity_pb2.Purpose.Value(f"PURPOSE_{args.purpose.upper()}")
-    channel, metadata = operator_channel(MeshSettings(), "identity")
+    channel, metadata = operator_channel(load_settings(MeshSettings), "identity")
     with channel:
         stub = identity_pb2_grpc.IdentityServiceStub(channel)
         request = identity_pb2.SendAnnouncementRequest(
@@ -96,8 +104,10 @@ def _announce(args: argparse.Namespace) -> int:
 
 
 def _up(_args: argparse.Namespace) -> int:
-    from services.cli.supervisor import up
+    from services.cli.mesh import check_settings
+    from services.cli.supervisor import RestartPolicy, up
 
+    check_settings(RestartPolicy)
     return up()
 
 
@@ -138,11 +148,18 @@ def main(argv: list[str] | None = None) -> int:
 
     keys.add_commands(commands)
     args = parser.parse_args(argv)
+    from services.kit.db import private_umask
+
+    # Inherited by every process `up` starts: what any of them writes under var/ is private.
+    private_umask()
     try:
         return args.run(args)
     except keys.Refused as refused:
         print(f"refused: {refused}", file=sys.stderr)
         return 1
+    except InvalidSettings as invalid:
+        report_invalid(invalid)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings
 
-from services.kit.config import database_url
+from services.kit.config import MeshSettings, database_url, load_settings
 
 
 @dataclass(frozen=True)
@@ -21,8 +21,9 @@ class Process:
     grpc: bool = True
 
     def settings(self) -> BaseSettings:
+        """This process's settings from the environment; InvalidSettings names a wrong variable."""
         module, _, name = self.settings_class.partition(":")
-        return getattr(importlib.import_module(module), name)()
+        return load_settings(getattr(importlib.import_module(module), name))
 
     def migrations_dir(self) -> Path | None:
         if self.migrations is None:
@@ -55,6 +56,16 @@ PROCESSES = (
     ),
     Process("gateway", "gateway", "gateway.settings:GatewaySettings", grpc=False),
 )
+
+
+def check_settings(*others: type[BaseSettings]) -> None:
+    """Reads every process's settings (and the launcher's own), so a wrong variable stops
+    `leadmesh up` before anything starts (InvalidSettings), not one child after its predecessors
+    are already serving."""
+    for settings_class in (MeshSettings, *others):
+        load_settings(settings_class)
+    for process in PROCESSES:
+        process.settings()
 
 
 def by_name(name: str) -> Process:

@@ -1,5 +1,12 @@
 """`leadmesh up`: prepare var/, migrate, start every process, wait until each serves, print where
-the mesh listens, and stop them all cleanly on Ctrl-C or SIGTERM (or when one of them dies)."""
+the mesh listens, and stop them all cleanly on Ctrl-C or SIGTERM.
+
+A process that dies once the mesh is up is started again after a backoff that doubles with each
+recent crash (`LEADMESH_RESTART_BACKOFF_SECONDS`, capped at `LEADMESH_RESTART_BACKOFF_CAP_SECONDS`);
+one that crashed `LEADMESH_RESTART_LIMIT` times within `LEADMESH_RESTART_WINDOW_SECONDS` is broken,
+not unlucky, and the whole mesh stops with a non-zero status. A process that dies while the mesh
+is starting stops it at once: that is a configuration to fix, not a crash to outwait.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +15,52 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.settings import GatewaySettings
 from services.cli.mesh import PROCESSES, Process
 from services.cli.probes import gateway_health, grpc_health
-from services.kit.config import MeshSettings
-from services.kit.db import migrate
+from services.kit.config import MeshSettings, load_settings
+from services.kit.db import migrate, private_dir
 from services.kit.pki import ensure_mesh_pki
 
 STOP_GRACE_SECONDS = 15.0
 START_TIMEOUT_SECONDS = 60.0
+POLL_SECONDS = 0.2
+
+
+class RestartPolicy(BaseSettings):
+    """When `leadmesh up` starts a dead process again, and when it gives up (prefix
+    LEADMESH_RESTART_)."""
+
+    model_config = SettingsConfigDict(env_prefix="LEADMESH_RESTART_", extra="ignore", frozen=True)
+
+    # The wait before the first restart; it doubles with each crash still inside the window.
+    backoff_seconds: float = 1.0
+    backoff_cap_seconds: float = 30.0
+    # This many crashes of one process within the window stop the mesh.
+    limit: int = 5
+    window_seconds: float = 60.0
+
+    def delay(self, recent_crashes: int) -> float:
+        return min(self.backoff_cap_seconds, self.backoff_seconds * 2 ** (recent_crashes - 1))
+
+
+def _exit_status(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"
 
 
 def prepare(mesh: MeshSettings) -> None:
     """The mesh CA and certificates, and every service's schema at its newest migration."""
+    private_dir(mesh.var_dir)  # databases, keys, mail and traces: the operator's alone
     ensure_mesh_pki(mesh.pki_dir)
     for process in PROCESSES:
         migrations = process.migrations_dir()
@@ -39,10 +77,14 @@ def _serving(process: Process, mesh: MeshSettings, gateway: GatewaySettings) -> 
 
 
 class Supervisor:
-    def __init__(self, mesh: MeshSettings) -> None:
+    def __init__(self, mesh: MeshSettings, policy: RestartPolicy | None = None) -> None:
         self.mesh = mesh
+        self.policy = policy or RestartPolicy()
         self.children: dict[str, subprocess.Popen] = {}
         self.stopping = False
+        # Per process: monotonic times of its recent crashes, and when a pending restart is due.
+        self._crashes: dict[str, deque[float]] = {}
+        self._restart_at: dict[str, float] = {}
 
     def start(self, process: Process) -> None:
         env = dict(os.environ, LEADMESH_VAR_DIR=str(self.mesh.var_dir.resolve()))
@@ -63,13 +105,47 @@ class Supervisor:
             time.sleep(0.2)
 
     def watch(self) -> str | None:
-        """Blocks until asked to stop or a child dies; returns the name of a dead child."""
+        """Blocks until asked to stop, restarting children that die; returns the name of a child
+        that crashed too often (the mesh is to stop), or None when asked to stop."""
         while not self.stopping:
-            for name, child in self.children.items():
-                if child.poll() is not None:
-                    return name
-            time.sleep(0.2)
+            now = time.monotonic()
+            for process in PROCESSES:
+                child = self.children.get(process.name)
+                if process.name in self._restart_at:
+                    if now >= self._restart_at[process.name]:
+                        del self._restart_at[process.name]
+                        self.start(process)
+                        pid = self.children[process.name].pid
+                        print(f"leadmesh: {process.name} restarted (pid {pid})", flush=True)
+                elif child is not None and child.poll() is not None and not self.stopping:
+                    # (Ctrl-C in a terminal signals the children too: that is no crash.)
+                    if not self._crashed(process.name, child.returncode, now):
+                        return process.name
+            time.sleep(POLL_SECONDS)
         return None
+
+    def _crashed(self, name: str, code: int, now: float) -> bool:
+        """Records a crash and schedules the restart; False once the process is to be given up."""
+        crashes = self._crashes.setdefault(name, deque())
+        crashes.append(now)
+        while crashes and crashes[0] < now - self.policy.window_seconds:
+            crashes.popleft()
+        policy, count = self.policy, len(crashes)
+        if count >= policy.limit:
+            print(
+                f"leadmesh: {name} exited with {_exit_status(code)} and has crashed {count} times "
+                f"within {policy.window_seconds:g}s; giving up and stopping the mesh",
+                flush=True,
+            )
+            return False
+        delay = policy.delay(count)
+        self._restart_at[name] = now + delay
+        print(
+            f"leadmesh: {name} exited with {_exit_status(code)} (crash {count}; {policy.limit} "
+            f"within {policy.window_seconds:g}s stop the mesh); restarting in {delay:g}s",
+            flush=True,
+        )
+        return True
 
     def stop_all(self) -> None:
         # Reverse start order: the gateway stops taking requests before the services go.
@@ -86,11 +162,13 @@ class Supervisor:
 
 
 def up() -> int:
-    mesh = MeshSettings()
-    gateway = GatewaySettings()
+    # An invalid setting is InvalidSettings: `leadmesh` reports it in one line (exit status 2).
+    mesh = load_settings(MeshSettings)
+    gateway = load_settings(GatewaySettings)
+    policy = load_settings(RestartPolicy)
     print(f"leadmesh: preparing {mesh.var_dir.resolve()}", flush=True)
     prepare(mesh)
-    supervisor = Supervisor(mesh)
+    supervisor = Supervisor(mesh, policy)
 
     def request_stop(_signum, _frame) -> None:
         supervisor.stopping = True
@@ -104,9 +182,7 @@ def up() -> int:
             supervisor.wait_until_serving(process, gateway)
         if not supervisor.stopping:
             _print_banner(mesh, gateway)
-            dead = supervisor.watch()
-            if dead is not None:
-                print(f"leadmesh: {dead} stopped unexpectedly; stopping the mesh", flush=True)
+            if supervisor.watch() is not None:
                 status = 1
     except RuntimeError as error:
         print(f"leadmesh: {error}; stopping the mesh", file=sys.stderr, flush=True)
@@ -123,7 +199,7 @@ def _print_banner(mesh: MeshSettings, gateway: GatewaySettings) -> None:
     var = Path(mesh.var_dir).resolve()
     lines = [
         "leadmesh is up",
-        f"  API (HTTPS)      {public}/v1   docs {public}/docs",
+        f"  API (HTTPS)      {public}/v1   docs {public}/docs, {public}/redoc",
         f"  webhooks         {public}/hooks/<token>",
     ]
     if gateway.http_port:

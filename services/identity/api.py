@@ -38,6 +38,8 @@ ALLOWED_CALLERS = {
     **{f"/{SERVICE}/{method}": frozenset({"gateway"}) for method in _GATEWAY_METHODS},
     f"/{SERVICE}/SendAnnouncement": frozenset({"operator"}),
     f"/{SERVICE}/NotifyAccount": frozenset({"runner"}),
+    # Each of these stops (or erases) a deleted account's data in its own store.
+    f"/{SERVICE}/ListDeletionRequests": frozenset({"runner", "vault", "retention"}),
 }
 
 
@@ -80,7 +82,8 @@ def session_pb(session: store.Session, current_id: str = "") -> pb.Session:
 def login_pb(signed_in: SignedIn) -> pb.LoginResponse:
     return pb.LoginResponse(
         session_token=signed_in.token,
-        session=session_pb(signed_in.session),
+        # The session just opened is the one its token names: the caller's current one.
+        session=session_pb(signed_in.session, signed_in.session.id),
         account=account_pb(signed_in.account),
     )
 
@@ -214,6 +217,16 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         )
         return pb.DeletionRequest(
             request_time=to_timestamp(requested), erase_deadline=to_timestamp(deadline)
+        )
+
+    async def ListDeletionRequests(self, request, context):  # noqa: N802
+        rows, token = await self.identity.deletion_requests(request.page_size, request.page_token)
+        return pb.ListDeletionRequestsResponse(
+            deletions=[
+                pb.AccountDeletion(account_id=account_id, request_time=to_timestamp(requested))
+                for account_id, requested in rows
+            ],
+            next_page_token=token,
         )
 
     async def SendAnnouncement(self, request, context):  # noqa: N802

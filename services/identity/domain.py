@@ -29,7 +29,13 @@ from services.kit.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from services.kit.tokens import invalid_page_token, page_cursor, page_token, sha256_hex
+from services.kit.tokens import (
+    cursor_number,
+    invalid_page_token,
+    page_cursor,
+    page_token,
+    sha256_hex,
+)
 
 log = logging.getLogger("leadmesh.identity")
 
@@ -246,9 +252,12 @@ class Identity:
         return rows, _encode_page_token(rows[-1].id) if more else ""
 
     # passwords
-    async def _confirm_password(self, account: Account, password: str, ip: str) -> None:
+    async def _confirm_password(
+        self, account: Account, password: str, ip: str, field: str = "password"
+    ) -> None:
         """The owner's password before a sensitive change, under the same brute-force rules as a
-        login (without the caller's address, the account is its own bucket)."""
+        login (without the caller's address, the account is its own bucket); a wrong one is
+        refused naming the request's `field` that held it."""
         bucket = ip or f"account:{account.id}"
         hold = await self.throttle.admit(account.email_key, bucket, known_address=True)
         if hold is not None:
@@ -259,14 +268,14 @@ class Identity:
             )
         if not (await self.hasher.verify(password, account.password_hash)).ok:
             await self.throttle.failed(account.email_key, bucket)
-            raise Unauthenticated("INVALID_CREDENTIALS", "the password is wrong", field="password")
+            raise Unauthenticated("INVALID_CREDENTIALS", "the password is wrong", field=field)
         await self.throttle.succeeded(account.email_key, bucket)
 
     async def change_password(
         self, account_id: str, current: str, new: str, ip: str, user_agent: str
     ) -> SignedIn:
         account = await self.account(account_id)
-        await self._confirm_password(account, current, ip)
+        await self._confirm_password(account, current, ip, field="current_password")
         check_rules(new, account.email, field="new_password")
         new_hash = await self.hasher.hash(new)
         async with self.store.begin() as tx:
@@ -356,6 +365,18 @@ class Identity:
         log.info("deletion requested", extra={"account_id": account.id})
         return now, now + timedelta(days=self.settings.erase_after_days)
 
+    async def deletion_requests(
+        self, page_size: int, page_token: str
+    ) -> tuple[list[tuple[str, datetime]], str]:
+        """(account id, request time) of every deletion request, oldest first, a page at a time:
+        what the other services reconcile their suspensions from."""
+        size = min(max(page_size or 500, 1), 1000)
+        after = _decode_deletion_token(page_token) if page_token else None
+        async with self.store.read() as tx:
+            rows = await tx.deletion_requests(after, size + 1)
+        more, rows = len(rows) > size, rows[:size]
+        return rows, _encode_deletion_token(*rows[-1]) if more else ""
+
     # background work
     def background(self, work) -> None:
         task = asyncio.ensure_future(work)
@@ -382,6 +403,23 @@ def _encode_page_token(last_id: int) -> str:
 
 def _decode_page_token(token: str) -> int:
     prefix, _, value = page_cursor(token).partition(":")
-    if prefix != "before" or not value.isdigit() or not 0 < int(value) < 2**63:
+    if prefix != "before":
         raise invalid_page_token()
-    return int(value)
+    return cursor_number(value, low=1)
+
+
+def _encode_deletion_token(account_id: str, requested: datetime) -> str:
+    return page_token(f"deleted:{requested.isoformat()}|{account_id}")
+
+
+def _decode_deletion_token(token: str) -> tuple[datetime, str]:
+    prefix, _, rest = page_cursor(token).partition(":")
+    when, _, account_id = rest.partition("|")
+    try:
+        requested = datetime.fromisoformat(when)
+        account_id = str(uuid.UUID(account_id))
+    except ValueError:
+        raise invalid_page_token() from None
+    if prefix != "deleted" or requested.tzinfo is None:
+        raise invalid_page_token()
+    return requested, account_id

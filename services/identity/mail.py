@@ -17,12 +17,18 @@ import ssl
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger("leadmesh.identity.mail")
+
+# The standard policy folds at 78 characters, and a header that is one long token (the URI of
+# List-Unsubscribe) can only be folded by turning it into RFC 2047 encoded words, which RFC 2369
+# and RFC 8058 clients do not decode: lines may be up to 998 characters (RFC 5322 §2.1.1).
+POLICY = policy.default.clone(max_line_length=998)
 
 
 def compose(
@@ -34,7 +40,7 @@ def compose(
     when: datetime,
     headers: dict[str, str] | None = None,
 ) -> EmailMessage:
-    message = EmailMessage()
+    message = EmailMessage(policy=POLICY)
     message["From"] = sender
     message["To"] = to
     message["Subject"] = subject

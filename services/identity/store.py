@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -131,6 +131,20 @@ class Tx:
             .order_by(accounts.c.create_time)
         )
         return [(row.id, row.email) for row in await self.c.execute(query)]
+
+    async def deletion_requests(
+        self, after: tuple[datetime, str] | None, limit: int
+    ) -> list[tuple[str, datetime]]:
+        """(id, request time) of accounts whose deletion was requested, oldest request first,
+        after the keyset cursor `after` (request time, id)."""
+        requested = accounts.c.deletion_request_time
+        query = select(accounts.c.id, requested).where(requested.is_not(None))
+        if after is not None:
+            query = query.where(
+                or_(requested > after[0], and_(requested == after[0], accounts.c.id > after[1]))
+            )
+        rows = await self.c.execute(query.order_by(requested, accounts.c.id).limit(limit))
+        return [(row.id, as_utc(row.deletion_request_time)) for row in rows]
 
     # sessions
     async def add_session(self, values: dict[str, Any]) -> None:

@@ -40,6 +40,8 @@ accounts = Table(
     Column("create_time", Time, nullable=False),
     Column("update_time", Time, nullable=False),
     Column("deletion_request_time", Time, nullable=True),
+    # Services page through deletion requests (ListDeletionRequests) every half minute.
+    Index("ix_accounts_deletion_request_time", "deletion_request_time"),
 )
 
 sessions = Table(

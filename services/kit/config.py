@@ -2,17 +2,31 @@
 
 Each service adds its own `Settings` (prefix `IDENTITY_`, `GATEWAY_`, …) holding a `MeshSettings`.
 No module reads `os.environ` on its own; `describe()` renders any settings object with its
-secrets masked, for `leadmesh config`.
+secrets masked, for `leadmesh config`. List settings are `CommaList` (`a,b` or JSON), and entry
+points read settings with `settings_or_exit()`: a setting an operator got wrong is one line on
+stderr naming the variable, and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import to_jsonable_python
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 from sqlalchemy.engine import make_url
 
 SERVICES = ("identity", "vault", "runner", "retention")
@@ -40,6 +54,14 @@ class MeshSettings(BaseSettings):
     redis_url: SecretStr | None = Field(None, validation_alias="REDIS_URL")
     log_level: str = Field("INFO", validation_alias="LEADMESH_LOG_LEVEL")
     otlp_endpoint: str | None = Field(None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    # Without an OTLP endpoint, spans go to var/traces/<service>.jsonl: that file is rotated past
+    # this size (or once a day), and rotated files older than the days or beyond the count of
+    # newest kept per service are deleted.
+    traces_max_bytes: int = Field(
+        16 * 1024 * 1024, gt=0, validation_alias="LEADMESH_TRACES_MAX_BYTES"
+    )
+    traces_keep_days: float = Field(7.0, gt=0, validation_alias="LEADMESH_TRACES_KEEP_DAYS")
+    traces_keep_files: int = Field(20, ge=1, validation_alias="LEADMESH_TRACES_KEEP_FILES")
     # Default deadline of an internal call, in seconds.
     rpc_timeout: float = Field(10.0, validation_alias="LEADMESH_RPC_TIMEOUT")
 
@@ -136,3 +158,112 @@ def _hide_url_password(raw: str) -> str:
         for key, value in url.query.items()
     }
     return url.set(query=query).render_as_string(hide_password=True)
+
+
+def _comma_separated(value: Any) -> Any:
+    """A list from an environment variable: JSON (`["a", "b"]`) or comma-separated (`a, b`)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError as error:
+            raise ValueError(f"not a JSON list ({error})") from None
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+# A list setting as operators write it (`10.0.0.0/8,192.0.2.1`), JSON still accepted. NoDecode
+# keeps pydantic-settings from insisting on JSON before the validator sees the text.
+CommaSeparated = BeforeValidator(_comma_separated)
+CommaList = Annotated[list[str], NoDecode, CommaSeparated]
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+class InvalidSettings(Exception):
+    """A setting that cannot be used; the message is one line naming each variable at fault."""
+
+
+def load_settings(settings_class: type[SettingsT]) -> SettingsT:
+    """The settings from the environment, or InvalidSettings saying which variable is wrong."""
+    try:
+        return settings_class()
+    except ValidationError as error:
+        raise InvalidSettings(_explain(settings_class, error)) from None
+    except SettingsError as error:
+        raise InvalidSettings(_explain_undecodable(settings_class, error)) from None
+
+
+def settings_or_exit(settings_class: type[SettingsT]) -> SettingsT:
+    """For entry points: an invalid setting ends the process with one line and status 2."""
+    try:
+        return load_settings(settings_class)
+    except InvalidSettings as error:
+        report_invalid(error)
+        raise SystemExit(2) from None
+
+
+def report_invalid(error: InvalidSettings) -> None:
+    line = str(error).replace("\n", " ")  # one line, whatever a validator's message holds
+    sys.stderr.write(f"leadmesh: {line}\n")
+    sys.stderr.flush()
+
+
+def env_names(settings_class: type[BaseSettings]) -> dict[str, str]:
+    """{field name or alias: the variable it is read from}, for the class and nested settings."""
+    names: dict[str, str] = {}
+    for name in settings_class.model_fields:
+        env = _env_of(settings_class, name)
+        names[name] = names[env] = env
+    return names
+
+
+def _env_of(settings_class: type[BaseSettings], name: str) -> str:
+    alias = settings_class.model_fields[name].validation_alias
+    prefix = settings_class.model_config.get("env_prefix", "")
+    return _env_name(alias) or (prefix + name).upper()
+
+
+def _nested_classes(settings_class: type[BaseSettings]) -> dict[str, type[BaseSettings]]:
+    classes = {settings_class.__name__: settings_class}
+    for field in settings_class.model_fields.values():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseSettings):
+            classes.update(_nested_classes(kind))
+    return classes
+
+
+def _explain(settings_class: type[BaseSettings], error: ValidationError) -> str:
+    # A nested MeshSettings fails inside its default factory: its own class names the error.
+    owner = _nested_classes(settings_class).get(error.title, settings_class)
+    names = env_names(owner)
+    problems = []
+    for item in error.errors():
+        message = item["msg"].replace("Value error, ", "")
+        if not item["loc"]:  # a check across fields: its message names the variables
+            problems.append(message)
+            continue
+        first, *rest = item["loc"]
+        env = names.get(str(first), str(first).upper())
+        where = env + "".join(f"[{part}]" for part in rest)
+        if _is_secret(owner, env) and isinstance(item.get("input"), str) and item["input"]:
+            message = message.replace(item["input"], "***")  # a secret is never echoed
+        problems.append(f"{where}: {message}")
+    return "invalid setting " + "; ".join(problems)
+
+
+def _explain_undecodable(settings_class: type[BaseSettings], error: SettingsError) -> str:
+    match = re.search(r'field "([^"]+)"', str(error))
+    field = match.group(1) if match else "?"
+    names: dict[str, str] = {}
+    for owner in reversed(_nested_classes(settings_class).values()):
+        names.update(env_names(owner))  # the outer class's own fields win
+    cause = f" ({error.__cause__})" if isinstance(error.__cause__, ValueError) else ""
+    return f"invalid setting {names.get(field, field.upper())}: not valid JSON{cause}"
+
+
+def _is_secret(owner: type[BaseSettings], env: str) -> bool:
+    fields = [f for name, f in owner.model_fields.items() if _env_of(owner, name) == env]
+    annotation = str(fields[0].annotation) if fields else ""
+    return "SecretStr" in annotation or any(word in env.lower() for word in _SECRET_WORDS)

@@ -4,11 +4,17 @@ SQLite (the embedded default) gets WAL, `synchronous=FULL` (a commit survives po
 timeout and `BEGIN IMMEDIATE` so concurrent writers queue instead of failing; any SQLAlchemy URL
 (PostgreSQL in production) works the same. Engines never render bound parameters into errors or
 logs (`hide_parameters`): they may hold secrets.
+
+A SQLite database is private to the user running the mesh (it holds webhook bodies, signing
+secrets, sealed credentials): its directory is made 0700 and the file 0600 before SQLite opens it.
+SQLite creates `-wal` and `-shm` with the mode of their database file, so they follow; processes
+also start with `private_umask()`, so nothing they create later is readable by other users either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -57,9 +63,38 @@ def create_sync_engine(url: str) -> Engine:
     return create_engine(parsed, hide_parameters=True)
 
 
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+
+
+def private_umask() -> None:
+    """At a process's start: files and directories it creates are its user's alone."""
+    os.umask(0o077)
+
+
+def private_dir(path: Path) -> None:
+    """`path` (and missing parents) made, and `path` itself made 0700 even if it existed."""
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    os.chmod(path, PRIVATE_DIR)
+
+
 def _ensure_parent(url: URL) -> None:
-    if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
+        return
+    database = Path(url.database)
+    private_dir(database.parent)
+    # Made 0600 before SQLite makes it 0644 (0666 less a usual umask). Only ever a new file: this
+    # process closing a descriptor of a database it has open would drop SQLite's POSIX locks.
+    try:
+        os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE))
+    except FileExistsError:
+        pass
+    # An existing file (made by an older version) is tightened, with its journal files.
+    for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+        try:
+            if path.stat().st_mode & 0o777 != PRIVATE_FILE:
+                os.chmod(path, PRIVATE_FILE)
+        except FileNotFoundError:
+            pass
 
 
 def _tune_sqlite(engine: Engine) -> None:

@@ -9,6 +9,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from services.kit.config import settings_or_exit
+from services.kit.db import private_umask
 from services.kit.grpcserver import RunningService, serve_forever
 from services.kit.logs import setup_logging
 from services.kit.telemetry import setup_telemetry
@@ -20,7 +22,7 @@ def service_main(
     argv: list[str],
     *,
     name: str,
-    settings_class: Callable[[], Any],
+    settings_class: type[Any],
     start: Callable[[Any], Awaitable[RunningService]],
     migrate_database: Callable[[Any], None],
     describe: Callable[[RunningService], dict[str, Any]],
@@ -30,7 +32,8 @@ def service_main(
     parser = argparse.ArgumentParser(prog=f"python -m services.{name}")
     parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
     args = parser.parse_args(argv)
-    settings = settings_class()
+    private_umask()
+    settings = settings_or_exit(settings_class)
     setup_logging(name, settings.mesh.log_level)
     if args.command == "migrate":
         migrate_database(settings)

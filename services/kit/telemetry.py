@@ -1,36 +1,105 @@
 """OpenTelemetry for a process: traces exported with OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set,
 otherwise as OTLP-JSON lines under `var/traces/<service>.jsonl` (one ExportTraceServiceRequest a
-line, ids in hex as the OTLP/JSON encoding wants). Span attributes carry ids, never e-mail
-addresses, passwords or secrets."""
+line, ids in hex as the OTLP/JSON encoding wants), rotated by size and age
+(`<service>.<UTC time>-<pid>.jsonl`) and deleted past `LEADMESH_TRACES_KEEP_DAYS` or
+`LEADMESH_TRACES_KEEP_FILES`. Span attributes carry ids, never e-mail addresses, passwords or
+secrets. Background polls that find nothing run `untraced()`: a span per idle poll buries the
+traces worth reading."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from opentelemetry import trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import StatusCode
 
+from services.kit.clock import Clock, SystemClock
 from services.kit.config import MeshSettings
+
+# A live file is rotated at least this often, so that the age limit deletes old spans even in a
+# file that grows slowly.
+ROTATE_EVERY = timedelta(days=1)
+_STAMP = "%Y%m%dT%H%M%S"
+
+
+@contextmanager
+def untraced() -> Iterator[None]:
+    """No instrumentation spans (database, Redis, gRPC client) inside; for background polls."""
+    with suppress_instrumentation():
+        yield
 
 
 class OtlpJsonFileExporter(SpanExporter):
-    def __init__(self, path: Path) -> None:
+    """Appends to `<dir>/<service>.jsonl`; past `max_bytes` or `ROTATE_EVERY` the file is renamed
+    `<service>.<time>-<pid>.jsonl` (several processes of one service may share the name: each
+    rename is atomic and a renamed file is never written again), and rotated files past
+    `keep_days` or beyond the newest `keep_files` are deleted."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Clock | None = None,
+        max_bytes: int = 16 * 1024 * 1024,
+        keep_days: float = 7.0,
+        keep_files: int = 20,
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
         self._lock = threading.Lock()
+        self._clock = clock or SystemClock()
+        self._max_bytes = max_bytes
+        self._keep = timedelta(days=keep_days)
+        self._keep_files = keep_files
+        self._since = self._clock.now()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         line = json.dumps(otlp_json(spans), separators=(",", ":")) + "\n"
-        with self._lock, self._path.open("a", encoding="utf-8") as out:
-            out.write(line)
+        with self._lock:
+            with self._path.open("a", encoding="utf-8") as out:
+                out.write(line)
+                size = out.tell()
+            now = self._clock.now()
+            if size >= self._max_bytes or now - self._since >= ROTATE_EVERY:
+                self._rotate(now)
         return SpanExportResult.SUCCESS
+
+    def rotated(self) -> list[tuple[datetime, Path]]:
+        """This service's rotated files, oldest first, with the time each was rotated."""
+        found = []
+        for path in self._path.parent.glob(f"{self._path.stem}.*.jsonl"):
+            stamp = path.name[len(self._path.stem) + 1 :].split("-", 1)[0]
+            try:
+                when = datetime.strptime(stamp, _STAMP).replace(tzinfo=self._since.tzinfo)
+            except ValueError:
+                continue  # another service's file whose name starts like ours
+            found.append((when, path))
+        return sorted(found)
+
+    def _rotate(self, now: datetime) -> None:
+        self._since = now
+        target = self._path.with_name(
+            f"{self._path.stem}.{now.strftime(_STAMP)}-{os.getpid()}.jsonl"
+        )
+        try:
+            self._path.rename(target)
+        except FileNotFoundError:
+            pass  # another process of this service rotated it first
+        rotated = self.rotated()
+        for index, (when, path) in enumerate(rotated):
+            if now - when > self._keep or index < len(rotated) - self._keep_files:
+                path.unlink(missing_ok=True)
 
     def shutdown(self) -> None:
         return None
@@ -157,7 +226,13 @@ def setup_telemetry(service: str, mesh: MeshSettings) -> TracerProvider:
 
         exporter: SpanExporter = OTLPSpanExporter()
     else:
-        exporter = OtlpJsonFileExporter(mesh.var_dir / "traces" / f"{service}.jsonl")
+        exporter = OtlpJsonFileExporter(
+            mesh.var_dir / "traces" / f"{service}.jsonl",
+            clock=SystemClock(mesh.clock_offset_seconds),
+            max_bytes=mesh.traces_max_bytes,
+            keep_days=mesh.traces_keep_days,
+            keep_files=mesh.traces_keep_files,
+        )
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     return provider

@@ -1,5 +1,5 @@
 """The gRPC face of the runner. Who may call what is `ALLOWED_CALLERS`: the gateway, for the
-acting user, and anonymously for webhooks."""
+acting user, anonymously for webhooks, and to suspend a user whose deletion was requested."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from leadmesh.runner.v1 import runner_pb2 as pb
 from leadmesh.runner.v1 import runner_pb2_grpc
 
 from services.kit.callers import acting_user
+from services.kit.errors import InvalidArgument
 from services.kit.timestamps import json_value, to_timestamp, to_value
 from services.runner.activity import Activity
 from services.runner.connections import Connections
 from services.runner.ingest import Ingest
+from services.runner.suspensions import Suspensions
+from services.runner.tracing import trace_id_of
 
 SERVICE = pb.DESCRIPTOR.services_by_name["RunnerService"].full_name
 ALLOWED_CALLERS: dict[str, frozenset[str]] = {
@@ -75,6 +78,7 @@ def run_pb(row: dict[str, Any]) -> pb.Run:
         finish_time=to_timestamp(row.get("finish_time")),
         next_attempt_time=to_timestamp(row["next_attempt_time"] if waiting else None),
         error=row.get("error") or "",
+        trace_id=trace_id_of(row.get("trace_parent")),
     )
 
 
@@ -107,6 +111,7 @@ def log_pb(row: dict[str, Any]) -> pb.WebhookLogEntry:
         query=row["query"],
         body_encoding=row["body_encoding"],
         body=row["body"],
+        redacted=row.get("redacted") or [],
     )
 
 
@@ -140,12 +145,19 @@ def _action(message: pb.Action) -> dict[str, Any]:
 
 class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
     def __init__(
-        self, connections: Connections, ingest: Ingest, activity: Activity, egress: list[str]
+        self,
+        connections: Connections,
+        ingest: Ingest,
+        activity: Activity,
+        egress: list[str],
+        *,
+        suspensions: Suspensions,
     ) -> None:
         self.connections = connections
         self.ingest = ingest
         self.activity = activity
         self.egress = egress
+        self.suspensions = suspensions
 
     async def CreateConnection(self, request, context):  # noqa: N802 - gRPC method names
         draft = self.connections.draft(
@@ -240,3 +252,9 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
 
     async def GetEgressAddresses(self, request, context):  # noqa: N802
         return pb.EgressAddresses(addresses=self.egress)
+
+    async def SuspendUser(self, request, context):  # noqa: N802
+        if not request.user_id:
+            raise InvalidArgument("USER_ID_REQUIRED", "name the user", field="user_id")
+        cancelled = await self.suspensions.suspend([request.user_id])
+        return pb.SuspendUserResponse(cancelled_run_count=cancelled)

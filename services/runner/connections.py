@@ -12,7 +12,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from services.kit.clock import Clock
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.kit.tokens import invalid_page_token, page_cursor, page_token, sha256_hex
+from services.kit.tokens import cursor_number, page_cursor, page_token, sha256_hex
 from services.runner.guard import DestinationRefused, EgressPolicy, check_url
 from services.runner.settings import RunnerSettings
 from services.runner.store import Store
@@ -295,10 +295,7 @@ def page_args(page_size: int, token: str) -> tuple[int, int | None]:
     size = min(max(page_size or 20, 1), 100)
     if not token:
         return size, None
-    cursor = page_cursor(token)
-    if not cursor.isdigit() or len(cursor) > 19:
-        raise invalid_page_token()
-    return size, int(cursor)
+    return size, cursor_number(page_cursor(token))
 
 
 def next_page(rows: list[dict[str, Any]], size: int) -> tuple[list[dict[str, Any]], str]:

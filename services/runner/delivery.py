@@ -4,13 +4,21 @@ credential, as it goes on the wire; and what of it may be recorded (credentials 
 from __future__ import annotations
 
 import base64
-import json
+import re
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from services.runner.template import HeaderTemplate, Template, compile_headers, compile_template
+from services.runner.expressions import Budget
+from services.runner.template import (
+    MAX_RENDER_BYTES,
+    HeaderTemplate,
+    Template,
+    compile_headers,
+    compile_template,
+)
 
 REDACTED = "[redacted]"
 MAX_RECORDED_BODY = 64 * 1024
@@ -60,15 +68,19 @@ def prepare(
     event: dict[str, Any],
     run_id: str,
     credential: tuple[str, dict[str, Any]] | None,
+    budget: Budget | None = None,
 ) -> Prepared:
+    """RenderError (RenderTooLarge past the budget's bytes); LargeRender when an inline budget
+    runs out (``services.runner.rendering`` then starts again on a thread)."""
+    budget = budget or Budget(MAX_RENDER_BYTES)
     method = action["method"]
     url = action["url"]
-    headers = compiled.headers.render(event)
+    headers = compiled.headers.render(event, budget)
     secret_headers: set[str] = set()
     secret_params: set[str] = set()
     content = None
     if compiled.has_body and method != "GET":
-        content = json.dumps(compiled.body.render(event), separators=(",", ":")).encode()
+        content = compiled.body.encode(event, budget)
         if not any(h.lower() == "content-type" for h in headers):
             headers["Content-Type"] = "application/json"
     headers["Idempotency-Key"] = run_id
@@ -125,21 +137,35 @@ def _recorded_body(content: bytes | None) -> str | None:
 
 
 def body_text(body: bytes) -> tuple[str, str]:
-    """(text, encoding) of a response body: utf-8 text, else base64."""
-    try:
-        return body.decode("utf-8"), "text"
-    except UnicodeDecodeError:
-        return base64.b64encode(body).decode("ascii"), "base64"
+    """(text, encoding) of a response body: utf-8 text, else base64. A body holding NUL is
+    base64 too: PostgreSQL's text columns cannot store NUL, and one such body must never fail
+    the batch of outcomes it is written with."""
+    if b"\x00" not in body:
+        try:
+            return body.decode("utf-8"), "text"
+        except UnicodeDecodeError:
+            pass
+    return base64.b64encode(body).decode("ascii"), "base64"
+
+
+_DELTA_SECONDS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also accepts "²"
 
 
 def retry_after_seconds(value: str | None, now_epoch: float) -> float | None:
-    """Retry-After as delay-seconds or an HTTP date; None when absent or unreadable."""
+    """Retry-After (RFC 9110 §10.2.3) as delay-seconds or an HTTP-date; None when absent or
+    anything else, which is ignored rather than trusted."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _DELTA_SECONDS.fullmatch(value):
         return float(value)
     try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now_epoch)
-    except (TypeError, ValueError):
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # HTTP-dates are GMT; "-0000" parses naive
+        when = when.replace(tzinfo=UTC)
+    try:
+        return max(0.0, when.timestamp() - now_epoch)
+    except (OverflowError, ValueError):
         return None

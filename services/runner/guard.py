@@ -7,8 +7,8 @@ private address in between. TLS still verifies the URL's hostname: httpcore pass
 host as ``server_hostname`` to ``start_tls``, whatever address ``connect_tcp`` connected to.
 
 This module must never connect to a refused address, never follow a redirect to another origin,
-never read more than ``MAX_BODY`` (+ one network read) of a response, and never put a URL's path
-or query (which may hold an API key) into an error message.
+never decode or keep more than ``MAX_BODY`` (+ one network read) of a response, and never put a
+URL's path or query (which may hold an API key) into an error message.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import certifi
 import httpcore
 import httpx
 
+from services.runner.inflate import Inflater
 from services.runner.pool import LinearPool, connect_asyncio
 from services.runner.tracing import http_call, record_status
 
@@ -41,6 +42,11 @@ _METADATA = frozenset(
 )
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Ranges Python's ipaddress calls global although no public host lives there: site-local
+# (RFC 3879 deprecated it, routers may still route it inside a site) and the documentation
+# prefix of RFC 9637 (newer than the interpreter's tables).
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")
+_DOCUMENTATION = ipaddress.ip_network("3fff::/20")
 _UNRESOLVABLE = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 _BODY_HEADERS = ("content-type", "content-length", "transfer-encoding", "content-encoding")
 
@@ -98,6 +104,8 @@ def refused_kind(ip: IPAddress, policy: EgressPolicy) -> str | None:
         ("link-local", ip.is_link_local),
         ("multicast", ip.is_multicast),
         ("shared (carrier-grade NAT)", ip in _SHARED),
+        ("site-local", ip in _SITE_LOCAL),
+        ("documentation", ip in _DOCUMENTATION),
         ("reserved", ip.is_reserved),
         ("private", ip.is_private),
         ("non-public", not ip.is_global),
@@ -373,11 +381,21 @@ def _origin(url: httpx.URL) -> tuple[str, str, int]:
 
 
 async def _read_capped(response: httpx.Response) -> tuple[bytes, bool]:
-    """At most MAX_BODY bytes of the (decoded) body; stops reading once past the cap."""
+    """At most MAX_BODY bytes of the decoded body. The raw stream is decoded here, in bounded
+    steps (``Inflater``): httpx's decoders would inflate a whole network read of a gzip bomb
+    before the cap could apply."""
+    inflater = Inflater(response.headers.get_list("content-encoding", split_commas=True))
     chunks: list[bytes] = []
     size = 0
-    async with contextlib.aclosing(response.aiter_bytes()) as stream:
-        async for chunk in stream:
+    ignored = 0  # raw bytes after the end of the compressed stream
+    async with contextlib.aclosing(response.aiter_raw()) as stream:
+        async for raw in stream:
+            if inflater.finished:
+                ignored += len(raw)
+                if ignored > MAX_BODY:
+                    break
+                continue  # read on to the end of the message, so the connection is reused
+            chunk = inflater.decode(raw, MAX_BODY + 1 - size)
             chunks.append(chunk)
             size += len(chunk)
             if size > MAX_BODY:

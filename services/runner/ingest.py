@@ -1,50 +1,42 @@
 """Incoming events: a webhook (or a manual or scheduled run) becomes a queued run in one
 transaction with its log entry; only then is it accepted (202) and pushed to the queue.
 
-Webhook authenticity: with a signing secret, `X-Leadmesh-Signature: t=<unix>,v1=<hex
-HMAC-SHA256(secret, "<t>.<raw body>")>` is required, checked in constant time within a replay
-window. A repeated `Idempotency-Key` on one connection within 24 hours answers the first run.
+Webhook authenticity: with a signing secret, `X-Leadmesh-Signature` is required (`signature.py`);
+a signature accepted once is remembered in the database until its window has passed, so a replay
+(from any runner process) answers the first run. A repeated `Idempotency-Key` on one connection
+within 24 hours answers the first run too. What is stored of headers and query has every value
+that may be a secret redacted (`redact.py`), in the webhooks log and in the run's event alike.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import math
 import time
 import uuid
+from collections.abc import Container
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
 from services.kit.batching import GroupCommit
 from services.kit.clock import Clock
-from services.kit.errors import FailedPrecondition, NotFound, ResourceExhausted, Unauthenticated
+from services.kit.errors import FailedPrecondition, NotFound, ResourceExhausted
 from services.kit.tokens import sha256_hex
+from services.runner import signature
 from services.runner.queue import Queue
+from services.runner.redact import redact
 from services.runner.settings import RunnerSettings
-from services.runner.store import Store
+from services.runner.store import Store, Tx
+from services.runner.suspensions import account_deleted
 from services.runner.tracing import current_trace_parent
 
-SIGNATURE_HEADER = "x-leadmesh-signature"
+SIGNATURE_HEADER = signature.SIGNATURE_HEADER
 IDEMPOTENCY_HEADER = "idempotency-key"
-REDACTED = "[redacted]"
-_SECRET_HEADERS = {"authorization", "proxy-authorization", "cookie", "set-cookie"}
-_SECRET_WORDS = ("token", "secret", "signature", "api-key", "apikey", "api_key", "password",
-                 "auth", "session", "csrf")  # fmt: skip
-
-
-def redact_headers(headers: list[tuple[str, str]]) -> list[list[str]]:
-    """Header pairs, names lower-cased, values of anything that may carry a secret replaced."""
-    out = []
-    for name, value in headers:
-        lower = name.lower()
-        secret = lower in _SECRET_HEADERS or any(w in lower for w in _SECRET_WORDS)
-        out.append([lower, REDACTED if secret else value])
-    return out
+# Expired signatures are deleted at most this often per process (one indexed DELETE).
+SIGNATURE_PURGE_SECONDS = 60.0
 
 
 def parse_body(body: bytes, content_type: str) -> tuple[str, Any, str]:
@@ -106,32 +98,6 @@ def _flatten(values: dict[str, list[str]]) -> dict[str, Any]:
     return {k: v[0] if len(v) == 1 else v for k, v in values.items()}
 
 
-def check_signature(
-    secret: str, header: str | None, body: bytes, now: float, tolerance: int
-) -> None:
-    problem = Unauthenticated(
-        "SIGNATURE_INVALID",
-        "X-Leadmesh-Signature must be t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<body>'>, "
-        f"made within {tolerance} seconds",
-    )
-    if not header:
-        raise problem
-    parts: dict[str, list[str]] = {}
-    for item in header.split(","):
-        key, _, value = item.strip().partition("=")
-        parts.setdefault(key, []).append(value)
-    stamp = (parts.get("t") or [""])[0]
-    if not stamp.isdigit() or len(stamp) > 12 or abs(now - int(stamp)) > tolerance:
-        raise problem
-    expected = hmac.new(secret.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    # Every candidate is compared (several v1 values allow rotating the secret).
-    ok = False
-    for candidate in parts.get("v1", []):
-        ok |= hmac.compare_digest(expected, candidate.strip().lower())
-    if not ok:
-        raise problem
-
-
 class Buckets:
     """A token bucket per connection (in process: the runner's API is one process)."""
 
@@ -158,13 +124,24 @@ class Accepted:
     run: dict[str, Any]
     entry: dict[str, Any]
     key_sha256: str
-    # The run an earlier request with the same Idempotency-Key made.
+    # A signed webhook's signature, remembered for its window (None: not signed).
+    signed: signature.Verified | None = None
+    # The run an earlier request with the same Idempotency-Key, or the same signature, made.
     duplicate_of: str = ""
 
 
 class Ingest:
-    def __init__(self, settings: RunnerSettings, store: Store, queue: Queue, clock: Clock) -> None:
+    def __init__(
+        self,
+        settings: RunnerSettings,
+        store: Store,
+        queue: Queue,
+        clock: Clock,
+        suspended: Container[str] = frozenset(),
+    ) -> None:
         self.settings = settings
+        # Users whose deletion was requested (suspensions.py): nothing of theirs is accepted.
+        self.suspended = suspended
         self.store = store
         self.queue = queue
         self.clock = clock
@@ -175,6 +152,7 @@ class Ingest:
         # Connections by token digest, for a second: every change made here clears it at once;
         # a pause made by a worker elsewhere takes effect within the second.
         self._connections: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._next_signature_purge: datetime | None = None
 
     async def forget(self, _connection_id: str, _row: dict[str, Any] | None) -> None:
         """A connection listener: any change empties the cache of connections by token."""
@@ -208,13 +186,16 @@ class Ingest:
         connection = await self._connection(token)
         if connection is None:
             raise NotFound("WEBHOOK_NOT_FOUND", "no webhook has this address")
+        if connection["user_id"] in self.suspended:
+            raise account_deleted()
         if connection["status"] != "active":
             raise FailedPrecondition("CONNECTION_PAUSED", "this connection is paused")
         if len(body) > self.settings.max_body_bytes:
             raise ResourceExhausted("BODY_TOO_LARGE", "a webhook body has at most 1 MiB")
         lower = {name.lower(): value for name, value in headers}
+        signed = None
         if connection["signing_secret"]:
-            check_signature(
+            signed = signature.verify(
                 connection["signing_secret"],
                 lower.get(SIGNATURE_HEADER),
                 body,
@@ -229,11 +210,11 @@ class Ingest:
             )
         now = self.clock.now()
         encoding, value, text = parse_body(body, lower.get("content-type", ""))
-        redacted = redact_headers(headers)
+        redacted = redact(headers, query)
         event = {
             "body": value,
-            "headers": {name: v for name, v in redacted},
-            "query": _flatten(parse_qs(query, keep_blank_values=True)),
+            "headers": {name: v for name, v in redacted.headers},
+            "query": _flatten(parse_qs(redacted.query, keep_blank_values=True)),
             "received_at": now.isoformat(),
         }
         run = self.new_run(connection, "webhook", event, now)
@@ -245,13 +226,16 @@ class Ingest:
             "receive_time": now,
             "source_ip": source_ip[:64],
             "method": method[:16],
-            "headers": redacted,
-            "query": query,
+            "headers": redacted.headers,
+            "query": redacted.query,
             "body_encoding": encoding,
             "body": text,
+            "redacted": redacted.names or None,
         }
         key = lower.get(IDEMPOTENCY_HEADER)
-        accepted = await self._commits.submit(Accepted(run, entry, sha256_hex(key) if key else ""))
+        accepted = await self._commits.submit(
+            Accepted(run, entry, sha256_hex(key) if key else "", signed)
+        )
         if accepted.duplicate_of:
             return accepted.duplicate_of, True
         await self.queue.push([run["id"]])
@@ -259,29 +243,60 @@ class Ingest:
 
     async def _write(self, batch: list[Accepted]) -> list[Accepted]:
         """Many webhooks' log entries and runs in one transaction."""
-        since = self.clock.now() - timedelta(hours=self.settings.idempotency_hours)
+        now = self.clock.now()
+        since = now - timedelta(hours=self.settings.idempotency_hours)
         async with self.store.begin() as tx:
+            await self._purge_signatures(tx, now)
             fresh = []
             for item in batch:
-                connection_id = item.run["connection_id"]
-                if item.key_sha256:
-                    first = await tx.idempotent_run(connection_id, item.key_sha256, since)
-                    if not first and not await tx.remember_key(
-                        connection_id, item.key_sha256, item.run["id"], item.run["create_time"],
-                        since,
-                    ):  # fmt: skip
-                        # Another process's request with this key committed first.
-                        first = await tx.idempotent_run(connection_id, item.key_sha256, since)
-                    if first:
-                        item.duplicate_of = first
-                        continue
-                fresh.append(item)
+                if item.signed is not None and item.key_sha256:
+                    # Both remembered, or neither: a replay must never point at a run not made.
+                    savepoint = await tx.c.begin_nested()
+                    item.duplicate_of = await self._earlier_run(tx, item, now, since)
+                    if item.duplicate_of:
+                        await savepoint.rollback()
+                    else:
+                        await savepoint.commit()
+                else:
+                    item.duplicate_of = await self._earlier_run(tx, item, now, since)
+                if not item.duplicate_of:
+                    fresh.append(item)
             if fresh:
                 await tx.add_runs([item.run for item in fresh])
                 await tx.add_webhook_logs([item.entry for item in fresh])
         return batch
 
+    async def _earlier_run(self, tx: Tx, item: Accepted, now: datetime, since: datetime) -> str:
+        """The run an earlier request with this signature or Idempotency-Key made, else "" (and
+        this request's signature and key now answer its run)."""
+        connection_id, run_id = item.run["connection_id"], item.run["id"]
+        if item.signed is not None:
+            digest = item.signed.digest
+            first = await tx.signed_run(connection_id, digest, now)
+            if first:
+                return first
+            until = datetime.fromtimestamp(item.signed.valid_until, UTC)
+            if not await tx.remember_signature(connection_id, digest, run_id, now, until):
+                # Another process's request with this signature committed first.
+                return await tx.signed_run(connection_id, digest, now)
+        if item.key_sha256:
+            first = await tx.idempotent_run(connection_id, item.key_sha256, since)
+            if not first and not await tx.remember_key(
+                connection_id, item.key_sha256, run_id, item.run["create_time"], since
+            ):
+                # Another process's request with this key committed first.
+                first = await tx.idempotent_run(connection_id, item.key_sha256, since)
+            return first
+        return ""
+
+    async def _purge_signatures(self, tx: Tx, now: datetime) -> None:
+        if self._next_signature_purge is None or now >= self._next_signature_purge:
+            self._next_signature_purge = now + timedelta(seconds=SIGNATURE_PURGE_SECONDS)
+            await tx.forget_signatures(now)
+
     async def manual(self, connection: dict[str, Any], payload: Any, trigger: str) -> dict:
+        if connection["user_id"] in self.suspended:
+            raise account_deleted()
         if connection["status"] != "active":
             raise FailedPrecondition("CONNECTION_PAUSED", "this connection is paused")
         now = self.clock.now()

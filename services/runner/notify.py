@@ -1,15 +1,17 @@
-"""Notices by e-mail: each stored notification is also mailed through identity, which knows the
-address and the owner's consent to execution notifications (the runner never sees either).
-Best effort: the notification itself is already stored and listed."""
+"""Notices by e-mail, through identity, which knows the address and the owner's consent to
+execution notifications (the runner never sees either). Best effort: the notification itself is
+already stored and listed. Failed runs arrive gathered per connection (the recorder sends at most
+one such mail per connection per window), so a burst of failures is one mail saying how many."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import grpc
 from leadmesh.identity.v1 import identity_pb2
+
+from services.runner.recorder import Mail
 
 log = logging.getLogger("leadmesh.runner.notify")
 
@@ -26,23 +28,30 @@ class MailNotices:
         self.frontend_url = frontend_url.rstrip("/")
         self._tasks: set[asyncio.Task] = set()
 
-    async def __call__(self, notices: list[dict[str, Any]]) -> None:
+    async def __call__(self, mails: list[Mail]) -> None:
         """Sends in the background: recording never waits for mail."""
-        task = asyncio.create_task(self._send(notices))
+        task = asyncio.create_task(self._send(mails))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, notices: list[dict[str, Any]]) -> None:
-        for notice in notices:
+    async def _send(self, mails: list[Mail]) -> None:
+        for mail in mails:
             link = f"{self.frontend_url}/notifications"
-            if notice.get("connection_id"):
-                link = f"{self.frontend_url}/connections/{notice['connection_id']}"
+            if mail.connection_id:
+                link = f"{self.frontend_url}/connections/{mail.connection_id}"
+            subject, text = SUBJECTS.get(mail.kind, "About your connections"), mail.message
+            if mail.count > 1:
+                subject = f"{mail.count} runs of your connection failed"
+                text = (
+                    f"{mail.count} runs of this connection failed since the last e-mail about "
+                    f"it. The latest: {mail.message}"
+                )
             try:
                 await self.identity.NotifyAccount(
                     identity_pb2.NotifyAccountRequest(
-                        account_id=notice["user_id"],
-                        subject=SUBJECTS.get(notice["kind"], "About your connections"),
-                        body=f"{notice['message']}\n\nDetails: {link}\n",
+                        account_id=mail.user_id,
+                        subject=subject,
+                        body=f"{text}\n\nDetails: {link}\n",
                     )
                 )
             except grpc.aio.AioRpcError as error:

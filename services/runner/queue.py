@@ -7,22 +7,40 @@
   database says is due but the stream may have lost (never pushed, pushed long ago, a flushed
   Redis), so Redis may lose everything without losing a run. A run pushed twice is claimed once:
   the claim is a conditional update of its row.
+
+Polls run untraced (no database or Redis spans): an idle worker polls several times a second,
+and a span per empty poll would bury every trace worth reading. A poll that finds work leaves one
+`queue take` span saying how many runs it found.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
 
+from opentelemetry import trace
+
 from services.kit.clock import Clock
+from services.kit.telemetry import untraced
 from services.runner.store import Store
 
 log = logging.getLogger("leadmesh.runner.queue")
+tracer = trace.get_tracer("leadmesh.runner.queue")
 
 GROUP = "workers"
+
+
+def _found(started_ns: int, candidates: list[Candidate]) -> list[Candidate]:
+    """The poll's span, started when the poll did, only now that it found work."""
+    if candidates:
+        span = tracer.start_span("queue take", start_time=started_ns)
+        span.set_attribute("leadmesh.runs", len(candidates))
+        span.end()
+    return candidates
 
 
 @dataclass(frozen=True)
@@ -60,10 +78,12 @@ class DatabaseQueue:
 
     async def take(self, worker: str, count: int, block: float) -> list[Candidate]:
         for turn in range(2):
-            async with self.store.read() as tx:
-                ids = await tx.due_runs(self.clock.now(), count)
+            started = time.time_ns()
+            with untraced():
+                async with self.store.read() as tx:
+                    ids = await tx.due_runs(self.clock.now(), count)
             if ids or turn:
-                return [Candidate(i) for i in ids]
+                return _found(started, [Candidate(i) for i in ids])
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), block)
@@ -133,6 +153,11 @@ class RedisQueue:
             log.warning("queue push failed", extra={"error": type(error).__name__})
 
     async def take(self, worker: str, count: int, block: float) -> list[Candidate]:
+        started = time.time_ns()
+        with untraced():
+            return _found(started, await self._take(worker, count, block))
+
+    async def _take(self, worker: str, count: int, block: float) -> list[Candidate]:
         from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
         try:
@@ -177,8 +202,9 @@ class RedisQueue:
     async def reconcile(self) -> int:
         """Pushes due runs the stream may not hold; returns how many."""
         try:
-            await self.ensure_group()
-            flushed = not await self.redis.exists(self.marker)
+            with untraced():
+                await self.ensure_group()
+                flushed = not await self.redis.exists(self.marker)
         except Exception as error:
             log.warning("queue unreachable", extra={"error": type(error).__name__})
             return 0
@@ -189,8 +215,9 @@ class RedisQueue:
                 await tx.forget_pushes()
             await self.redis.set(self.marker, "1")
         stale = now - self.requeue_after
-        async with self.store.read() as tx:
-            ids = await tx.runs_to_push(now, stale, 5000)
+        with untraced():
+            async with self.store.read() as tx:
+                ids = await tx.runs_to_push(now, stale, 5000)
         if ids:
             await self.push(ids)
             async with self.store.begin() as tx:

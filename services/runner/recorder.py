@@ -3,21 +3,38 @@ share one transaction, each waits until its own outcome is committed.
 
 An outcome updates its run (only while its worker still holds it), adds its attempts, and counts
 the connection's failures: the Nth failed run in a row pauses the connection and tells the owner.
+
+One outcome must never fail the others of its batch (nor be delivered again because its batch
+failed): every text that came from outside is made storable first (no NUL, which PostgreSQL's
+text refuses; no lone surrogate; cut to its column), and if the batch still fails, its outcomes
+are written one at a time, each in a savepoint; one that still fails is recorded as a failed run
+with an error saying its outcome could not be stored.
+
+Failure e-mails are gathered per connection (`failure_mails`): at most one per
+`RUNNER_FAILURE_MAIL_WINDOW_SECONDS`, saying how many runs failed. The in-app notifications stay
+one per failed run: each links to its run's execution details and is read or purged on its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from services.kit.batching import GroupCommit
 from services.kit.clock import Clock
 from services.runner.store import Store, Tx
+from services.runner.tables import attempts, notifications, runs
 
 log = logging.getLogger("leadmesh.runner.recorder")
+
+ERROR_CHARS: int = runs.c.error.type.length  # type: ignore[attr-defined]
+_ATTEMPT_ERROR_CHARS: int = attempts.c.error.type.length  # type: ignore[attr-defined]
+_MESSAGE_CHARS: int = notifications.c.message.type.length  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -32,49 +49,157 @@ class Outcome:
     notices: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Mail:
+    """An e-mail to the owner about a connection, sent (best effort) once its cause is
+    committed. `count` > 1: that many failed runs gathered into one mail."""
+
+    user_id: str
+    connection_id: str | None
+    kind: str
+    message: str
+    count: int = 1
+
+
+def storable(text: str | None, limit: int) -> str | None:
+    """`text` as every database stores it: NUL replaced, lone surrogates replaced, at most
+    `limit` characters (the column's length)."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
 class Recorder:
     def __init__(
         self,
         store: Store,
         clock: Clock,
         pause_after: int,
-        on_notices: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
+        on_notices: Callable[[list[Mail]], Awaitable[None]] | None = None,
+        *,
+        mail_window_seconds: float = 3600.0,
     ) -> None:
         self.store = store
         self.clock = clock
         self.pause_after = pause_after
         self.on_notices = on_notices
-        self._commits: GroupCommit[Outcome, None] = GroupCommit(
+        self.mail_window = timedelta(seconds=mail_window_seconds)
+        self._commits: GroupCommit[Outcome, BaseException | None] = GroupCommit(
             self._write_and_tell, name="outcome write"
         )
+        self._digests: asyncio.Task | None = None
 
     async def record(self, outcome: Outcome) -> None:
         """Returns once the outcome is durable; concurrent outcomes share one transaction."""
-        await self._commits.submit(outcome)
+        error = await self._commits.submit(outcome)
+        if error is not None:
+            raise error
 
-    async def _write_and_tell(self, outcomes: list[Outcome]) -> None:
-        notices = await self._write(outcomes)
-        if notices and self.on_notices is not None:
-            try:
-                await self.on_notices(notices)
-            except Exception as error:  # e-mail is best effort; the notice is stored
-                log.warning("notice delivery failed", extra={"error": type(error).__name__})
+    def start(self) -> None:
+        """Mails the failures gathered while a connection's window was open, when it ends."""
+        self._digests = asyncio.create_task(self._mail_gathered(), name="failure mails")
 
-    async def _write(self, outcomes: list[Outcome]) -> list[dict[str, Any]]:
-        notices: list[dict[str, Any]] = []
+    async def close(self) -> None:
+        if self._digests is not None:
+            self._digests.cancel()
+
+    async def _write_and_tell(self, outcomes: list[Outcome]) -> list[BaseException | None]:
+        for outcome in outcomes:
+            _make_storable(outcome)
+        try:
+            async with self.store.begin() as tx:
+                mails = await self._apply(tx, outcomes)
+            results: list[BaseException | None] = [None] * len(outcomes)
+        except Exception as error:
+            log.warning(
+                "writing a batch of outcomes failed; writing them one at a time",
+                extra={"count": len(outcomes), "error_type": type(error).__name__},
+            )
+            mails, results = await self._one_at_a_time(outcomes)
+        await self._tell(mails)
+        return results
+
+    async def _one_at_a_time(
+        self, outcomes: list[Outcome]
+    ) -> tuple[list[Mail], list[BaseException | None]]:
+        mails: list[Mail] = []
+        results: list[BaseException | None] = []
         async with self.store.begin() as tx:
-            await tx.finish_runs([o.run for o in outcomes])
-            await tx.add_attempts([a for o in outcomes for a in o.attempts])
-            succeeded = {o.connection_id for o in outcomes if o.final == "succeeded"}
-            if succeeded:
-                await tx.clear_failures(succeeded)
             for outcome in outcomes:
-                notices.extend(outcome.notices)
-                if outcome.final == "failed":
-                    notices.extend(await self._failed(tx, outcome))
+                try:
+                    async with tx.c.begin_nested():
+                        mails += await self._apply(tx, [outcome])
+                    results.append(None)
+                    continue
+                except Exception as error:
+                    log.error(
+                        "an outcome could not be stored; its run is recorded as failed",
+                        extra={
+                            "run_id": outcome.run["id"],
+                            "connection_id": outcome.connection_id,
+                            "error_type": type(error).__name__,
+                        },
+                    )
+                    substitute = self._unstorable(outcome, error)
+                try:
+                    async with tx.c.begin_nested():
+                        mails += await self._apply(tx, [substitute])
+                    results.append(None)
+                except Exception as error:  # not even that: the lease runs out, it runs again
+                    results.append(error)
+        return mails, results
+
+    def _unstorable(self, outcome: Outcome, error: Exception) -> Outcome:
+        run = {
+            "id": outcome.run["id"],
+            "worker": outcome.run["worker"],
+            "attempts": outcome.run["attempts"],
+            "lease_until": None,
+            "status": "failed",
+            "finish_time": self.clock.now(),
+            "error": f"this run's outcome could not be stored ({type(error).__name__}); "
+            "the details of its attempts are not kept",
+        }
+        return Outcome(run, outcome.connection_id, outcome.user_id, final="failed")
+
+    async def _apply(self, tx: Tx, outcomes: list[Outcome]) -> list[Mail]:
+        await tx.finish_runs([o.run for o in outcomes])
+        await tx.add_attempts([a for o in outcomes for a in o.attempts])
+        succeeded = {o.connection_id for o in outcomes if o.final == "succeeded"}
+        if succeeded:
+            await tx.clear_failures(succeeded)
+        mails: list[Mail] = []
+        for outcome in outcomes:
+            notices = list(outcome.notices)
+            if outcome.final == "failed":
+                notices.extend(await self._failed(tx, outcome))
+                mails.extend(await self._gather(tx, outcome, notices))
+            else:
+                mails.extend(_mail(n) for n in notices)
             for notice in notices:
                 await tx.add_notification(notice)
-        return notices
+        return mails
+
+    async def _gather(self, tx: Tx, outcome: Outcome, notices: list[dict]) -> list[Mail]:
+        """A failed run's mails: its connection's pause at once; the failure itself gathered
+        (in words a credential problem is best told in, when that was the cause)."""
+        kinds = {n["kind"]: n for n in notices}
+        told = kinds.get("credential_problem") or kinds["run_failed"]
+        now = self.clock.now()
+        count = await tx.gather_failure(
+            outcome.user_id, outcome.connection_id, told["message"], now, now - self.mail_window
+        )
+        mails = [_mail(n) for n in notices if n["kind"] == "connection_paused"]
+        if count:
+            mails.append(
+                Mail(outcome.user_id, outcome.connection_id, "run_failed", told["message"], count)
+            )
+        return mails
 
     async def _failed(self, tx: Tx, outcome: Outcome) -> list[dict[str, Any]]:
         now = self.clock.now()
@@ -107,6 +232,43 @@ class Recorder:
             )
         return out
 
+    async def _mail_gathered(self) -> None:
+        every = min(60.0, self.mail_window.total_seconds() / 4)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self._tell(await self._take_gathered())
+            except Exception as error:  # e-mail is best effort; the next round tries again
+                log.warning(
+                    "gathered failure mails failed", extra={"error_type": type(error).__name__}
+                )
+
+    async def _take_gathered(self) -> list[Mail]:
+        now = self.clock.now()
+        since = now - self.mail_window
+        mails: list[Mail] = []
+        async with self.store.begin() as tx:
+            for row in await tx.due_failure_mails(since, limit=500):
+                if await tx.take_failure_mail(row, now, since):
+                    mails.append(
+                        Mail(
+                            row["user_id"],
+                            row["connection_id"],
+                            "run_failed",
+                            row["last_message"] or "",
+                            row["pending"],
+                        )
+                    )
+        return mails
+
+    async def _tell(self, mails: list[Mail]) -> None:
+        if not mails or self.on_notices is None:
+            return
+        try:
+            await self.on_notices(mails)
+        except Exception as error:  # e-mail is best effort; the notice is stored
+            log.warning("notice delivery failed", extra={"error": type(error).__name__})
+
     def notice(
         self,
         user_id: str,
@@ -122,9 +284,22 @@ class Recorder:
             "user_id": user_id,
             "connection_id": connection_id,
             "kind": kind,
-            "message": message[:1000],
+            "message": storable(message, _MESSAGE_CHARS),
             "run_id": run_id,
             "credential_id": credential_id,
             "create_time": self.clock.now(),
             "read_time": None,
         }
+
+
+def _mail(notice: dict[str, Any]) -> Mail:
+    return Mail(notice["user_id"], notice["connection_id"], notice["kind"], notice["message"])
+
+
+def _make_storable(outcome: Outcome) -> None:
+    if "error" in outcome.run:
+        outcome.run["error"] = storable(outcome.run["error"], ERROR_CHARS)
+    for attempt in outcome.attempts:
+        attempt["error"] = storable(attempt.get("error"), _ATTEMPT_ERROR_CHARS)
+    for notice in outcome.notices:
+        notice["message"] = storable(notice["message"], _MESSAGE_CHARS)

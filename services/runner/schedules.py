@@ -1,9 +1,11 @@
 """Schedule triggers: APScheduler fires each active scheduled connection (cron in UTC, or every N
-seconds); each firing queues a run like a manual one. Jobs follow connection changes."""
+seconds); each firing queues a run like a manual one. Jobs follow connection changes; a user
+whose deletion was requested (suspensions.py) has no schedule fire again."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Container
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -17,9 +19,12 @@ log = logging.getLogger("leadmesh.runner.schedules")
 
 
 class Schedules:
-    def __init__(self, store: Store, ingest: Ingest) -> None:
+    def __init__(
+        self, store: Store, ingest: Ingest, suspended: Container[str] = frozenset()
+    ) -> None:
         self.store = store
         self.ingest = ingest
+        self.suspended = suspended
         self.scheduler = AsyncIOScheduler(timezone="UTC")
 
     async def start(self) -> None:
@@ -27,7 +32,8 @@ class Schedules:
             rows = await tx.scheduled_connections()
         self.scheduler.start()
         for row in rows:
-            self._add(row)
+            if row["user_id"] not in self.suspended:
+                self._add(row)
 
     async def changed(self, connection_id: str, row: dict[str, Any] | None) -> None:
         if self.scheduler.get_job(connection_id):
@@ -56,6 +62,11 @@ class Schedules:
     async def _fire(self, connection_id: str) -> None:
         async with self.store.read() as tx:
             row = await tx.connection(None, connection_id)
+        if row is not None and row["user_id"] in self.suspended:
+            if self.scheduler.get_job(connection_id):
+                self.scheduler.remove_job(connection_id)
+            log.info("schedule of a suspended user stopped", extra={"connection_id": row["id"]})
+            return
         if row is None or row["status"] != "active":
             return
         try:

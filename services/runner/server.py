@@ -19,6 +19,7 @@ from leadmesh.vault.v1 import vault_pb2_grpc
 from services.kit.clock import Clock, SystemClock
 from services.kit.config import database_url
 from services.kit.db import create_service_engine, migrate
+from services.kit.deletions import Reconciler
 from services.kit.grpcclient import open_channel
 from services.kit.grpcserver import RunningService, start_server
 from services.kit.service import service_main
@@ -36,6 +37,7 @@ from services.runner.recorder import Recorder
 from services.runner.schedules import Schedules
 from services.runner.settings import RunnerSettings
 from services.runner.store import Store
+from services.runner.suspensions import Suspensions
 from services.runner.worker import Worker
 
 log = logging.getLogger("leadmesh.runner")
@@ -60,6 +62,7 @@ class Core:
     store: Store
     queue: Queue
     policy: EgressPolicy
+    suspensions: Suspensions
     workers: list[Worker] = field(default_factory=list)
     _closers: list = field(default_factory=list)
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -82,8 +85,13 @@ class Core:
             identity_pb2_grpc.IdentityServiceStub(identity_channel), self.settings.mesh.frontend_url
         )
         recorder = Recorder(
-            self.store, self.clock, self.settings.pause_after_failures, on_notices=mail
+            self.store,
+            self.clock,
+            self.settings.pause_after_failures,
+            on_notices=mail,
+            mail_window_seconds=self.settings.failure_mail_window_seconds,
         )
+        recorder.start()
         for index in range(count):
             worker = Worker(
                 f"{prefix}-{index}",
@@ -95,10 +103,17 @@ class Core:
                 self.policy,
                 self.clock,
                 recorder,
+                suspended=self.suspensions.users,
             )
             worker.start()
             self.workers.append(worker)
-        self._closers += [client.aclose, vault_channel.close, mail.close, identity_channel.close]
+        self._closers += [
+            recorder.close,
+            client.aclose,
+            vault_channel.close,
+            mail.close,
+            identity_channel.close,
+        ]
 
     def start_reconciler(self) -> None:
         async def loop() -> None:
@@ -112,6 +127,28 @@ class Core:
                     log.exception("reconciling the queue failed")
 
         self._tasks.append(asyncio.create_task(loop(), name="reconciler"))
+
+    def start_suspension_sync(self, *, identity: bool) -> None:
+        """Keeps `suspensions` current: from identity's record every
+        `suspension_reconcile_seconds` (the API process), or, in worker-only processes, from the
+        runner's own table every `reconcile_seconds` (the API process writes it)."""
+        if identity:
+            channel = open_channel(self.settings.mesh, "identity", caller="runner")
+            stub = identity_pb2_grpc.IdentityServiceStub(channel)
+            reconciler = Reconciler(
+                "runner suspensions",
+                self.settings.suspension_reconcile_seconds,
+                lambda: self.suspensions.reconcile(stub),
+            )
+            self._closers += [reconciler.stop, channel.close]
+        else:
+            reconciler = Reconciler(
+                "runner suspensions",
+                self.settings.reconcile_seconds,
+                lambda: self.suspensions.load(traced=False),
+            )
+            self._closers.append(reconciler.stop)
+        reconciler.start()
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -141,7 +178,7 @@ def build_core(settings: RunnerSettings, clock: Clock | None = None) -> Core:
         if redis_url
         else DatabaseQueue(store, clock)
     )
-    return Core(settings, clock, store, queue, egress_policy(settings))
+    return Core(settings, clock, store, queue, egress_policy(settings), Suspensions(store, clock))
 
 
 @dataclass
@@ -160,8 +197,9 @@ class Parts:
 def build(settings: RunnerSettings, clock: Clock | None = None) -> Parts:
     core = build_core(settings, clock)
     connections = Connections(settings, core.store, core.clock, core.policy)
-    ingest = Ingest(settings, core.store, core.queue, core.clock)
-    schedules = Schedules(core.store, ingest)
+    suspended = core.suspensions.users
+    ingest = Ingest(settings, core.store, core.queue, core.clock, suspended=suspended)
+    schedules = Schedules(core.store, ingest, suspended)
     connections.listeners += [schedules.changed, ingest.forget]
     return Parts(core, connections, ingest, Activity(core.store, core.clock), schedules)
 
@@ -177,8 +215,14 @@ async def start(
     settings: RunnerSettings, *, clock: Clock | None = None, port: int | None = None
 ) -> RunningRunner:
     parts = build(settings, clock)
+    # Known before the first call is served: a suspended user's webhook is never accepted.
+    await parts.core.suspensions.load()
     api = RunnerApi(
-        parts.connections, parts.ingest, parts.activity, settings.public_egress_addresses()
+        parts.connections,
+        parts.ingest,
+        parts.activity,
+        settings.public_egress_addresses(),
+        suspensions=parts.core.suspensions,
     )
     running = await start_server(
         name="runner",
@@ -190,6 +234,7 @@ async def start(
     )
     await parts.schedules.start()
     parts.core.start_reconciler()
+    parts.core.start_suspension_sync(identity=True)
     parts.core.start_workers(settings.workers, worker_prefix())
     return RunningService(parts, running)
 
@@ -216,6 +261,8 @@ def main(argv: list[str]) -> int:
 async def run_workers(settings: RunnerSettings, count: int, stop: asyncio.Event) -> None:
     """Workers only, until `stop` is set: the body of `leadmesh runner-worker`."""
     core = build_core(settings)
+    await core.suspensions.load()
+    core.start_suspension_sync(identity=False)
     core.start_workers(count, worker_prefix())
     try:
         await stop.wait()

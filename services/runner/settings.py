@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.kit.config import MeshSettings
+from services.kit.config import CommaList, MeshSettings
 
 
 class RunnerSettings(BaseSettings):
@@ -19,13 +19,13 @@ class RunnerSettings(BaseSettings):
 
     # Outgoing calls. The SSRF guard refuses loopback, private, link-local and metadata
     # destinations unless inside one of these networks (CIDRs).
-    allowed_networks: list[str] = Field(default_factory=list)
+    allowed_networks: CommaList = Field(default_factory=list)
     allow_plain_http: bool = False
     # Every outgoing connection is bound to this source address (fixed egress).
     egress_source_address: str | None = None
     # What third parties see (behind NAT these differ from the bound address); listed by
     # GET /v1/egress-ips. Default: the source address, when set.
-    egress_addresses: list[str] = Field(default_factory=list)
+    egress_addresses: CommaList = Field(default_factory=list)
     # A PEM bundle trusted in addition to the system's CAs (a private CA; the tests' receiver).
     ca_file: str | None = None
     connect_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
@@ -37,6 +37,16 @@ class RunnerSettings(BaseSettings):
     backoff_cap_seconds: Annotated[float, Field(gt=0)] = 300.0
     # A connection whose runs fail this many times in a row is paused.
     pause_after_failures: Annotated[int, Field(ge=1)] = 5
+    # The most a rendered request (body, headers) may be; a larger render fails its run, which
+    # is never retried (the same event renders the same way).
+    max_render_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    # Our own outage (the vault unreachable) holds a run without using an attempt, for at most
+    # this long after it was queued; past that, each hold costs an attempt, so a failure that
+    # only looks like an outage still ends at the run's maximum.
+    outage_hold_seconds: Annotated[float, Field(gt=0)] = 6 * 3600.0
+    # Failure e-mails about one connection are gathered: at most one per this many seconds,
+    # saying how many runs failed (the in-app notifications stay one per run).
+    failure_mail_window_seconds: Annotated[float, Field(gt=0)] = 3600.0
     # In-process workers (0: none, the `leadmesh runner-worker` processes do the work) and
     # deliveries each worker runs at once.
     workers: Annotated[int, Field(ge=0)] = 1
@@ -47,6 +57,10 @@ class RunnerSettings(BaseSettings):
     lease_seconds: Annotated[float, Field(gt=0)] = 60.0
     # How often due retries and orphaned runs are (re)queued.
     reconcile_seconds: Annotated[float, Field(gt=0)] = 1.0
+    # How often identity's deletion requests are read, suspending any user whose deletion the
+    # runner was not told of directly (worker-only processes re-read the runner's own record
+    # every reconcile_seconds).
+    suspension_reconcile_seconds: Annotated[float, Field(gt=0)] = 30.0
     # The Redis stream of run ids (runners sharing a Redis database need their own).
     queue_stream: str = "leadmesh:runner:runs"
     # A queued run not claimed this long after it was pushed to Redis is pushed again.
@@ -83,6 +97,13 @@ class RunnerSettings(BaseSettings):
         if value:
             ipaddress.ip_address(value)
         return value or None
+
+    @field_validator("egress_addresses")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            ipaddress.ip_address(address)
+        return value
 
     def public_egress_addresses(self) -> list[str]:
         if self.egress_addresses:

@@ -13,10 +13,12 @@ from services.kit.db import Store as KitStore
 from services.runner.tables import (
     attempts,
     connections,
+    failure_mails,
     idempotency_keys,
     notifications,
     runs,
     webhook_log,
+    webhook_signatures,
 )
 
 # What a worker needs of a run; the event is loaded with it.
@@ -257,6 +259,68 @@ class Tx(RowTx):
             )
         )
 
+    # failure e-mails, gathered per connection
+    async def gather_failure(
+        self, user_id: str, connection_id: str, message: str, now: datetime, since: datetime
+    ) -> int:
+        """Counts a failed run towards its connection's next failure e-mail. Returns how many
+        failures to mail now (this one and any still pending) when the connection was last
+        mailed before `since` (or never), else 0: the mail waits for the window's end."""
+        counted = await self.c.execute(  # the row lock orders concurrent recorders (PostgreSQL)
+            update(failure_mails)
+            .where(failure_mails.c.connection_id == connection_id)
+            .values(pending=failure_mails.c.pending + 1, last_message=message)
+        )
+        if counted.rowcount == 0:
+            try:
+                async with self.c.begin_nested():
+                    await self.c.execute(
+                        insert(failure_mails).values(
+                            connection_id=connection_id,
+                            user_id=user_id,
+                            last_mail_time=None,
+                            pending=1,
+                            last_message=message,
+                        )
+                    )
+            except IntegrityError:  # another recorder made it first
+                return await self.gather_failure(user_id, connection_id, message, now, since)
+        row = await self._one(
+            select(failure_mails).where(failure_mails.c.connection_id == connection_id)
+        )
+        assert row is not None
+        if row["last_mail_time"] is not None and row["last_mail_time"] > since:
+            return 0
+        await self.c.execute(
+            update(failure_mails)
+            .where(failure_mails.c.connection_id == connection_id)
+            .values(pending=0, last_mail_time=now)
+        )
+        return row["pending"]
+
+    async def due_failure_mails(self, since: datetime, limit: int) -> list[dict[str, Any]]:
+        """Connections with failures not mailed yet whose window (last mail before `since`)
+        has ended."""
+        return await self._all(
+            select(failure_mails)
+            .where(failure_mails.c.pending > 0, failure_mails.c.last_mail_time <= since)
+            .limit(limit)
+        )
+
+    async def take_failure_mail(self, row: dict[str, Any], now: datetime, since: datetime) -> bool:
+        """Takes a due mail for sending, unless another process took it (or a failure was
+        counted) meanwhile: the condition is evaluated again under the row lock."""
+        taken = await self.c.execute(
+            update(failure_mails)
+            .where(
+                failure_mails.c.connection_id == row["connection_id"],
+                failure_mails.c.pending == row["pending"],
+                failure_mails.c.last_mail_time <= since,
+            )
+            .values(pending=0, last_mail_time=now)
+        )
+        return taken.rowcount == 1
+
     # idempotency
     async def idempotent_run(self, connection_id: str, key_sha256: str, since: datetime) -> str:
         found = (
@@ -294,6 +358,56 @@ class Tx(RowTx):
         except IntegrityError:
             return False
         return True
+
+    # signed webhooks, for their replay window
+    async def signed_run(self, connection_id: str, signature_sha256: str, now: datetime) -> str:
+        found = (
+            await self.c.execute(
+                select(webhook_signatures.c.run_id).where(
+                    webhook_signatures.c.connection_id == connection_id,
+                    webhook_signatures.c.signature_sha256 == signature_sha256,
+                    webhook_signatures.c.expire_time >= now,
+                )
+            )
+        ).first()
+        return found[0] if found else ""
+
+    async def remember_signature(
+        self,
+        connection_id: str,
+        signature_sha256: str,
+        run_id: str,
+        now: datetime,
+        expire_time: datetime,
+    ) -> bool:
+        """False when another request with this signature took it first."""
+        row = dict(connection_id=connection_id, signature_sha256=signature_sha256, run_id=run_id,
+                   expire_time=expire_time)  # fmt: skip
+        try:
+            async with self.c.begin_nested():
+                await self.c.execute(insert(webhook_signatures).values(**row))
+            return True
+        except IntegrityError:
+            pass
+        # Rarely, the row holding it is past its window and not purged yet: it is replaced.
+        stale = await self.c.execute(
+            delete(webhook_signatures).where(
+                webhook_signatures.c.connection_id == connection_id,
+                webhook_signatures.c.signature_sha256 == signature_sha256,
+                webhook_signatures.c.expire_time < now,
+            )
+        )
+        if not stale.rowcount:
+            return False
+        await self.c.execute(insert(webhook_signatures).values(**row))
+        return True
+
+    async def forget_signatures(self, now: datetime) -> int:
+        """Drops signatures past their window (an index range: cheap when there are none)."""
+        result = await self.c.execute(
+            delete(webhook_signatures).where(webhook_signatures.c.expire_time < now)
+        )
+        return result.rowcount or 0
 
 
 class Store(KitStore[Tx]):

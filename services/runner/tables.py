@@ -46,7 +46,7 @@ runs = Table(
     Column("connection_id", String(36), nullable=False),
     # webhook, schedule, manual
     Column("trigger", String(16), nullable=False),
-    # queued, running, succeeded, failed
+    # queued, running, succeeded, failed, cancelled (the owner's account is being deleted)
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False),
     Column("max_attempts", Integer, nullable=False),
@@ -105,6 +105,9 @@ webhook_log = Table(
     # json, form, text, base64
     Column("body_encoding", String(8), nullable=False),
     Column("body", Text, nullable=False),
+    # Names of the headers and query parameters whose values were replaced by "[redacted]"
+    # (NULL: none, or an entry from before redaction was listed).
+    Column("redacted", JSON, nullable=True),
     Index("ix_webhook_log_user_id_seq", "user_id", "seq"),
     Index("ix_webhook_log_connection_id_seq", "connection_id", "seq"),
 )
@@ -134,4 +137,39 @@ idempotency_keys = Table(
     Column("key_sha256", String(64), primary_key=True),
     Column("run_id", String(36), nullable=False),
     Column("create_time", Time, nullable=False, index=True),
+)
+
+# A signed webhook accepted on a connection, remembered while its signature is within the replay
+# window: the same signature again (a replay) answers the first run instead of making another.
+webhook_signatures = Table(
+    "webhook_signatures",
+    metadata,
+    Column("connection_id", String(36), primary_key=True),
+    Column("signature_sha256", String(64), primary_key=True),
+    Column("run_id", String(36), nullable=False),
+    Column("expire_time", Time, nullable=False, index=True),
+)
+
+# Users whose account deletion was requested (SuspendUser, or reconciled from identity's record):
+# nothing of theirs is accepted or delivered again. Ids only; kept until the user is erased.
+suspended_users = Table(
+    "suspended_users",
+    metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("suspend_time", Time, nullable=False),
+)
+
+# Failure e-mails gathered per connection: at most one per window (RUNNER_FAILURE_MAIL_WINDOW_
+# SECONDS). The first failure after a quiet window is mailed at once; later ones are counted in
+# `pending` and mailed together when the window ends. Ids, counts and our own error text only.
+failure_mails = Table(
+    "failure_mails",
+    metadata,
+    Column("connection_id", String(36), primary_key=True),
+    Column("user_id", String(64), nullable=False),
+    Column("last_mail_time", Time, nullable=True),
+    # Failed runs not mailed yet, and the latest one's message.
+    Column("pending", Integer, nullable=False),
+    Column("last_message", String(1000), nullable=True),
+    Index("ix_failure_mails_pending_last_mail_time", "pending", "last_mail_time"),
 )

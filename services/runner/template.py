@@ -8,8 +8,11 @@ compact JSON). ``\\{{`` writes a literal ``{{``; any other backslash is literal.
 never templated.
 
 Everything is parsed once by ``compile_template``/``compile_headers`` into a tree of closures;
-rendering never parses. This module must never evaluate anything but JMESPath (no eval, no
-format strings) and never let a rendered header value carry CR, LF or NUL.
+rendering never parses. Each render runs under a ``Budget`` (``services.runner.expressions``):
+what it writes and what its expressions do are counted as they happen, so a render past the
+runner's ``RUNNER_MAX_RENDER_BYTES`` stops with ``RenderTooLarge`` before it is built. This module
+must never evaluate anything but JMESPath (no eval, no format strings) and never let a rendered
+header value carry CR, LF, NUL or a lone surrogate.
 """
 
 from __future__ import annotations
@@ -20,23 +23,29 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jmespath
-from jmespath import exceptions as jp_errors
-from jmespath.functions import Functions
-from jmespath.visitor import Options, TreeInterpreter
+from services.runner.expressions import (
+    FUNCTIONS,
+    Budget,
+    ExpressionInvalid,
+    LargeRender,
+    TooLarge,
+    failure,
+    json_size,
+    parse,
+)
 
 MAX_DEPTH = 32  # nested objects/arrays
 MAX_BYTES = 64 * 1024  # serialized as JSON (UTF-8)
 MAX_PLACEHOLDERS = 1000
+MAX_RENDER_BYTES = 1024 * 1024  # RUNNER_MAX_RENDER_BYTES's default
 
 Event = Mapping[str, Any]
-Render = Callable[[Event], Any]
+Render = Callable[[Event, Budget], Any]
+Placeholder = tuple[Render, str]  # its render, and where it is ("path: {{expression}}")
 
-# One interpreter for every placeholder: ParsedResult.search() would build one per call.
-_INTERPRETER = TreeInterpreter(Options())
-_FUNCTIONS = Functions.FUNCTION_TABLE
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 7230 token
 _FORBIDDEN_IN_HEADER = re.compile(r"[\r\n\0]")
+_UNSENDABLE_IN_HEADER = re.compile(r"[\r\n\0\ud800-\udfff]")  # surrogates cannot be encoded
 _QUOTES = {"'": "'", '"': '"', "`": "`"}
 
 
@@ -52,7 +61,8 @@ class TemplateError(ValueError):
 
 
 class RenderError(ValueError):
-    """A placeholder whose expression failed on this event (e.g. join() over a non-array)."""
+    """A placeholder whose expression failed on this event (e.g. join() over a non-array).
+    Deterministic: the same event fails the same way, so a run never retries it."""
 
     def __init__(self, path: str, message: str) -> None:
         self.path = path
@@ -60,17 +70,41 @@ class RenderError(ValueError):
         super().__init__(f"{path}: {message}")
 
 
+class RenderTooLarge(RenderError):
+    """A render past its budget (``RUNNER_MAX_RENDER_BYTES``, or the steps its expressions may
+    take): refused as the run's error, never retried."""
+
+
 class Template:
     """A compiled body template; ``render(event)`` builds a fresh JSON value."""
 
-    __slots__ = ("_render", "placeholders")
+    __slots__ = ("_render", "placeholders", "_field")
 
-    def __init__(self, render: Render, placeholders: int) -> None:
+    def __init__(self, render: Render, placeholders: int, field: str) -> None:
         self._render = render
         self.placeholders = placeholders
+        self._field = field
 
-    def render(self, event: Event) -> Any:
-        return self._render(event)
+    def render(self, event: Event, budget: Budget | None = None) -> Any:
+        """RenderError, RenderTooLarge; LargeRender when an inline ``budget`` runs out."""
+        try:
+            return self._render(event, budget or Budget(MAX_RENDER_BYTES))
+        except TooLarge as error:
+            raise RenderTooLarge(self._field, str(error)) from None
+
+    def encode(self, event: Event, budget: Budget | None = None) -> bytes:
+        """The rendered value as a request's JSON body: at most the budget's bytes, exactly."""
+        budget = budget or Budget(MAX_RENDER_BYTES)
+        value = self.render(event, budget)
+        try:
+            content = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+        except (ValueError, TypeError) as error:
+            raise RenderError(self._field, _not_json(error)) from None
+        if len(content) > budget.max_bytes:  # the budget counted characters, before escapes
+            raise RenderTooLarge(
+                self._field, f"the rendered request is larger than {budget.max_bytes} bytes"
+            )
+        return content
 
 
 class HeaderTemplate:
@@ -81,15 +115,19 @@ class HeaderTemplate:
     def __init__(self, items: list[tuple[str, Render]]) -> None:
         self._items = items
 
-    def render(self, event: Event) -> dict[str, str]:
-        return {name: _clean_header(render(event)) for name, render in self._items}
+    def render(self, event: Event, budget: Budget | None = None) -> dict[str, str]:
+        budget = budget or Budget(MAX_RENDER_BYTES)
+        try:
+            return {name: _clean_header(render(event, budget)) for name, render in self._items}
+        except TooLarge as error:
+            raise RenderTooLarge("headers", str(error)) from None
 
 
 def compile_template(value: Any, *, field: str = "body_template") -> Template:
     _check_size(value, field)
     compiler = _Compiler()
     render = compiler.value(value, field)
-    return Template(render, compiler.count)
+    return Template(render, compiler.count, field)
 
 
 def compile_headers(headers: Mapping[str, str]) -> HeaderTemplate:
@@ -126,27 +164,39 @@ class _Compiler:
             return self.string(value, path)
         if isinstance(value, dict):
             items = [(key, self.value(item, f"{path}.{key}")) for key, item in value.items()]
-            return lambda event: {key: render(event) for key, render in items}
+            frame = json_size({key: None for key in value}, MAX_BYTES) - 4 * len(value)
+
+            def render_object(event: Event, budget: Budget) -> dict[str, Any]:
+                budget.write(frame)
+                return {key: render(event, budget) for key, render in items}
+
+            return render_object
         if isinstance(value, list | tuple):
             renders = [self.value(item, f"{path}[{i}]") for i, item in enumerate(value)]
-            return lambda event: [render(event) for render in renders]
-        return lambda event: value  # None, bool, int, float: immutable
+            frame = 1 + len(renders)
+
+            def render_array(event: Event, budget: Budget) -> list[Any]:
+                budget.write(frame)
+                return [render(event, budget) for render in renders]
+
+            return render_array
+        return _constant(value, len(json.dumps(value)))  # None, bool, int, float: immutable
 
     def string(self, text: str, path: str) -> Render:
         """Exactly one placeholder keeps the value's type; anything else renders as text."""
         parts = self._parts(text, path)
-        if len(parts) == 1 and not isinstance(parts[0], str):
-            return parts[0]
-        return _join(parts)
+        if len(parts) == 1 and isinstance(parts[0], tuple):
+            return _as_value(parts[0][0])
+        return _join(parts, quotes=2)
 
     def text(self, text: str, path: str) -> Render:
-        return _join(self._parts(text, path))
+        return _join(self._parts(text, path), quotes=0)
 
-    def _parts(self, text: str, path: str) -> list[str | Render]:
+    def _parts(self, text: str, path: str) -> list[str | Placeholder]:
         """Split ``text`` into literal strings (unescaped) and compiled placeholders."""
         if "{{" not in text:
             return [text]
-        parts: list[str | Render] = []
+        parts: list[str | Placeholder] = []
         literal = ""
         i = 0
         while (j := text.find("{{", i)) >= 0:
@@ -174,32 +224,33 @@ class _Compiler:
         naive = text.find("}}", start + 2)
         if naive >= 0:
             try:
-                jmespath.compile(text[start + 2 : naive])
-            except jp_errors.JMESPathError as error:
-                return _syntax_error(error, text[start + 2 : naive], path, start + 2)
+                parse(text[start + 2 : naive])
+            except ExpressionInvalid as error:
+                return TemplateError(path, start + 2 + error.position, error.message)
         return TemplateError(path, start, "unclosed '{{' (no matching '}}')")
 
-    def _placeholder(self, expression: str, path: str, start: int, offset: int) -> Render:
+    def _placeholder(self, expression: str, path: str, start: int, offset: int) -> Placeholder:
         self.count += 1
         if self.count > MAX_PLACEHOLDERS:
             raise TemplateError(path, start, f"more than {MAX_PLACEHOLDERS} placeholders")
         if not expression.strip():
             raise TemplateError(path, start, "empty expression")
         try:
-            parsed = jmespath.compile(expression).parsed
-        except jp_errors.JMESPathError as error:
-            raise _syntax_error(error, expression, path, offset) from None
+            parsed = parse(expression)
+        except ExpressionInvalid as error:
+            raise TemplateError(path, offset + error.position, error.message) from None
         _check_functions(parsed, expression, path, offset)
-        visit = _INTERPRETER.visit
         where = f"{path}: {{{{{expression}}}}}"
 
-        def render(event: Event) -> Any:
+        def render(event: Event, budget: Budget) -> Any:
             try:
-                return visit(parsed, event)
-            except jp_errors.JMESPathError as error:
-                raise RenderError(where, str(error)) from None
+                return budget.evaluate(parsed, event)
+            except (TooLarge, LargeRender):
+                raise
+            except Exception as error:  # noqa: BLE001 - any failure over this event is the run's
+                raise RenderError(where, failure(error)) from None
 
-        return render
+        return render, where
 
 
 def _closing(text: str, i: int) -> int:
@@ -225,19 +276,6 @@ def _closing(text: str, i: int) -> int:
     return -1
 
 
-def _syntax_error(error: Exception, expression: str, path: str, offset: int) -> TemplateError:
-    position = getattr(error, "lex_position", None)
-    if isinstance(error, jp_errors.IncompleteExpressionError):
-        message = "incomplete expression"
-        position = len(expression)
-    elif isinstance(error, jp_errors.LexerError):
-        message = error.message
-    else:
-        message = getattr(error, "msg", None) or str(error)
-    message = message[:1].lower() + message[1:]
-    return TemplateError(path, offset + (position or 0), message)
-
-
 def _check_functions(node: dict[str, Any], expression: str, path: str, offset: int) -> None:
     """Unknown functions and wrong argument counts fail at save time, not at each render."""
     for child in node.get("children", ()):
@@ -248,7 +286,7 @@ def _check_functions(node: dict[str, Any], expression: str, path: str, offset: i
     name, given = node["value"], len(node["children"])
     found = re.search(rf"\b{re.escape(name)}\s*\(", expression)
     position = offset + (found.start() if found else 0)
-    spec = _FUNCTIONS.get(name)
+    spec = FUNCTIONS.get(name)
     if spec is None:
         raise TemplateError(path, position, f"unknown function {name}()")
     signature = spec["signature"]
@@ -260,7 +298,12 @@ def _check_functions(node: dict[str, Any], expression: str, path: str, offset: i
 
 def _check_size(value: Any, path: str) -> None:
     _check_json(value, path, 0)
-    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+    try:
+        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+    except UnicodeEncodeError:
+        raise TemplateError(path, None, "not valid Unicode (a lone surrogate)") from None
+    except ValueError:  # an integer past Python's int-to-text digit limit
+        raise TemplateError(path, None, "a number too long to write") from None
     if size > MAX_BYTES:
         raise TemplateError(path, None, f"larger than {MAX_BYTES} bytes as JSON ({size})")
 
@@ -291,30 +334,67 @@ def _check_depth(path: str, depth: int) -> None:
 # --- rendering helpers ---
 
 
-def _join(parts: list[str | Render]) -> Render:
+def _join(parts: list[str | Placeholder], quotes: int) -> Render:
     if all(isinstance(part, str) for part in parts):
         literal = "".join(parts)  # type: ignore[arg-type]
-        return lambda event: literal
-    renders = [_constant(p) if isinstance(p, str) else _as_text(p) for p in parts]
-    return lambda event: "".join([render(event) for render in renders])
+        return _constant(literal, len(literal) + quotes)
+    renders = [_constant(p, len(p)) if isinstance(p, str) else _as_text(*p) for p in parts]
+
+    def render_text(event: Event, budget: Budget) -> str:
+        budget.write(quotes)
+        return "".join([render(event, budget) for render in renders])
+
+    return render_text
 
 
-def _constant(text: str) -> Render:
-    return lambda event: text
+def _constant(value: Any, size: int) -> Render:
+    def render_constant(event: Event, budget: Budget) -> Any:
+        budget.write(size)
+        return value
+
+    return render_constant
 
 
-def _as_text(render: Render) -> Render:
-    def text(event: Event) -> str:
-        value = render(event)
+def _as_value(render: Render) -> Render:
+    """A lone placeholder: its value is written whole (counted up to what the budget allows)."""
+
+    def value(event: Event, budget: Budget) -> Any:
+        found = render(event, budget)
+        budget.write(json_size(found, budget.room))
+        return found
+
+    return value
+
+
+def _as_text(render: Render, where: str) -> Render:
+    def text(event: Event, budget: Budget) -> str:
+        value = render(event, budget)
         if isinstance(value, str):
+            budget.write(len(value))
             return value
         if value is None:
             return ""
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        estimate = json_size(value, budget.room)
+        budget.write(estimate)  # before json.dumps builds it
+        try:
+            written = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (ValueError, TypeError) as error:
+            raise RenderError(where, _not_json(error)) from None
+        budget.write(len(written) - estimate)
+        return written
 
     return text
 
 
+def _not_json(error: Exception) -> str:
+    if isinstance(error, TypeError):  # `&expression` evaluates to a reference, not a value
+        return "an expression reference (&…) is not a JSON value"
+    return "NaN and infinity are not JSON"
+
+
 def _clean_header(value: str) -> str:
-    """Data from the incoming lead must not split a header: CR, LF, NUL become spaces."""
-    return _FORBIDDEN_IN_HEADER.sub(" ", value) if _FORBIDDEN_IN_HEADER.search(value) else value
+    """Data from the incoming lead must not split a header: CR, LF, NUL become spaces (and a
+    lone surrogate, which no encoding can send, U+FFFD)."""
+    if not _UNSENDABLE_IN_HEADER.search(value):
+        return value
+    return _UNSENDABLE_IN_HEADER.sub(lambda m: " " if m.group() in "\r\n\0" else "\ufffd", value)

@@ -13,6 +13,7 @@ status and the error's type only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,6 +32,18 @@ def current_trace_parent() -> str | None:
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier)
     return carrier.get("traceparent")
+
+
+# version-traceid-parentid-flags (W3C Trace Context §3.2); an all-zero trace id is invalid.
+_TRACE_PARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def trace_id_of(trace_parent: str | None) -> str:
+    """The 32-hex trace id a traceparent names, or "" for none (or a malformed one)."""
+    found = _TRACE_PARENT.fullmatch(trace_parent or "")
+    if found is None or found.group(1) == "0" * 32:
+        return ""
+    return found.group(1)
 
 
 @contextmanager

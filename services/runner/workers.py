@@ -8,6 +8,7 @@ import asyncio
 import signal
 import sys
 
+from services.kit.config import settings_or_exit
 from services.kit.logs import setup_logging
 from services.kit.telemetry import setup_telemetry
 from services.runner.server import run_workers
@@ -18,7 +19,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="leadmesh runner-worker")
     parser.add_argument("--count", type=int, default=1, help="workers in this process")
     args = parser.parse_args(argv)
-    settings = RunnerSettings()
+    settings = settings_or_exit(RunnerSettings)
     setup_logging("runner-worker", settings.mesh.log_level)
     provider = setup_telemetry("runner-worker", settings.mesh)
 

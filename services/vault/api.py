@@ -13,6 +13,7 @@ from leadmesh.vault.v1 import vault_pb2_grpc
 
 from services.kit import callers
 from services.kit.callers import acting_user
+from services.kit.deletions import SuspendedUsers
 from services.kit.errors import InvalidArgument
 from services.kit.timestamps import put_timestamp
 from services.vault.domain import Resolved, Vault
@@ -29,6 +30,7 @@ _BY_CALLER = {
         "DeleteCredential",
         "StartOAuth",
         "CompleteOAuth",
+        "SuspendUser",
     ),
     "runner": ("ResolveCredential", "RefreshOAuthCredential"),
     "operator": (
@@ -98,10 +100,13 @@ def resolved_pb(resolved: Resolved) -> pb.ResolvedCredential:
 
 
 class VaultApi(vault_pb2_grpc.VaultServiceServicer):
-    def __init__(self, vault: Vault, flow: OAuthFlow, admin: KeyAdmin) -> None:
+    def __init__(
+        self, vault: Vault, flow: OAuthFlow, admin: KeyAdmin, suspensions: SuspendedUsers
+    ) -> None:
         self.vault = vault
         self.flow = flow
         self.admin = admin
+        self.suspensions = suspensions
 
     def _peer(self, context) -> str:
         """The caller's mesh name, for the audit log (the interceptor has vetted it)."""
@@ -205,6 +210,10 @@ class VaultApi(vault_pb2_grpc.VaultServiceServicer):
 
     async def SetOAuthClientSecret(self, request, context):  # noqa: N802
         await self.admin.set_client_secret(request.provider, request.client_secret)
+        return empty_pb2.Empty()
+
+    async def SuspendUser(self, request, context):  # noqa: N802
+        await self.suspensions.suspend([_user(request.user_id)])
         return empty_pb2.Empty()
 
     async def ShredUserKey(self, request, context):  # noqa: N802

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -135,9 +135,12 @@ class Vault:
         clock: Clock,
         *,
         render: Callable[[Mapping[str, Any]], Any],
+        suspended: Container[str] = frozenset(),
     ) -> None:
         """`render`: how the API sends a credential's metadata; a resolve served from memory
-        hands out the form made when its row was read (no work per resolve)."""
+        hands out the form made when its row was read (no work per resolve). `suspended`: the
+        users whose deletion was requested (services/kit/deletions.py), whose secrets no longer
+        leave the vault."""
         self.settings = settings
         self.store = store
         self.keyring = keyring
@@ -146,6 +149,7 @@ class Vault:
         self.providers = providers
         self.clock = clock
         self.render = render
+        self.suspended = suspended
         self.sealed: SealedRows[_Sealed] = SealedRows(enabled=not settings.mesh.redis())
 
     # data keys
@@ -342,6 +346,8 @@ class Vault:
     ) -> Resolved:
         user_id, credential_id, connection_id = _runner_ids(user_id, credential_id, connection_id)
         try:
+            if user_id in self.suspended:
+                raise _account_deleted()
             resolved = await self._open(user_id, credential_id)
             if resolved.credential["status"] == NEEDS_RECONNECT:
                 raise _needs_reconnect()
@@ -368,6 +374,8 @@ class Vault:
             caller, user_id, "refresh", credential_id=credential_id, connection_id=connection_id
         )
         try:
+            if user_id in self.suspended:
+                raise _account_deleted()
             resolved = await self._open(user_id, credential_id)
             if resolved.credential["kind"] != "oauth2":
                 raise FailedPrecondition("NOT_OAUTH2", "only oauth2 credentials refresh")
@@ -444,6 +452,12 @@ def _needs_reconnect() -> FailedPrecondition:
     )
 
 
+def _account_deleted() -> FailedPrecondition:
+    return FailedPrecondition(
+        "ACCOUNT_DELETED", "the owner of this credential asked for their account's deletion"
+    )
+
+
 def _with(event: Event, **changes: Any) -> Event:
     return event._replace(**changes)
 
@@ -455,6 +469,9 @@ def _encode_token(row: dict[str, Any]) -> str:
 def _decode_token(token: str) -> tuple[datetime, str]:
     when, _, credential_id = page_cursor(token).partition("|")
     try:
-        return datetime.fromisoformat(when), str(uuid.UUID(credential_id))
+        moment, found = datetime.fromisoformat(when), str(uuid.UUID(credential_id))
     except ValueError:
         raise invalid_page_token() from None
+    if moment.tzinfo is None:  # every issued token is UTC; a naive time would not compare
+        raise invalid_page_token()
+    return moment, found

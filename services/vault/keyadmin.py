@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 
-from services.kit.errors import FailedPrecondition, InvalidArgument
+from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.vault.audit import Event
 from services.vault.domain import Vault
 from services.vault.keys import new_data_key, seal, secret_aad, unseal
@@ -102,7 +102,12 @@ class KeyAdmin:
         async with vault.store.begin() as tx:
             found = await vault.data_key(tx, user_id, create=False)
             if found is None:
-                return 0
+                # A mistyped id must not look like a rotation that found nothing to do.
+                raise NotFound(
+                    "USER_KEY_NOT_FOUND",
+                    "the vault holds no data key for this user (unknown, or no secret stored)",
+                    field="user_id",
+                )
             old_key, generation = found
             new_key = new_data_key()
             version, wrapped = self.keyring.wrap(user_id, new_key)

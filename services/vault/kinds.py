@@ -3,6 +3,12 @@ before it is sealed.
 
 Errors name the offending field, never its value: values are secrets.
 
+Values that go into an HTTP request's header or query (an API key, an OAuth access token, a login's
+Basic credentials) refuse control characters (C0 and DEL, RFC 9110 §5.5; RFC 7617 §2 for Basic):
+the HTTP client would refuse the request, and its error, which quotes the header, would carry the
+secret into the run's error, its notification and its e-mail. A value sent as a header field
+itself must also be latin-1 (HTTP field values are octets; h11 encodes them so).
+
 Encodings (the credential's `format_version`, bound into the ciphertext's associated data):
 1 is the secret as JSON (rows sealed before format 2, still read); 2 is a serialized
 `google.protobuf.Struct`, the very message a resolve sends, so that serving it takes one parse in
@@ -28,6 +34,24 @@ MAX_SECRET_CHARS = 16_384
 
 def _bad(field: str, why: str) -> InvalidArgument:
     return InvalidArgument("INVALID_SECRET", f"secret.{field} {why}", field=f"secret.{field}")
+
+
+def _no_controls(value: str) -> bool:
+    return not any(ch < " " or ch == "\x7f" for ch in value)
+
+
+def _sendable(field: str, value: str | None, *, header: bool) -> str | None:
+    """The value, if it can travel in a request's header (header=True) or query as it is."""
+    if value is None:
+        return None
+    if not _no_controls(value):
+        raise _bad(field, "must not contain control characters (a pasted newline?)")
+    if header and not value.isascii():
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise _bad(field, "must be latin-1 text: it is sent in an HTTP header") from None
+    return value
 
 
 def _text(secret: dict[str, Any], field: str, *, required: bool = True) -> str | None:
@@ -67,16 +91,25 @@ def validate(kind: str, secret: dict[str, Any]) -> dict[str, Any]:
         if header is not None:
             if not isinstance(header, str) or not _HEADER.match(header):
                 raise _bad("header", "must be an HTTP header name")
-            return {"key": key, "header": header}
+            return {"key": _sendable("key", key, header=True), "header": header}
         if not isinstance(query, str) or not _QUERY.match(query):
             raise _bad("query", "must be a query parameter name")
-        return {"key": key, "query": query}
+        # Percent-encoded in the URL, so any text travels; control characters still refused.
+        return {"key": _sendable("key", key, header=False), "query": query}
     if kind == "login":
         _only(secret, {"username", "password"})
-        return {"username": _text(secret, "username"), "password": _text(secret, "password")}
+        # Base64-encoded into `Authorization: Basic` (UTF-8, RFC 7617), which forbids controls.
+        return {
+            "username": _sendable("username", _text(secret, "username"), header=False),
+            "password": _sendable("password", _text(secret, "password"), header=False),
+        }
     _only(secret, {"access_token", "refresh_token", "expires_at", "scopes", "token_type"})
-    stored: dict[str, Any] = {"access_token": _text(secret, "access_token")}
-    refresh = _text(secret, "refresh_token", required=False)
+    access_token = _sendable("access_token", _text(secret, "access_token"), header=True)
+    stored: dict[str, Any] = {"access_token": access_token}
+    # Sent in a form body, but a control character in it is as much a pasting mistake.
+    refresh = _sendable(
+        "refresh_token", _text(secret, "refresh_token", required=False), header=False
+    )
     if refresh is not None:
         stored["refresh_token"] = refresh
     expires_at = secret.get("expires_at")

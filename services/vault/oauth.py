@@ -71,15 +71,27 @@ class Tokens:
 def load_providers(setting: str | None, *, production: bool) -> dict[str, Provider]:
     if not setting:
         return {}
-    text = setting if setting.lstrip().startswith("{") else Path(setting).read_text()
     try:
-        providers = {name: Provider(**spec) for name, spec in json.loads(text).items()}
-    except (ValueError, TypeError, ValidationError) as error:
+        text = setting if setting.lstrip().startswith("{") else Path(setting).read_text()
+        specs = json.loads(text)
+        if not isinstance(specs, dict):
+            raise ValueError('not a JSON object {"<provider>": {…}}')
+    except (OSError, ValueError) as error:
         raise SystemExit(f"VAULT_OAUTH_PROVIDERS is not valid: {error}") from None
+    providers = {}
+    for name, spec in specs.items():
+        try:
+            providers[name] = Provider.model_validate(spec)
+        except ValidationError as error:
+            # One line, and never the input: a provider's entry may hold its client secret.
+            reasons = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'entry'}: {e['msg']}" for e in error.errors()
+            )
+            raise SystemExit(f"VAULT_OAUTH_PROVIDERS[{name}] is not valid: {reasons}") from None
     if production and any(p.client_secret for p in providers.values()):
         raise SystemExit(
-            "production mode: remove client secrets from VAULT_OAUTH_PROVIDERS and set them with "
-            "`leadmesh oauth set-secret <provider>`"
+            "VAULT_OAUTH_PROVIDERS holds client secrets, which production mode (VAULT_PRODUCTION) "
+            "refuses: remove them and set each with `leadmesh oauth set-secret <provider>`"
         )
     return providers
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from leadmesh.identity.v1 import identity_pb2_grpc
 from leadmesh.vault.v1 import vault_pb2_grpc
 
 from services.kit.clock import Clock, SystemClock
 from services.kit.config import database_url
 from services.kit.db import create_service_engine, migrate
+from services.kit.deletions import Reconciler, SuspendedUsers
+from services.kit.grpcclient import open_channel
 from services.kit.grpcserver import RunningService, start_server
 from services.kit.service import service_main
 from services.kit.telemetry import instrument_engine
@@ -24,6 +27,7 @@ from services.vault.leases import DatabaseLeases, Leases, RedisLeases
 from services.vault.oauth import OAuthProviders, load_providers
 from services.vault.settings import VaultSettings
 from services.vault.store import Store
+from services.vault.tables import suspended_users
 
 log = logging.getLogger("leadmesh.vault")
 
@@ -33,8 +37,26 @@ class Parts:
     vault: Vault
     flow: OAuthFlow
     admin: KeyAdmin
+    suspensions: SuspendedUsers
+    _closers: list = field(default_factory=list)
+
+    def start_suspension_sync(self) -> None:
+        """Suspends, now and every `suspension_reconcile_seconds`, whoever identity's record
+        lists and this vault has not recorded."""
+        settings = self.vault.settings
+        channel = open_channel(settings.mesh, "identity", caller="vault")
+        stub = identity_pb2_grpc.IdentityServiceStub(channel)
+        reconciler = Reconciler(
+            "vault suspensions",
+            settings.suspension_reconcile_seconds,
+            lambda: self.suspensions.reconcile(stub),
+        )
+        reconciler.start()
+        self._closers += [reconciler.stop, channel.close]
 
     async def close(self) -> None:
+        for close in self._closers:
+            await close()
         await self.vault.audit.close()
         await self.vault.leases.close()
         await self.vault.store.close()
@@ -55,6 +77,7 @@ def build(settings: VaultSettings, clock: Clock | None = None) -> Parts:
         else DatabaseLeases(store, clock, settings.refresh_lease_seconds)
     )
     admin_ref: list[KeyAdmin] = []
+    suspensions = SuspendedUsers(store, clock, suspended_users)
 
     async def client_secret(provider: str) -> str | None:
         return await admin_ref[0].client_secret(provider)
@@ -76,10 +99,11 @@ def build(settings: VaultSettings, clock: Clock | None = None) -> Parts:
         providers,
         clock,
         render=credential_pb,
+        suspended=suspensions.users,
     )
     admin = KeyAdmin(vault)
     admin_ref.append(admin)
-    return Parts(vault, OAuthFlow(vault), admin)
+    return Parts(vault, OAuthFlow(vault), admin, suspensions)
 
 
 RunningVault = RunningService[Parts]
@@ -89,7 +113,9 @@ async def start(
     settings: VaultSettings, *, clock: Clock | None = None, port: int | None = None
 ) -> RunningVault:
     parts = build(settings, clock)
-    api = VaultApi(parts.vault, parts.flow, parts.admin)
+    # Known before the first call is served: a suspended user's secret never leaves.
+    await parts.suspensions.load()
+    api = VaultApi(parts.vault, parts.flow, parts.admin, parts.suspensions)
     running = await start_server(
         name="vault",
         mesh=settings.mesh,
@@ -98,6 +124,7 @@ async def start(
         service_names=[SERVICE],
         allowed=ALLOWED_CALLERS,
     )
+    parts.start_suspension_sync()
     return RunningService(parts, running)
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.kit.config import MeshSettings
+from services.vault.oauth import load_providers
 
 
 class VaultSettings(BaseSettings):
@@ -39,6 +40,22 @@ class VaultSettings(BaseSettings):
     audit_flush_seconds: Annotated[float, Field(ge=0, le=5)] = 0.05
     # Retention category of the audit log (DESIGN: 90 days).
     audit_log_days: Annotated[int, Field(ge=1)] = 90
+    # How often identity's deletion requests are read, suspending any user whose deletion the
+    # vault was not told of directly (and picking up what other vault replicas recorded).
+    suspension_reconcile_seconds: Annotated[float, Field(gt=0)] = 30.0
+
+    @model_validator(mode="after")
+    def _providers_readable(self) -> VaultSettings:
+        # The vault reads them again when it starts; reading them here too lets `leadmesh up`
+        # refuse a wrong file before it starts anything.
+        try:
+            load_providers(
+                self.oauth_providers.get_secret_value() if self.oauth_providers else None,
+                production=self.production,
+            )
+        except SystemExit as refused:
+            raise ValueError(str(refused)) from None
+        return self
 
     @property
     def var_dir(self) -> Path:

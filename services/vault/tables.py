@@ -107,3 +107,12 @@ oauth_client_secrets = Table(
     Column("secret", LargeBinary, nullable=False),
     Column("update_time", Time, nullable=False),
 )
+
+# Users whose account deletion was requested (SuspendUser, or reconciled from identity's record):
+# their credentials are never resolved or refreshed again. Ids only; kept until erasure.
+suspended_users = Table(
+    "suspended_users",
+    metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("suspend_time", Time, nullable=False),
+)

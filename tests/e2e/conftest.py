@@ -34,6 +34,8 @@ LOCKOUT_WINDOW_SECONDS = 6
 WEBHOOK_BURST, WEBHOOK_RATE_PER_SECOND = 20, 5
 # Failed runs in a row before the runner pauses a connection.
 PAUSE_AFTER_FAILURES = 3
+# At most one failure mail per connection per this many seconds (production: an hour).
+FAILURE_MAIL_WINDOW_SECONDS = 4
 
 
 class Inbox:
@@ -45,6 +47,7 @@ class Inbox:
 
     async def handle_DATA(self, _server, _session, envelope) -> str:  # noqa: N802 - aiosmtpd API
         message = email.message_from_bytes(envelope.content, policy=policy.default)
+        message.raw = envelope.content  # type: ignore[attr-defined] - the bytes as sent
         with self._arrived:
             self.messages.append(message)
             self._arrived.notify_all()
@@ -171,7 +174,8 @@ def runner_env(receiver: SharedReceiver) -> dict[str, str]:
     """The runner may deliver to the receiver on loopback (its CA trusted, plain HTTP allowed),
     retries quickly, and limits webhooks so that a test reaches the limit at once."""
     return {
-        "RUNNER_ALLOWED_NETWORKS": '["127.0.0.0/8"]',
+        # As README writes it (comma-separated); GATEWAY_TRUSTED_PROXIES below keeps JSON.
+        "RUNNER_ALLOWED_NETWORKS": "127.0.0.0/8",
         "RUNNER_CA_FILE": str(receiver.ca_file),
         "RUNNER_ALLOW_PLAIN_HTTP": "1",
         "RUNNER_BACKOFF_BASE_SECONDS": "0.05",
@@ -185,6 +189,8 @@ def runner_env(receiver: SharedReceiver) -> dict[str, str]:
         "RUNNER_WEBHOOK_BURST": str(WEBHOOK_BURST),
         "RUNNER_WEBHOOK_RATE_PER_SECOND": str(WEBHOOK_RATE_PER_SECOND),
         "RUNNER_PAUSE_AFTER_FAILURES": str(PAUSE_AFTER_FAILURES),
+        # Failure mails gathered per connection over seconds, not the hour of production.
+        "RUNNER_FAILURE_MAIL_WINDOW_SECONDS": str(FAILURE_MAIL_WINDOW_SECONDS),
     }
 
 

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import (
+    FAILURE_MAIL_WINDOW_SECONDS,
     PAUSE_AFTER_FAILURES,
     Inbox,
     Mesh,
@@ -124,6 +125,20 @@ def test_connections_are_listed_newest_first_page_by_page(alice: httpx.Client):
         assert refused.status_code in (400, 422), refused.text
     assert alice.get("/v1/connections", params={"page_size": 0}).status_code == 422
     assert alice.get("/v1/connections", params={"page_size": 101}).status_code == 422
+
+
+def test_page_tokens_no_service_issued_are_422_invalid_page_token_on_every_list(
+    alice: httpx.Client,
+):
+    # "wrI" is "²" and "YmVmb3JlOsKy" "before:²": digits to str.isdigit, not to int (500s once).
+    lists = ("/v1/connections", "/v1/activity", "/v1/webhook-log", "/v1/notifications",
+             "/v1/me/login-history", "/v1/credentials")  # fmt: skip
+    for path in lists:
+        for token in ("wrI", "YmVmb3JlOsKy", "MTLCsg", "ü"):
+            refused = alice.get(path, params={"page_token": token})
+            assert refused.status_code == 422, (path, token, refused.text)
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert refused.json()["code"] == "INVALID_PAGE_TOKEN", (path, token)
 
 
 def test_a_connection_is_changed_field_by_field(
@@ -352,6 +367,14 @@ def test_bad_connections_are_422_naming_the_field_and_position(alice: httpx.Clie
     )
     assert header["code"] == "INVALID_TEMPLATE"
     assert header["errors"][0]["field"] == "action.headers.X-A"
+    # 600 nested parentheses once overflowed the JMESPath parser's stack: a 500.
+    deep = "{{ " + "(" * 600 + "body" + ")" * 600 + " }}"
+    problem = _refused(
+        alice, {"trigger": manual, "action": action("https://example.com", body_template=deep)}
+    )
+    assert problem["code"] == "INVALID_TEMPLATE"
+    assert problem["errors"][0]["field"] == "action.body_template"
+    assert "nested deeper than 64 levels" in problem["errors"][0]["message"]
 
     for cron in ("not a cron", "* * *", "61 * * * *"):
         problem = _refused(
@@ -692,3 +715,41 @@ def test_failures_are_mailed_to_owners_who_consent(
         # The runner never holds the address: identity looked it up and checked the consent.
         time.sleep(1.0)
         assert not [m for m in inbox.messages if silent in str(m["To"])]
+
+
+def test_failure_mails_about_one_connection_are_gathered(
+    mesh_up: Mesh, receiver: SharedReceiver, inbox: Inbox
+):
+    """Three runs failing within a second: one mail at once, the other two in one mail saying
+    how many once the connection's window ends; in the app, one notification per run."""
+    target = receiver.path("gathered")
+    receiver.answer(target, 500, {"error": "down"})
+    with mesh_up.client() as owner:
+        address = register_and_login(owner)
+        made = create(owner, action=action(receiver.https_url(target)), max_attempts=1)
+        runs = [start_run(owner, made["id"], {"n": n}) for n in range(PAUSE_AFTER_FAILURES)]
+        for run_id in runs:
+            assert finished(owner, run_id)["status"] == "failed"
+
+        def failure_mails() -> list:
+            return [
+                m for m in inbox.messages
+                if address in str(m["To"]) and "failed" in str(m["Subject"])
+            ]  # fmt: skip
+
+        first = inbox.wait_for(address, "failed")
+        assert "HTTP 500" in first.get_content()
+        time.sleep(1.0)
+        assert len(failure_mails()) == 1  # not one per run
+        gathered = inbox.wait_for(
+            address, f"{len(runs) - 1} runs", timeout=FAILURE_MAIL_WINDOW_SECONDS + 10
+        )
+        assert f"{len(runs) - 1} runs of this connection failed" in gathered.get_content()
+        assert "HTTP 500" in gathered.get_content() and made["id"] in gathered.get_content()
+        time.sleep(1.0)
+        assert len(failure_mails()) == 2
+        # The pause is its own mail, sent at once.
+        assert inbox.wait_for(address, "paused")
+        notices = owner.get("/v1/notifications", params={"connection_id": made["id"]}).json()
+        failed = [n["run_id"] for n in notices["items"] if n["kind"] == "run_failed"]
+        assert sorted(failed) == sorted(runs)

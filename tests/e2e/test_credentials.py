@@ -63,6 +63,33 @@ def test_bad_secrets_are_422_naming_the_field(api: httpx.Client):
         assert refused.json()["errors"][0]["field"] == field
 
 
+def test_a_secret_with_a_control_character_is_422_naming_the_field(api: httpx.Client):
+    """A pasted newline would reach an HTTP header, whose client refuses it quoting the secret
+    (into the run's error, notification and e-mail): refused when saved and when changed."""
+    register_and_login(api)
+    for kind, secret, field in (
+        ("api_key", {"key": "sk_live_0123456789\n", "header": "X-Api-Key"}, "secret.key"),
+        ("api_key", {"key": "sk_live_\r\n0123456789", "query": "api_key"}, "secret.key"),
+        ("api_key", {"key": "sk_live_€0123456789", "header": "X-Api-Key"}, "secret.key"),
+        ("oauth2", {"access_token": "at_0123456789\x7f"}, "secret.access_token"),
+        ("login", {"username": "ann", "password": "pw\t"}, "secret.password"),
+    ):
+        body = {"name": "x", "kind": kind, "provider": "p", "secret": secret}
+        refused = api.post("/v1/credentials", json=body)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["code"] == "INVALID_SECRET"
+        assert refused.json()["errors"][0]["field"] == field
+        assert "0123456789" not in refused.text
+    made = _create(api, "fine", "api_key", {"key": "sk_live_0123456789", "header": "X-Api-Key"})
+    changed = api.patch(
+        f"/v1/credentials/{made['id']}",
+        json={"secret": {"key": "sk_live_9876543210\n", "header": "X-Api-Key"}},
+    )
+    assert changed.status_code == 422, changed.text
+    assert changed.json()["errors"][0]["field"] == "secret.key"
+    assert "9876543210" not in changed.text
+
+
 def test_user_b_cannot_see_use_change_or_delete_user_a_credentials(mesh_up: Mesh):
     with mesh_up.client() as alice, mesh_up.client() as bob:
         register_and_login(alice)

@@ -168,6 +168,29 @@ def test_password_change_ends_other_sessions(api: httpx.Client, mesh_up: Mesh):
         assert api.get("/v1/me").status_code == 200
 
 
+def test_the_session_just_opened_is_the_current_one(api: httpx.Client, mesh_up: Mesh):
+    address = register_and_login(api)
+    with mesh_up.client() as fresh:
+        signed = fresh.post("/v1/sessions", json={"email": address, "password": PASSWORD})
+        assert signed.status_code == 200, signed.text
+        assert signed.json()["session"]["current"] is True
+        listed = fresh.get("/v1/me/sessions").json()["items"]
+        (current,) = [s for s in listed if s["current"]]
+        assert current["id"] == signed.json()["session"]["id"]
+        fresh.headers["X-CSRF-Token"] = fresh.cookies["lm_csrf"]
+        change = {"current_password": PASSWORD, "new_password": "yet another passphrase"}
+        changed = fresh.put("/v1/me/password", json=change)
+        assert changed.status_code == 200 and changed.json()["session"]["current"] is True
+
+
+def test_a_wrong_current_password_names_the_field(api: httpx.Client):
+    register_and_login(api)
+    change = {"current_password": "not the password at all", "new_password": "a new passphrase"}
+    wrong = api.put("/v1/me/password", json=change)
+    assert wrong.status_code == 401 and wrong.json()["code"] == "INVALID_CREDENTIALS"
+    assert [e["field"] for e in wrong.json()["errors"]] == ["current_password"]
+
+
 def test_end_other_sessions(api: httpx.Client, mesh_up: Mesh):
     address = register_and_login(api)
     with mesh_up.client() as other:
@@ -267,6 +290,8 @@ def test_marketing_mail_unsubscribes_in_one_click(api: httpx.Client, mesh_up: Me
     mail = inbox.wait_for(address, subject)
     assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     link = re.fullmatch(r"<(https://[^>]+)>", str(mail["List-Unsubscribe"]))[1]
+    # On the wire as RFC 2369 wants it (mail clients do not decode RFC 2047 words here).
+    assert f"\nList-Unsubscribe: <{link}>\r\n".encode() in mail.raw
     assert link in mail.get_body(("plain",)).get_content()
     with mesh_up.client() as mail_client:  # no session: the link works without signing in
         one_click = mail_client.post(

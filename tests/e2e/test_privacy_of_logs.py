@@ -4,6 +4,7 @@ flow, then every log line and exported span of every process is searched for the
 from __future__ import annotations
 
 import re
+import stat
 import time
 import uuid
 
@@ -130,3 +131,21 @@ def test_no_webhook_token_signing_secret_or_credential_in_logs_or_spans(
         assert secret not in corpus, f"{secret[:12]}… leaked:\n" + "\n".join(
             line.replace(secret, "<SECRET>")[:400] for line in corpus.splitlines() if secret in line
         )
+
+
+def test_var_and_every_database_are_the_operators_alone(mesh_up: Mesh, api: httpx.Client):
+    """runner.db holds webhook bodies and signing secrets, vault.db sealed credentials: after
+    `leadmesh up` (migrate, then every service serving and writing) no other local user can read
+    them — var/ and each service's directory 0700, each database and its -wal/-shm 0600."""
+    register_and_login(api)  # writes to identity's database: its -wal and -shm exist
+    databases = sorted(mesh_up.var_dir.glob("*/*.db"))
+    assert {p.name for p in databases} >= {"identity.db", "vault.db", "runner.db"}
+    journals = [p for p in mesh_up.var_dir.glob("*/*.db-*") if p.suffix in (".db-wal", ".db-shm")]
+    assert any(p.name == "runner.db-wal" for p in journals), journals
+    for path in [*databases, *journals]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, (path, oct(path.stat().st_mode))
+    for directory in [mesh_up.var_dir, *{p.parent for p in databases}]:
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+    # Everything else under var/ (keys, mail, traces) is no one else's either.
+    for path in mesh_up.var_dir.rglob("*"):
+        assert path.stat().st_mode & 0o077 == 0, (path, oct(path.stat().st_mode))

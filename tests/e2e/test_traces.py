@@ -4,6 +4,7 @@ its gRPC client span, identity's server span beneath it, and the database spans 
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import httpx
@@ -13,6 +14,7 @@ from tests.e2e.conftest import (
     SharedReceiver,
     action,
     create,
+    finished,
     register_and_login,
     spans,
 )
@@ -94,3 +96,79 @@ def _ancestors(span: dict, by_id: dict[str, dict]) -> list[dict]:
     while chain[-1].get("parentSpanId") in by_id:
         chain.append(by_id[chain[-1]["parentSpanId"]])
     return chain
+
+
+def _root_database_spans(mesh: Mesh) -> list[dict]:
+    """The runner's database spans that belong to no request: what a background loop wrote."""
+    return [
+        s
+        for s in spans(mesh.var_dir)
+        if s["service"].startswith("runner")
+        and not s.get("parentSpanId")
+        and any(a["key"] == "db.statement" for a in s.get("attributes", []))
+    ]
+
+
+def test_an_idle_runner_writes_no_poll_spans(mesh_up: Mesh):
+    """Its workers poll the queue several times a second; polls that find nothing leave no
+    span (they once wrote 1 200 SELECT spans in five idle minutes)."""
+    time.sleep(1.0)  # spans of earlier tests' work reach the files
+    before = {s["spanId"] for s in _root_database_spans(mesh_up)}
+    time.sleep(4.0)  # some sixteen polls, exported every 0.2 s
+    polls = [
+        s
+        for s in _root_database_spans(mesh_up)
+        if s["spanId"] not in before
+        and s["name"].startswith("SELECT")
+        and "FROM runs" in json.dumps(s["attributes"])
+    ]
+    assert polls == []
+
+
+def test_a_run_answers_its_trace_id_and_its_attempts_log_it(
+    mesh_up: Mesh, receiver: SharedReceiver
+):
+    """GET /v1/runs/{id} names the trace its delivery continued; the runner's log line for the
+    attempt carries the run, the connection, that trace and the outcome, never the URL."""
+    path = receiver.path("trace-id")
+    with mesh_up.client() as owner:
+        register_and_login(owner)
+        connection = create(
+            owner,
+            trigger={"type": "webhook"},
+            action=action(receiver.https_url(path) + "?api_key=trace-id-canary-key"),
+        )
+        with mesh_up.client() as caller:
+            accepted = caller.post(connection["webhook_url"], json={"lead": 2})
+        assert accepted.status_code == 202, accepted.text
+        run = finished(owner, accepted.json()["run_id"])
+    assert run["status"] == "succeeded" and re.fullmatch(r"[0-9a-f]{32}", run["trace_id"])
+    deadline = time.monotonic() + 15
+    while True:
+        delivered = [
+            s for s in spans(mesh_up.var_dir)
+            if s["service"] == "runner" and s["kind"] == "SPAN_KIND_CLIENT"
+            and s["traceId"] == run["trace_id"]
+        ]  # fmt: skip
+        lines = [line for line in _log_lines(mesh_up) if line.get("run_id") == run["run_id"]]
+        if (delivered and lines) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert delivered, "no delivery span in the trace the run names"
+    (attempt,) = [line for line in lines if line["event"] == "delivery attempt"]
+    assert attempt["trace_id"] == run["trace_id"]
+    assert attempt["connection_id"] == connection["id"]
+    assert (attempt["attempt"], attempt["outcome"], attempt["status_code"]) == (1, "succeeded", 200)
+    assert attempt["duration_ms"] >= 0
+    assert "trace-id-canary-key" not in json.dumps(lines) and path not in json.dumps(lines)
+
+
+def _log_lines(mesh: Mesh) -> list[dict]:
+    out = []
+    for line in list(mesh.output):
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import threading
@@ -112,6 +113,79 @@ def test_openapi_and_docs_are_served(api: httpx.Client):
     schema = api.get("/openapi.json").json()
     assert "/v1/sessions" in schema["paths"]
     assert api.get("/docs").status_code == 200
+
+
+def _references(text: str) -> list[str]:
+    return re.findall(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']""", text)
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_load_everything_from_the_gateway(api: httpx.Client, page: str):
+    """Offline and under a strict Content-Security-Policy: no CDN, no other site's favicon."""
+    html = api.get(page)
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    policy = html.headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "http" not in policy and "unsafe-eval" not in policy
+    references = _references(html.text)
+    assert len(references) >= 2, html.text
+    assert "<script>" not in html.text  # no inline script: the policy would refuse it
+    for reference in references:
+        assert reference.startswith("/") and not reference.startswith("//"), reference
+        asset = api.get(reference)
+        assert asset.status_code == 200, reference
+        assert len(asset.content) > 100, reference
+        if reference.endswith("swagger-init.js"):
+            assert "/openapi.json" in asset.text and "validatorUrl: null" in asset.text
+
+
+def test_openapi_declares_how_to_authenticate_and_each_operations_errors(api: httpx.Client):
+    document = api.get("/openapi.json").json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["session"] == {**schemes["session"], "type": "apiKey", "in": "cookie",
+                                  "name": "lm_session"}  # fmt: skip
+    assert schemes["csrf"] == {**schemes["csrf"], "type": "apiKey", "in": "header",
+                               "name": "X-CSRF-Token"}  # fmt: skip
+    paths = document["paths"]
+    assert paths["/v1/connections"]["post"]["security"] == [{"session": [], "csrf": []}]
+    assert paths["/v1/me"]["get"]["security"] == [{"session": []}]
+    assert "security" not in paths["/v1/sessions"]["post"]
+
+    def errors(path: str, method: str) -> dict[str, str]:
+        responses = paths[path][method]["responses"]
+        for status, response in responses.items():
+            if int(status) >= 400 and path != "/readyz":
+                assert list(response["content"]) == ["application/problem+json"]
+        return {s: r["description"] for s, r in responses.items() if int(s) >= 400}
+
+    login = errors("/v1/sessions", "post")
+    assert set(login) == {"400", "401", "403", "413", "422", "429", "503", "504"}
+    assert "LOGIN_THROTTLED" in login["429"] and "INVALID_CREDENTIALS" in login["401"]
+    assert "CSRF_TOKEN_INVALID" in login["403"] and "MALFORMED_JSON" in login["400"]
+    # A read with no body and nothing to conflict with lists neither 400, 409 nor 413.
+    assert set(errors("/v1/me", "get")) == {"401", "422", "503", "504"}
+    connection = errors("/v1/connections/{connection_id}", "get")
+    assert "CONNECTION_NOT_FOUND" in connection["404"] and "409" not in connection
+    hook = errors("/hooks/{token}", "post")
+    assert {"401", "404", "409", "410", "413", "429", "503"} <= set(hook)
+    assert "RATE_LIMITED" in hook["429"] and "401" not in errors("/v1/accounts", "post")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PATCH", "/v1/me", "DELETE, GET"),
+        ("PUT", "/v1/connections/c1", "DELETE, GET, PATCH"),
+        ("DELETE", "/v1/connections", "GET, POST"),
+        ("GET", "/hooks/t", "POST"),
+    ],
+)
+def test_a_405_lists_every_method_the_path_takes(
+    api: httpx.Client, method: str, path: str, allowed: str
+):
+    refused = api.request(method, path)
+    assert refused.status_code == 405
+    assert refused.headers["allow"] == allowed
+    assert refused.json()["code"] == "METHOD_NOT_ALLOWED"
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,11 @@
 """`POST /hooks/{token}` as a third party calls it: any body (JSON, form, text, binary, none) is
 stored, answered 202 with its run id and delivered; signatures, idempotency keys, the rate limit
-and the size limit are enforced; the webhooks log shows each request with its secrets redacted."""
+and the size limit are enforced; the webhooks log shows each request with its secrets redacted;
+a deleted account's webhooks answer 410 and nothing more of it is stored or delivered."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -13,8 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
+from leadmesh.runner.v1 import runner_pb2, runner_pb2_grpc
 
+from services.kit.callers import user_metadata
+from services.kit.config import MeshSettings
+from services.kit.grpcclient import open_channel
 from tests.e2e.conftest import (
+    PASSWORD,
     WEBHOOK_BURST,
     Mesh,
     SharedReceiver,
@@ -195,10 +202,18 @@ def test_bodies_over_one_mebibyte_are_413(
 
     chunked = caller.post(url, content=chunks(), headers={"Content-Type": "text/plain"})
     assert chunked.status_code == 413 and chunked.json()["code"] == "BODY_TOO_LARGE"
-    just_fits = caller.post(url, content=b"z" * limit, headers={"Content-Type": "text/plain"})
+    # A body of exactly the limit is accepted; its echo (the body plus the template's other
+    # fields) renders past RUNNER_MAX_RENDER_BYTES (1 MiB), a final error and not a retry.
+    at_limit = caller.post(url, content=b"z" * limit, headers={"Content-Type": "text/plain"})
+    assert at_limit.status_code == 202, at_limit.text
+    too_large = finished(owner, at_limit.json()["run_id"])
+    assert too_large["status"] == "failed" and too_large["attempts"] == [], too_large
+    assert "larger than 1048576 bytes" in too_large["error"], too_large["error"]
+    fits = limit - 1024
+    just_fits = caller.post(url, content=b"z" * fits, headers={"Content-Type": "text/plain"})
     assert just_fits.status_code == 202, just_fits.text
     assert finished(owner, just_fits.json()["run_id"])["status"] == "succeeded"
-    assert len(receiver.wait_to(path)[0].json()["body"]) == limit
+    assert len(receiver.wait_to(path)[0].json()["body"]) == fits
 
 
 def test_unknown_tokens_are_404_and_paused_connections_409(
@@ -259,7 +274,10 @@ def test_a_signing_secret_demands_a_fresh_valid_signature(
     assert accepted.status_code == 202, accepted.text
     assert post(sign(secret, body, now - 200)).status_code == 202
     # Several v1 values (a secret being rotated): one valid is enough.
-    rotating = f"{sign('whsec_the_old_secret_00000', body, now)},v1={sign(secret, body, now)[-64:]}"
+    then = now - 100  # not `accepted`'s stamp: the same signature again would be a replay
+    rotating = (
+        f"{sign('whsec_the_old_secret_00000', body, then)},v1={sign(secret, body, then)[-64:]}"
+    )
     assert post(rotating).status_code == 202
     assert finished(owner, accepted.json()["run_id"])["status"] == "succeeded"
     assert receiver.wait_to(path, 3)[0].json()["body"] == {"signed": True}
@@ -267,6 +285,84 @@ def test_a_signing_secret_demands_a_fresh_valid_signature(
     assert {h["name"]: h["value"] for h in entry["headers"]}["x-leadmesh-signature"] == (
         "[redacted]"
     )
+
+
+def test_a_replayed_signed_webhook_answers_the_first_run_and_delivers_once(
+    mesh: Mesh, receiver: SharedReceiver
+):
+    secret = f"whsec_{uuid.uuid4().hex}"
+    with mesh.client() as owner, mesh.client() as caller:
+        register_and_login(owner)
+        connection, path = hook(owner, receiver, signing_secret=secret)
+        body = b'{"lead": "captured"}'
+        headers = {"Content-Type": "application/json", "X-Leadmesh-Signature": sign(secret, body)}
+        sends = [caller.post(connection["webhook_url"], content=body, headers=headers)]
+        sends += [caller.post(connection["webhook_url"], content=body, headers=headers)]
+        sends += [caller.post(connection["webhook_url"], content=body, headers=headers)]
+        assert [s.status_code for s in sends] == [202, 202, 202], sends[-1].text
+        assert sends[1].json() == sends[2].json() == sends[0].json()
+        assert [s.headers.get("idempotent-replayed") for s in sends] == [None, "true", "true"]
+        assert finished(owner, sends[0].json()["run_id"])["status"] == "succeeded"
+        time.sleep(1.0)  # time for a second delivery, were there one
+        assert len(receiver.to(path)) == 1
+        listed = {"connection_id": connection["id"]}
+        assert len(owner.get("/v1/activity", params=listed).json()["items"]) == 1
+        assert len(owner.get("/v1/webhook-log", params=listed).json()["items"]) == 1
+
+
+def test_odd_bytes_in_a_signature_are_401_problems_not_500s(
+    mesh_up: Mesh, owner: httpx.Client, caller: httpx.Client, receiver: SharedReceiver
+):
+    connection, path = hook(owner, receiver, signing_secret=f"whsec_{uuid.uuid4().hex}")
+    now = str(int(time.time())).encode()
+    logged_before = len(mesh_up.output)
+    for signature in (
+        b"t=\xb2",  # "t=²" as the gateway reads the header (latin-1): a digit to isdigit()
+        "t=²".encode(),
+        b"v1=\xe9",  # "v1=é": compare_digest refuses non-ASCII text
+        "v1=é".encode(),
+        b"t=" + now + b",v1=" + b"\xe9" * 64,
+        b"t=" + now + b"\xb2,v1=" + b"0" * 64,
+    ):
+        refused = caller.post(
+            connection["webhook_url"], json={}, headers={"X-Leadmesh-Signature": signature}
+        )
+        assert refused.status_code == 401, (signature, refused.text)
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["code"] == "SIGNATURE_INVALID"
+    assert not any("Traceback" in line for line in mesh_up.output[logged_before:])
+    assert receiver.to(path) == []
+
+
+def test_secrets_in_the_query_and_in_any_secret_named_header_are_redacted_and_listed(
+    owner: httpx.Client, caller: httpx.Client, receiver: SharedReceiver
+):
+    connection, path = hook(owner, receiver)
+    accepted = caller.post(
+        connection["webhook_url"] + "?api_key=q-secret-1&Access_Token=q-secret-2&utm_source=ad",
+        json={"n": 1},
+        headers={"X-Shopify-Hmac-Sha256": "h-secret-3", "X-Access-Key": "h-secret-4",
+                 "X-Pass_Word": "h-secret-5", "X-Session-Id": "h-secret-6",
+                 "X-Request-Source": "crm-7"},
+    )  # fmt: skip
+    assert accepted.status_code == 202, accepted.text
+    run_id = accepted.json()["run_id"]
+    [delivered] = receiver.wait_to(path)
+    # What a template can reach of the event is redacted too: the secrets are not sent on.
+    assert delivered.json()["query"] == {
+        "api_key": "[redacted]", "Access_Token": "[redacted]", "utm_source": "ad"
+    }  # fmt: skip
+    entry = log_entry(owner, connection["id"], run_id)
+    assert entry["query"] == "api_key=[redacted]&Access_Token=[redacted]&utm_source=ad"
+    assert set(entry["redacted"]) == {"x-shopify-hmac-sha256", "x-access-key", "x-pass_word",
+                                      "x-session-id", "api_key", "Access_Token"}  # fmt: skip
+    headers = {h["name"]: h["value"] for h in entry["headers"]}
+    assert headers["x-pass_word"] == "[redacted]" and headers["x-request-source"] == "crm-7"
+    run = finished(owner, run_id)
+    everything = owner.get("/v1/webhook-log").text + owner.get(f"/v1/runs/{run_id}").text
+    for n in range(1, 7):
+        assert f"secret-{n}" not in everything + str(delivered.json()), n
+    assert run["event"]["headers"]["x-shopify-hmac-sha256"] == "[redacted]"
 
 
 def test_a_repeated_idempotency_key_answers_the_first_run_and_delivers_once(
@@ -365,3 +461,86 @@ def test_bodies_no_json_store_can_hold_are_kept_as_text(
             assert base64.b64decode(entry["body"]) == content
         else:
             assert entry["body"] == content.decode()
+
+
+def as_gateway(mesh: Mesh, method: str, request: Any, user_id: str) -> Any:
+    """A runner RPC for the user, made the way the gateway makes it (its mesh certificate): what
+    the runner holds of an account after its sessions ended."""
+    there = MeshSettings(
+        var_dir=mesh.var_dir, runner_addr=f"127.0.0.1:{mesh.env['RUNNER_PORT']}", _env_file=None
+    )
+
+    async def call() -> Any:
+        channel = open_channel(there, "runner", caller="gateway")
+        try:
+            stub = runner_pb2_grpc.RunnerServiceStub(channel)
+            return await getattr(stub, method)(request, metadata=user_metadata(user_id))
+        finally:
+            await channel.close()
+
+    return asyncio.run(call())
+
+
+def test_a_deleted_accounts_webhooks_answer_410_and_nothing_more_is_stored_or_delivered(
+    mesh: Mesh, receiver: SharedReceiver
+):
+    with mesh.client() as owner, mesh.client() as caller, mesh.client() as other:
+        register_and_login(owner)
+        register_and_login(other)
+        user_id = owner.get("/v1/me").json()["id"]
+        key = f"sk_live_{uuid.uuid4().hex}"
+        credential = owner.post(
+            "/v1/credentials",
+            json={"name": "CRM", "kind": "api_key", "provider": "crm",
+                  "secret": {"key": key, "header": "X-Api-Key"}},
+        )  # fmt: skip
+        assert credential.status_code == 201, credential.text
+        path, retrying_path = receiver.path("deleted"), receiver.path("deleted-retrying")
+        connection = create(
+            owner,
+            trigger={"type": "webhook"},
+            action=action(receiver.https_url(path), credential_id=credential.json()["id"]),
+        )
+        # A run still being retried when the deletion lands: each attempt a slow 503.
+        receiver.answer(retrying_path, 503, delay=0.3)
+        retrying = create(
+            owner,
+            trigger={"type": "webhook"},
+            action=action(receiver.https_url(retrying_path)),
+            max_attempts=20,
+        )
+        assert caller.post(connection["webhook_url"], json={"lead": 1}).status_code == 202
+        [delivered] = receiver.wait_to(path)
+        assert delivered.headers["x-api-key"] == key
+        retried = caller.post(retrying["webhook_url"], json={"lead": "retried"})
+        assert retried.status_code == 202, retried.text
+        receiver.wait_to(retrying_path)
+
+        deleted = owner.request("DELETE", "/v1/me", json={"password": PASSWORD})
+        assert deleted.status_code == 202, deleted.text
+
+        refused = caller.post(connection["webhook_url"], json={"lead": 2})
+        assert refused.status_code == 410, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["code"] == "ACCOUNT_DELETED" and refused.json()["status"] == 410
+        run_id = retried.json()["run_id"]
+        deadline = time.monotonic() + 15
+        while (
+            run := as_gateway(mesh, "GetRun", runner_pb2.GetRunRequest(id=run_id), user_id).run
+        ).status != "cancelled":
+            assert time.monotonic() < deadline, run.status
+            time.sleep(0.05)
+        assert run.error == "account deleted"
+        attempts_made = len(receiver.to(retrying_path))
+        listed = runner_pb2.ListRequest(page_size=100)
+        log = as_gateway(mesh, "ListWebhookLog", listed, user_id).entries
+        runs = as_gateway(mesh, "ListActivity", listed, user_id).runs
+        assert len(log) == len(runs) == 2  # the two accepted before the deletion, no more
+
+        # Another account's webhooks go on as before.
+        others, others_path = hook(other, receiver)
+        assert caller.post(others["webhook_url"], json={"lead": 3}).status_code == 202
+        receiver.wait_to(others_path)
+        time.sleep(1.0)
+        assert len(receiver.to(path)) == 1
+        assert len(receiver.to(retrying_path)) == attempts_made

@@ -22,6 +22,7 @@ from leadmesh.vault.v1 import vault_pb2 as vpb
 from leadmesh.vault.v1 import vault_pb2_grpc
 
 from services.kit.callers import user_metadata
+from services.kit.clock import Clock
 from services.kit.config import MeshSettings
 from services.kit.grpcclient import open_channel
 from services.runner.server import RunningRunner
@@ -68,8 +69,9 @@ class RunnerMesh:
     stub: runner_pb2_grpc.RunnerServiceStub
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
-    def dial(self, service: str, caller: str):
-        port = self.runner.port if service == "runner" else self.vault.port
+    def dial(self, service: str, caller: str, port: int | None = None):
+        """A stub of the service (or of another runner on `port`) calling as `caller`."""
+        port = port or (self.runner.port if service == "runner" else self.vault.port)
         there = MeshSettings(
             var_dir=self.var, **{f"{service}_addr": f"127.0.0.1:{port}"}, _env_file=None
         )
@@ -183,6 +185,7 @@ async def runner_mesh(
     database_url: str,
     *,
     vault_overrides: dict[str, Any] | None = None,
+    clock: Clock | None = None,
     **overrides: Any,
 ) -> AsyncIterator[RunnerMesh]:
     var = tmp_path / "var"
@@ -195,7 +198,7 @@ async def runner_mesh(
     vault = await start_vault(vault_config, port=0)
     settings = runner_settings(var, database_url, vault.port, **overrides)
     migrate_runner(settings)
-    runner = await start_runner(settings, port=0)
+    runner = await start_runner(settings, port=0, clock=clock)
     mesh = RunnerMesh(var, database_url, vault, runner, None, None)  # type: ignore[arg-type]
     mesh.stub = mesh.dial("runner", "gateway")
     mesh.vault_stub = mesh.dial("vault", "gateway")

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from sqlalchemy import text
 
-from services.kit.db import create_service_engine
+from services.kit.db import create_service_engine, migrate
+
+MIGRATIONS = Path(__file__).parents[2] / "services" / "runner" / "migrations"
 
 
 async def test_sqlite_connections_are_durable_and_wait_for_each_other(tmp_path: Path):
@@ -23,3 +27,32 @@ async def test_sqlite_connections_are_durable_and_wait_for_each_other(tmp_path: 
     # synchronous 2 = FULL: a commit is on disk before the caller hears of it, power loss included.
     assert pragmas == {"journal_mode": "wal", "synchronous": 2, "busy_timeout": 10000,
                        "foreign_keys": 1}  # fmt: skip
+
+
+async def test_a_sqlite_database_and_its_journals_are_private_under_the_usual_umask(tmp_path: Path):
+    """0600 files in a 0700 directory even under the usual 022 umask (SQLite alone makes 0644),
+    after a migration and writes from the service's engine; an older, readable file is tightened."""
+    old_umask = os.umask(0o022)
+    try:
+        url = f"sqlite:///{tmp_path / 'runner' / 'runner.db'}"
+        migrate(url, MIGRATIONS)
+        engine = create_service_engine(url)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(text("CREATE TABLE t (x INTEGER)"))
+                await connection.execute(text("INSERT INTO t VALUES (1)"))
+            files = sorted((tmp_path / "runner").iterdir())
+            assert {p.name for p in files} == {"runner.db", "runner.db-wal", "runner.db-shm"}
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+            assert modes == dict.fromkeys(modes, 0o600)
+        finally:
+            await engine.dispose()
+        assert stat.S_IMODE((tmp_path / "runner").stat().st_mode) == 0o700
+        older = tmp_path / "older" / "older.db"
+        older.parent.mkdir(mode=0o755)
+        older.touch(mode=0o644)
+        create_service_engine(f"sqlite:///{older}").sync_engine.dispose()
+        assert stat.S_IMODE(older.stat().st_mode) == 0o600
+        assert stat.S_IMODE(older.parent.stat().st_mode) == 0o700
+    finally:
+        os.umask(old_umask)

@@ -7,19 +7,24 @@ import hashlib
 import hmac
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, json_format
 from leadmesh.runner.v1 import runner_pb2 as pb
+from sqlalchemy import select
 
 from services.kit.callers import user_metadata
+from services.kit.clock import SettableClock
 from services.kit.config import MeshSettings
 from services.kit.errors import from_rpc_error
 from services.runner.api import ALLOWED_CALLERS
+from services.runner.server import start as start_runner
+from services.runner.tables import webhook_signatures
 from tests.integration.grpc_support import call, refused
-from tests.integration.runner_support import runner_mesh
+from tests.integration.runner_support import runner_mesh, runner_settings
 
 SERVICE = pb.DESCRIPTOR.services_by_name["RunnerService"]
 METHODS = [m.name for m in SERVICE.methods]
@@ -138,6 +143,134 @@ async def test_idempotency_key_answers_the_first_run(rm):
     assert len(runs.runs) == 2
 
 
+async def test_a_replayed_signed_webhook_is_one_run_in_any_runner_and_after_a_restart(rm):
+    """Three sends of one signed request (to two runner processes, then to one restarted in
+    between) are one run: every answer is the first run_id, the log holds one entry."""
+    secret = "whsec_0123456789abcdef"
+    made = await rm.connection(A, URL, trigger="webhook", signing_secret=secret)
+    body = json.dumps({"email": "ann@example.com"}).encode()
+    signed = {"X-Leadmesh-Signature": sign(secret, body)}
+    first = await rm.hook(made.webhook_token, body, signed)
+    again = await rm.hook(made.webhook_token, body, signed)
+    other = runner_settings(rm.var, rm.database_url, rm.vault.port, workers=0)
+    for _ in range(2):  # another runner on the same database, then that one restarted
+        elsewhere = await start_runner(other, port=0)
+        try:
+            stub = rm.dial("runner", "gateway", port=elsewhere.port)
+            replayed = await stub.IngestWebhook(hook_request(made.webhook_token, body, signed))
+        finally:
+            await elsewhere.stop(grace=1)
+        assert replayed.run_id == first.run_id and replayed.duplicate
+    assert again.run_id == first.run_id and again.duplicate and not first.duplicate
+    runs = await rm.stub.ListActivity(pb.ListRequest(), metadata=user_metadata(A))
+    assert [r.id for r in runs.runs] == [first.run_id]
+    log = await rm.stub.ListWebhookLog(pb.ListRequest(), metadata=user_metadata(A))
+    assert [e.run_id for e in log.entries] == [first.run_id]
+    # Another request (another time stamp) is another run.
+    later = {"X-Leadmesh-Signature": sign(secret, body, int(time.time()) - 10)}
+    assert (await rm.hook(made.webhook_token, body, later)).run_id != first.run_id
+
+
+async def test_a_remembered_signature_is_forgotten_once_its_window_has_passed(
+    tmp_path: Path, mesh: MeshSettings, database_url: str
+):
+    clock = SettableClock(datetime.now(UTC))
+    async with runner_mesh(tmp_path, mesh.pki_dir, database_url, workers=0, clock=clock) as rm:
+        secret = "whsec_0123456789abcdef"
+        made = await rm.connection(A, URL, trigger="webhook", signing_secret=secret)
+
+        async def signed_now() -> str:
+            header = sign(secret, b"{}", int(clock.now().timestamp()))
+            return (
+                await rm.hook(made.webhook_token, b"{}", {"X-Leadmesh-Signature": header})
+            ).run_id
+
+        first = await signed_now()
+        assert await remembered(rm) == [first]
+        clock.advance(301)  # past the window (and the purge interval)
+        second = await signed_now()
+        assert await remembered(rm) == [second] and second != first
+
+
+async def test_a_signature_row_past_its_window_is_replaced_not_answered(rm):
+    """A row not purged yet (say the window setting grew) never answers for a new request."""
+    now, digest = datetime.now(UTC), "a" * 64
+    async with rm.runner.parts.core.store.begin() as tx:
+        past = now - timedelta(seconds=1)
+        assert await tx.remember_signature("conn-1", digest, "run-1", now, past)
+        assert await tx.signed_run("conn-1", digest, now) == ""
+        assert await tx.remember_signature(
+            "conn-1", digest, "run-2", now, now + timedelta(seconds=300)
+        )
+        assert not await tx.remember_signature("conn-1", digest, "run-3", now, now)
+        assert await tx.signed_run("conn-1", digest, now) == "run-2"
+
+
+async def remembered(rm) -> list[str]:
+    async with rm.runner.parts.core.store.read() as tx:
+        return [row["run_id"] for row in await tx._all(select(webhook_signatures))]
+
+
+def hook_request(
+    token: str, body: bytes, headers: dict[str, str], query: str = ""
+) -> pb.IngestWebhookRequest:
+    pairs = {"content-type": "application/json", **headers}
+    return pb.IngestWebhookRequest(
+        token=token,
+        method="POST",
+        headers=[pb.Header(name=k, value=v) for k, v in pairs.items()],
+        query=query,
+        body=body,
+        source_ip="203.0.113.9",
+    )
+
+
+async def test_odd_signature_headers_are_signature_invalid_not_internal(rm):
+    made = await rm.connection(A, URL, trigger="webhook", signing_secret="whsec_0123456789")
+    now = int(time.time())
+    for header in ("t=²", "v1=é", f"t=²,v1={'0' * 64}", f"t={now},v1=é", f"t={now},v1={'é' * 64}"):
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await rm.hook(made.webhook_token, b"{}", {"X-Leadmesh-Signature": header})
+        assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED, header
+        assert from_rpc_error(failed.value).reason == "SIGNATURE_INVALID"
+
+
+async def test_secret_named_headers_and_query_values_are_redacted_and_listed(rm):
+    made = await rm.connection(A, URL, trigger="webhook")
+    request = hook_request(
+        made.webhook_token,
+        b'{"n": 1}',
+        {"X-Shopify-Hmac-Sha256": "hmac-secret-1", "X-Access-Key": "key-secret-2",
+         "X-Request-Source": "crm-7"},
+        query="api_key=query-secret-3&token=query-secret-4&utm_source=ad",
+    )  # fmt: skip
+    accepted = await rm.stub.IngestWebhook(request)
+    log = await rm.stub.ListWebhookLog(pb.ListRequest(), metadata=user_metadata(A))
+    [entry] = log.entries
+    assert entry.query == "api_key=[redacted]&token=[redacted]&utm_source=ad"
+    assert list(entry.redacted) == ["x-shopify-hmac-sha256", "x-access-key", "api_key", "token"]
+    headers = {h.name: h.value for h in entry.headers}
+    assert headers["x-access-key"] == "[redacted]" and headers["x-request-source"] == "crm-7"
+    detail = await rm.detail(A, accepted.run_id)
+    everything = str(log) + str(detail)
+    for n in range(1, 5):
+        assert f"secret-{n}" not in everything
+    event = json_format.MessageToDict(detail.event)
+    assert event["query"] == {"api_key": "[redacted]", "token": "[redacted]", "utm_source": "ad"}
+    assert event["headers"]["x-shopify-hmac-sha256"] == "[redacted]"
+
+
+@pytest.mark.parametrize("method", ["ListConnections", "ListActivity", "ListWebhookLog",
+                                    "ListNotifications"])  # fmt: skip
+async def test_page_tokens_of_odd_digits_are_invalid_page_tokens(rm, method: str):
+    for token in ("wrI", "MTLCsg", "=" * 5, "ü"):
+        outcome = await call(
+            rm.stub, SERVICE, method, pb.ListRequest(page_token=token), metadata=user_metadata(A)
+        )
+        assert refused(outcome, grpc.StatusCode.INVALID_ARGUMENT), (token, outcome)
+        assert from_rpc_error(outcome).reason == "INVALID_PAGE_TOKEN"
+
+
 async def test_unknown_paused_and_rate_limited_webhooks(rm):
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
         await rm.hook("no-such-token", {})
@@ -210,6 +343,17 @@ async def test_any_content_type_is_kept(rm, content_type, body, encoding, value)
         ),
         ({"body_template": "{{ body.email"}, "action.body_template", "INVALID_TEMPLATE"),
         ({"headers": {"X-A": "{{ nope( }}"}}, "action.headers.X-A", "INVALID_TEMPLATE"),
+        # Once a RecursionError in the JMESPath parser: an INTERNAL error (500 at the gateway).
+        (
+            {"body_template": {"x": "{{ " + "(" * 600 + "a" + ")" * 600 + " }}"}},
+            "action.body_template.x",
+            "INVALID_TEMPLATE",
+        ),
+        (
+            {"headers": {"X-A": "{{ " + "!" * 3000 + "a }}"}},
+            "action.headers.X-A",
+            "INVALID_TEMPLATE",
+        ),
         ({"url": "ftp://example.com"}, "action.url", "INVALID_URL"),
         ({"url": "https://10.1.2.3/x"}, "action.url", "ADDRESS_REFUSED"),
         (

@@ -154,6 +154,33 @@ async def test_list_pages_newest_first(vault_parts: Parts, clock):
         await vault.list("user-a", 2, "forged")
 
 
+@pytest.mark.parametrize(
+    ("kind", "secret", "field"),
+    [
+        ("api_key", {"key": "sk_live_0123456789\n", "header": "X-Api-Key"}, "secret.key"),
+        ("api_key", {"key": "sk_live_0123456789\x00", "query": "k"}, "secret.key"),
+        ("api_key", {"key": "sk_live_\u20ac0123456789", "header": "X-Api-Key"}, "secret.key"),
+        ("oauth2", {"access_token": "at_0123456789\r"}, "secret.access_token"),
+        ("login", {"username": "ann\x1b", "password": "pw"}, "secret.username"),
+    ],
+)
+async def test_a_secret_that_cannot_go_into_its_request_is_refused_on_create_and_update(
+    vault_parts: Parts, kind: str, secret: dict, field: str
+):
+    vault = vault_parts.vault
+    with pytest.raises(InvalidArgument) as refused:
+        await vault.create("gateway", "user-a", "pasted", kind, "acme", secret)
+    assert refused.value.reason == "INVALID_SECRET" and refused.value.field == field
+    fine = {k: v.rstrip("\n\r\x00\x1b").replace("\u20ac", "") for k, v in secret.items()}
+    made = await vault.create("gateway", "user-a", "typed", kind, "acme", fine)
+    with pytest.raises(InvalidArgument) as refused:
+        await vault.update("gateway", "user-a", made["id"], ["secret"], secret=secret)
+    assert refused.value.field == field
+    resolved = await vault.resolve("runner", "user-a", made["id"], "conn-1")
+    # The refused change left the stored secret as it was.
+    assert {k: resolved.secret[k] for k in fine} == fine
+
+
 async def test_updates_reseal_and_the_audit_log_names_everything_but_secrets(vault_parts: Parts):
     vault = vault_parts.vault
     created = await vault.create("gateway", "user-a", "k", "api_key", "acme", SECRETS["api_key"])

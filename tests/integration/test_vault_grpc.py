@@ -89,6 +89,7 @@ EXPECTED_CALLERS = {
     "RotateUserDataKey": {"operator"},
     "SetOAuthClientSecret": {"operator"},
     "ShredUserKey": {"operator", "retention"},
+    "SuspendUser": {"gateway"},
 }
 
 

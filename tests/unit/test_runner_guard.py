@@ -82,6 +82,11 @@ async def post(client: Outbound, url: str, policy: EgressPolicy = LOOPBACK_PLAIN
         ("::ffff:169.254.169.254", "cloud metadata"),
         ("2002:7f00:1::", "loopback"),  # 6to4 of 127.0.0.1
         ("64:ff9b::a00:1", "private"),  # NAT64 of 10.0.0.1
+        ("fec0::1", "site-local"),  # deprecated (RFC 3879); Python calls it global
+        ("feff:ffff::1", "site-local"),
+        ("3fff::1", "documentation"),  # RFC 9637; Python calls it global
+        ("3fff:fff:ffff::1", "documentation"),
+        ("3fff:1000::1", None),  # just past the /20
         ("8.8.8.8", None),
         ("2606:4700::1111", None),
         ("::ffff:8.8.8.8", None),
@@ -114,6 +119,8 @@ def test_allowed_networks_lift_the_rules_for_their_addresses_only() -> None:
         ),
         ("http://[::1]/", PLAIN, "ADDRESS_REFUSED", "::1 is a loopback address"),
         ("https://[::ffff:127.0.0.1]/", STRICT, "ADDRESS_REFUSED", "a loopback address"),
+        ("https://[fec0::7]/", STRICT, "ADDRESS_REFUSED", "fec0::7 is a site-local address"),
+        ("https://[3fff::7]/", STRICT, "ADDRESS_REFUSED", "3fff::7 is a documentation address"),
         ("https://user:s3cret@api.example/", STRICT, "INVALID_URL", "credentials"),
         ("ftp://api.example/", STRICT, "INVALID_URL", "https://"),
         ("https:///path", STRICT, "INVALID_URL", "no host"),

@@ -263,3 +263,105 @@ json_values = st.recursive(
 def test_a_value_without_placeholders_renders_to_itself(value: Any) -> None:
     rendered = compile_template(value).render(EVENT)
     assert json.dumps(rendered, sort_keys=True) == json.dumps(value, sort_keys=True)
+
+
+# --- odd input: the compiler's own error, nothing else ---
+
+
+@pytest.mark.parametrize(
+    ("expression", "position", "message"),
+    [
+        ("(" * 600 + "a" + ")" * 600, 3 + 64, "nested deeper than 64 levels"),
+        ("[" * 100 + "]" * 100, 3 + 64, "nested deeper than 64 levels"),
+        ("!" * 3000 + "a", 2, "nested too deeply"),  # the whole expression: from its start
+        ("`" + "[" * 2000 + "]" * 2000 + "`", 2, "nested too deeply"),
+        ("a || " * 100 + "a", 2, "nested deeper than 64 levels"),
+        ("a" * 5000, 2, "at most 4096 characters"),
+    ],
+    ids=["parentheses", "brackets", "nots", "literal", "or-chain", "length"],
+)
+def test_expressions_too_deep_or_long_are_template_errors(expression, position, message) -> None:
+    with pytest.raises(TemplateError) as caught:
+        compile_template({"x": "{{ " + expression + " }}"})
+    assert (caught.value.path, caught.value.position) == ("body_template.x", position)
+    assert message in caught.value.message
+
+
+JMESPATH_CHARACTERS = st.sampled_from(
+    list("()[]{}.,:|&!*@?-=<>'\"`\\ ") + ["a", "b", "0", "1", "body", "join", "é", "\ud800", "\x00"]
+)
+expressions = st.lists(JMESPATH_CHARACTERS, max_size=60).map("".join)
+texts = st.lists(expressions | st.just("{{") | st.just("}}"), max_size=6).map("".join)
+
+
+@given(st.lists(texts, max_size=4))
+def test_the_compiler_only_ever_raises_template_errors(parts: list[str]) -> None:
+    for template in (" ".join(parts), {"a": parts}, "{{ " + " ".join(parts) + " }}"):
+        try:
+            compiled = compile_template(template)
+        except TemplateError:
+            continue
+        try:
+            compiled.encode(EVENT)
+        except RenderError:
+            pass
+    try:
+        compile_headers({"X-A": " ".join(parts)}).render(EVENT)
+    except (TemplateError, RenderError):
+        pass
+
+
+@given(st.text(max_size=80))
+def test_any_text_in_a_placeholder_compiles_or_is_a_template_error(text: str) -> None:
+    try:
+        compile_template("{{" + text + "}}").encode(EVENT)
+    except (TemplateError, RenderError):
+        pass
+
+
+def _grammar() -> st.SearchStrategy[str]:
+    """Expressions that parse, as JMESPath's grammar builds them, over the fields of EVENT."""
+    fields = st.sampled_from(["body", "body.tags", "body.age", "body.name", "headers", "@"])
+    literals = st.sampled_from(["`1e999`", "`-1`", "`[]`", "`{}`", "'x'", "`null`", "`0`"])
+    names = st.sampled_from(sorted(_FUNCTION_NAMES))
+
+    def extend(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+        pair = st.tuples(inner, inner)
+        return st.one_of(
+            st.builds(
+                lambda n, args: f"{n}({', '.join(args)})", names, st.lists(inner, max_size=3)
+            ),
+            pair.map(lambda p: f"{p[0]} || {p[1]}"),
+            pair.map(lambda p: f"{p[0]} < {p[1]}"),
+            pair.map(lambda p: f"[{p[0]}, {p[1]}]"),
+            pair.map(lambda p: f"{{a: {p[0]}, b: {p[1]}}}"),
+            pair.map(lambda p: f"{p[0]}[?{p[1]}]"),
+            inner.map(lambda e: f"{e}[*]"),
+            inner.map(lambda e: f"{e}[]"),
+            inner.map(lambda e: f"{e}[::-1]"),
+            inner.map(lambda e: f"&{e}"),
+            inner.map(lambda e: f"!{e}"),
+        )
+
+    return st.recursive(fields | literals, extend, max_leaves=8)
+
+
+_FUNCTION_NAMES = frozenset(
+    ["abs", "avg", "ceil", "contains", "ends_with", "floor", "join", "keys", "length", "map"]
+    + ["max", "max_by", "merge", "min", "min_by", "not_null", "reverse", "sort", "sort_by"]
+    + ["starts_with", "sum", "to_array", "to_number", "to_string", "type", "values"]
+)
+
+
+@given(_grammar())
+def test_any_expression_renders_or_is_a_render_error(expression: str) -> None:
+    for template in ("{{ " + expression + " }}", "x {{ " + expression + " }}"):
+        try:
+            compiled = compile_template(template)
+        except TemplateError:  # wrong argument counts
+            continue
+        try:
+            compiled.encode(EVENT)
+            compile_headers({"X-A": template}).render(EVENT)
+        except RenderError:
+            pass
