@@ -125,17 +125,26 @@ class Reconciler:
         self._task = asyncio.create_task(self._loop(), name=f"{self.name} reconciler")
 
     async def _loop(self) -> None:
+        failures = 0
         while True:
             wait = self.every
             try:
                 count = await self.reconcile()
                 if count:
                     log.info("users suspended", extra={"count": count, "by": self.name})
+                if failures:
+                    log.info("deletion requests available again", extra={"after": failures})
+                failures = 0
             except grpc.aio.AioRpcError as error:
                 # Identity not up yet (processes start together) or restarting: soon again, so a
-                # deletion made while this service was down is honoured soon after it starts.
-                log.warning("deletion requests unavailable", extra={"grpc_code": error.code().name})
-                wait = min(self.every, RETRY_SECONDS)
+                # deletion made while this service was down is honoured soon after it starts;
+                # backing off to the interval, and one warning per outage, not one per retry.
+                failures += 1
+                level = logging.WARNING if failures == 1 else logging.DEBUG
+                log.log(
+                    level, "deletion requests unavailable", extra={"grpc_code": error.code().name}
+                )
+                wait = min(self.every, RETRY_SECONDS * 2 ** min(failures - 1, 10))
             except Exception:
                 log.exception("reconciling deletion requests failed")
             await asyncio.sleep(wait)
