@@ -4,6 +4,7 @@ WORKDIR /src
 COPY pyproject.toml requirements.lock ./
 COPY services ./services
 COPY gateway ./gateway
+COPY cli ./cli
 COPY protos ./protos
 RUN pip install --no-cache-dir -c requirements.lock . \
  && python -m services.kit.protogen --protos protos --out /gen --no-path-file
@@ -18,4 +19,4 @@ ENV PYTHONPATH=/opt/leadmesh/gen \
 USER leadmesh
 WORKDIR /var/lib/leadmesh
 ENTRYPOINT ["python", "-m"]
-CMD ["services.cli", "--help"]
+CMD ["cli", "--help"]

@@ -173,7 +173,7 @@ def bench(store: str, events: int, concurrency: int) -> dict:
         for _ in range(2 if store == "scaled" else 1):
             workers.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "services.cli", "runner-worker"],
+                    [sys.executable, "-m", "cli", "runner-worker"],
                     cwd=ROOT,
                     env=mesh.env,
                     start_new_session=True,

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from meshrun import PASSWORD, Mesh, percentile
 
-from services.identity.settings import IdentitySettings
+from cli.mesh import by_name
 
 # The prober asks 20 times a second: enough samples for a p99 over 20 s, little enough load that
 # it measures the logins' effect on other requests rather than its own.
@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--concurrency", type=int, default=4 * (os.cpu_count() or 1))
     args = parser.parse_args()
-    iterations = IdentitySettings().pbkdf2_iterations
+    iterations = by_name("identity").settings().pbkdf2_iterations
     cores = os.cpu_count() or 1
     print(f"PBKDF2-HMAC-SHA512, {iterations} iterations, {cores} cores")
     raw_before = raw_pbkdf2_rate(iterations, args.seconds / 2)

@@ -47,7 +47,7 @@ class Mesh:
         self.env.pop("REDIS_URL", None)
         self.env.update(extra or {})
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up"],
+            [sys.executable, "-m", "cli", "up"],
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.PIPE,

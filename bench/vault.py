@@ -2,14 +2,17 @@
 
     python bench/vault.py [--rounds 15] [--seconds 2] [--concurrency 16] [--keys 100000]
 
-The vault runs as its own process (`python -m services.vault`) on a fresh var/ and SQLite file.
+The vault runs as its own process (its entry point in the mesh's list, `cli/mesh.py`) on a fresh
+var/ and SQLite file, migrated by that entry point; everything measured goes through its gRPC
+contract.
 Baseline: `grpc.health.v1.Health/Check` on the same server (same mTLS, interceptors, spans), in
 the same run. Floods of `--seconds` alternate, no-op first and last: each of the `--rounds`
 resolve floods is compared with the mean of the no-op floods just before and just after it, so
 that a machine whose speed drifts (it is shared) moves both sides of each ratio alike; the ratio
 printed is the median of the rounds' ratios, with their interquartile range and full range.
 Then the time to rotate the KEK over `--keys` data keys (seeded straight into the vault's table,
-wrapped by the vault's own key ring, so that set-up takes seconds, not hours), and resolves per
+wrapped by the vault's own key ring, so that set-up takes seconds, not hours: `vault_seed.py`, the
+one place that touches the vault's internals, says why), and resolves per
 second while the rotation runs. Target: resolve/no-op ≥ 0.8.
 """
 
@@ -24,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -36,18 +38,17 @@ from google.protobuf import struct_pb2  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from leadmesh.vault.v1 import vault_pb2 as pb  # noqa: E402
 from leadmesh.vault.v1 import vault_pb2_grpc  # noqa: E402
+from vault_seed import seed_data_keys  # noqa: E402
 
+from cli.mesh import by_name  # noqa: E402
 from services.kit.callers import user_metadata  # noqa: E402
-from services.kit.config import MeshSettings  # noqa: E402
-from services.kit.db import create_sync_engine, migrate  # noqa: E402
+from services.kit.config import MeshSettings, database_url  # noqa: E402
 from services.kit.grpcclient import open_channel  # noqa: E402
 from services.kit.pki import ensure_mesh_pki  # noqa: E402
-from services.vault import MIGRATIONS  # noqa: E402
-from services.vault.keys import KeyRing, new_data_key  # noqa: E402
-from services.vault.tables import user_keys  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 USERS = 200
+VAULT = by_name("vault")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -55,45 +56,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def seed_data_keys(var: Path, count: int) -> None:
-    """`count` users' data keys, wrapped by the vault's v1 KEK, inserted in one transaction."""
-    ring = KeyRing.from_setting(None, var / "vault")
-    now = datetime.now(UTC)
-    rows = []
-    for n in range(count):
-        version, wrapped = ring.wrap(f"seeded-{n}", new_data_key())
-        rows.append(
-            {
-                "user_id": f"seeded-{n}",
-                "kek_version": version,
-                "wrapped_key": wrapped,
-                "generation": 1,
-                "create_time": now,
-            }
-        )
-    engine = create_sync_engine(f"sqlite:///{var / 'vault' / 'vault.db'}")
-    with engine.begin() as connection:
-        connection.execute(user_keys.insert(), rows)
-    # Into the database file, as a vault's own writes are (SQLite checkpoints as it goes): one
-    # bulk insert otherwise leaves a WAL of tens of megabytes behind for the vault to fold in.
-    raw = engine.raw_connection()  # outside a transaction, where a checkpoint can run
-    try:
-        raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        raw.close()
-    engine.dispose()
+def vault_environment(var: Path, port: int) -> dict[str, str]:
+    env = dict(os.environ, LEADMESH_VAR_DIR=str(var), LEADMESH_LOG_LEVEL="WARNING")
+    env[VAULT.port_setting] = str(port)
+    env.pop("REDIS_URL", None)
+    return env
+
+
+def migrate_vault(env: dict[str, str]) -> None:
+    """The vault's own entry point migrates its database (`python -m … migrate`)."""
+    command = [sys.executable, "-m", VAULT.module, "migrate"]
+    subprocess.run(command, cwd=ROOT, env=env, check=True)
 
 
 class VaultProcess:
-    def __init__(self, var: Path, port: int) -> None:
-        env = dict(
-            os.environ,
-            LEADMESH_VAR_DIR=str(var),
-            VAULT_PORT=str(port),
-            LEADMESH_LOG_LEVEL="WARNING",
-        )
-        env.pop("REDIS_URL", None)
-        self.process = subprocess.Popen([sys.executable, "-m", "services.vault"], cwd=ROOT, env=env)
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", VAULT.module], cwd=ROOT, env=env)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -230,15 +208,16 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=100_000)
     args = parser.parse_args()
     var = Path(tempfile.mkdtemp(prefix="leadmesh-bench-vault-"))
+    port = free_port()
+    env = vault_environment(var, port)
+    mesh = MeshSettings(var_dir=var, vault_addr=f"127.0.0.1:{port}", _env_file=None)
     ensure_mesh_pki(var / "pki")
-    migrate(f"sqlite:///{var / 'vault' / 'vault.db'}", MIGRATIONS)
+    migrate_vault(env)
     seeded = time.perf_counter()
-    seed_data_keys(var, args.keys)
+    seed_data_keys(var, database_url(None, mesh, VAULT.name), args.keys)
     took = time.perf_counter() - seeded
     print(f"seeded {args.keys} data keys in {took:.1f} s; {os.cpu_count()} cores", flush=True)
-    port = free_port()
-    vault = VaultProcess(var, port)
-    mesh = MeshSettings(var_dir=var, vault_addr=f"127.0.0.1:{port}", _env_file=None)
+    vault = VaultProcess(env)
     try:
         asyncio.run(run(args, mesh))
     finally:

@@ -10,7 +10,7 @@ import grpc
 from leadmesh.vault.v1 import vault_pb2 as pb
 from leadmesh.vault.v1 import vault_pb2_grpc
 
-from services.cli.probes import operator_channel
+from cli.probes import operator_channel
 from services.kit.config import MeshSettings, load_settings
 from services.kit.errors import from_rpc_error
 

@@ -6,13 +6,13 @@ import argparse
 import json
 import sys
 
-from services.cli.mesh import PROCESSES
+from cli.mesh import PROCESSES
 from services.kit.config import InvalidSettings, load_settings, report_invalid
 
 
 def _config(_args: argparse.Namespace) -> int:
     """Effective configuration of every process, secrets masked."""
-    from services.cli.supervisor import RestartPolicy
+    from cli.supervisor import RestartPolicy
     from services.kit.config import describe
 
     # Settings come from the environment: this is what `leadmesh up` would start from this
@@ -46,8 +46,8 @@ def _show(value: object) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from cli.probes import gateway_health, grpc_health
     from gateway.settings import GatewaySettings
-    from services.cli.probes import gateway_health, grpc_health
     from services.kit.config import MeshSettings
 
     mesh, gateway, healthy = load_settings(MeshSettings), load_settings(GatewaySettings), True
@@ -66,8 +66,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _migrate(_args: argparse.Namespace) -> int:
-    from services.cli.mesh import check_settings
-    from services.cli.supervisor import prepare
+    from cli.mesh import check_settings
+    from cli.supervisor import prepare
     from services.kit.config import MeshSettings
 
     check_settings()  # before any database is touched
@@ -81,7 +81,7 @@ def _announce(args: argparse.Namespace) -> int:
     import grpc
     from leadmesh.identity.v1 import identity_pb2, identity_pb2_grpc
 
-    from services.cli.probes import operator_channel
+    from cli.probes import operator_channel
     from services.kit.config import MeshSettings
     from services.kit.errors import from_rpc_error
 
@@ -104,17 +104,17 @@ def _announce(args: argparse.Namespace) -> int:
 
 
 def _up(_args: argparse.Namespace) -> int:
-    from services.cli.mesh import check_settings
-    from services.cli.supervisor import RestartPolicy, up
+    from cli.mesh import check_settings
+    from cli.supervisor import RestartPolicy, up
 
     check_settings(RestartPolicy)
     return up()
 
 
 def _runner_worker(args: argparse.Namespace) -> int:
-    from services.runner.workers import main as workers_main
+    from cli.mesh import runner_workers
 
-    return workers_main(["--count", str(args.count)])
+    return runner_workers(["--count", str(args.count)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     worker.add_argument("--count", type=int, default=1, help="workers in this process")
     worker.set_defaults(run=_runner_worker)
-    from services.cli import keys
+    from cli import keys
 
     keys.add_commands(commands)
     args = parser.parse_args(argv)

@@ -1,61 +1,91 @@
-"""The processes of the mesh, in start order, and what the launcher needs to know of each."""
+"""The processes of the mesh, in start order: the one list from which the command line knows each
+service (how it is started, its settings, its port, its schema history).
+
+Only this module names the services' packages; the supervisor, the probes, `config`, `migrate`
+and the benchmarks read the list. It must never reach into a service beyond its entry points (the
+runner's delivery workers are a second one), its settings class and its `MIGRATIONS`: anything
+else a service does crosses its gRPC contract.
+"""
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from pydantic_settings import BaseSettings
 
-from services.kit.config import MeshSettings, database_url, load_settings
+import gateway
+import services.identity
+import services.runner
+import services.vault
+from gateway.settings import GatewaySettings
+from services.identity.settings import IdentitySettings
+from services.kit.config import DEFAULT_PORTS, MeshSettings, database_url, load_settings
+from services.runner.settings import RunnerSettings
+from services.vault.settings import VaultSettings
 
 
 @dataclass(frozen=True)
 class Process:
     name: str
-    # `python -m <module>` serves; `python -m <module> migrate` is not used: the launcher migrates.
-    module: str
-    settings_class: str
-    migrations: str | None = None
+    # `python -m <entry_point>` serves; `python -m <entry_point> migrate` is not used: the launcher
+    # migrates every database before it starts anything.
+    entry_point: ModuleType
+    settings_class: type[BaseSettings]
+    # The variable naming the port it listens on, and the port without it.
+    port_setting: str
+    default_port: int
+    # Its Alembic history (the launcher migrates it), or None for a process without a database.
+    migrations: Path | None = None
     grpc: bool = True
+
+    @property
+    def module(self) -> str:
+        """What `python -m` is given to serve this process."""
+        return self.entry_point.__name__
 
     def settings(self) -> BaseSettings:
         """This process's settings from the environment; InvalidSettings names a wrong variable."""
-        module, _, name = self.settings_class.partition(":")
-        return load_settings(getattr(importlib.import_module(module), name))
-
-    def migrations_dir(self) -> Path | None:
-        if self.migrations is None:
-            return None
-        module, _, name = self.migrations.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return load_settings(self.settings_class)
 
     def database_url(self, settings: BaseSettings) -> str:
         return database_url(getattr(settings, "database_url", None), settings.mesh, self.name)
 
 
+def _service(package: ModuleType, name: str, settings_class: type[BaseSettings]) -> Process:
+    """A gRPC service: its port is a mesh setting (`<NAME>_PORT`), its history `MIGRATIONS`."""
+    return Process(
+        name,
+        package,
+        settings_class,
+        port_setting=f"{name.upper()}_PORT",
+        default_port=DEFAULT_PORTS[name],
+        migrations=package.MIGRATIONS,
+    )
+
+
 PROCESSES = (
+    _service(services.identity, "identity", IdentitySettings),
+    _service(services.vault, "vault", VaultSettings),
+    _service(services.runner, "runner", RunnerSettings),
     Process(
-        "identity",
-        "services.identity",
-        "services.identity.settings:IdentitySettings",
-        migrations="services.identity:MIGRATIONS",
+        "gateway",
+        gateway,
+        GatewaySettings,
+        port_setting="GATEWAY_HTTPS_PORT",
+        default_port=GatewaySettings.model_fields["https_port"].default,
+        grpc=False,
     ),
-    Process(
-        "vault",
-        "services.vault",
-        "services.vault.settings:VaultSettings",
-        migrations="services.vault:MIGRATIONS",
-    ),
-    Process(
-        "runner",
-        "services.runner",
-        "services.runner.settings:RunnerSettings",
-        migrations="services.runner:MIGRATIONS",
-    ),
-    Process("gateway", "gateway", "gateway.settings:GatewaySettings", grpc=False),
 )
+
+
+def runner_workers(argv: list[str]) -> int:
+    """`leadmesh runner-worker`: the runner's delivery workers without its API, in this process.
+    Imported only when asked for: it loads the whole runner, which no other command needs."""
+    from services.runner.worker_process import main
+
+    return main(argv)
 
 
 def check_settings(*others: type[BaseSettings]) -> None:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cli.mesh import PROCESSES, Process
+from cli.probes import gateway_health, grpc_health
 from gateway.settings import GatewaySettings
-from services.cli.mesh import PROCESSES, Process
-from services.cli.probes import gateway_health, grpc_health
 from services.kit.config import MeshSettings, load_settings
 from services.kit.db import migrate, private_dir
 from services.kit.pki import ensure_mesh_pki
@@ -63,10 +63,9 @@ def prepare(mesh: MeshSettings) -> None:
     private_dir(mesh.var_dir)  # databases, keys, mail and traces: the operator's alone
     ensure_mesh_pki(mesh.pki_dir)
     for process in PROCESSES:
-        migrations = process.migrations_dir()
-        if migrations is not None:
+        if process.migrations is not None:
             settings = process.settings()
-            migrate(process.database_url(settings), migrations)
+            migrate(process.database_url(settings), process.migrations)
 
 
 def _serving(process: Process, mesh: MeshSettings, gateway: GatewaySettings) -> bool:

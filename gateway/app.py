@@ -5,11 +5,12 @@ from __future__ import annotations
 import ipaddress
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from gateway import docs, openapi, problems
 from gateway.middleware import AccessLog, BodyLimit, CsrfGuard, NulGuard, SecurityHeaders
+from gateway.resources import API_PREFIX
 from gateway.routes import (
     accounts,
     activity,
@@ -44,6 +45,15 @@ def _scrub_span(span, _scope) -> None:
             span.set_attribute(name, "[redacted]")
 
 
+def _v1() -> APIRouter:
+    """Every REST resource, under the one version prefix; health, webhooks and the docs are not
+    versioned."""
+    v1 = APIRouter(prefix=API_PREFIX)
+    for module in (accounts, me, consents, credentials, oauth, connections, activity):
+        v1.include_router(module.router)
+    return v1
+
+
 def create_app(settings: GatewaySettings, *, clock: Clock | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -67,10 +77,9 @@ def create_app(settings: GatewaySettings, *, clock: Clock | None = None) -> Fast
     app.state.trusted_proxies = [
         ipaddress.ip_network(n, strict=False) for n in settings.trusted_proxies
     ]
-    for module in (
-        health, accounts, me, consents, credentials, oauth, connections, activity, hooks
-    ):  # fmt: skip
-        app.include_router(module.router)
+    app.include_router(health.router)
+    app.include_router(_v1())
+    app.include_router(hooks.router)
     problems.install(app)
     docs.install(app)
     app.openapi = lambda: openapi.build(app)  # type: ignore[method-assign]

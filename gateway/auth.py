@@ -15,6 +15,7 @@ import hmac
 import ipaddress
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import Depends, HTTPException, Request, Response
@@ -99,7 +100,7 @@ def clock(request: Request) -> Clock:
 async def principal(
     request: Request,
     response: Response,
-    token: str | None = Depends(_session_cookie),
+    token: Annotated[str | None, Depends(_session_cookie)],
 ) -> Principal:
     """The signed-in person, from the session cookie; 401 without a live session."""
     if not token:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from leadmesh.identity.v1 import identity_pb2
 from pydantic import BaseModel, Field
 
@@ -16,9 +16,10 @@ from gateway.auth import (
     csrf_token_for,
     remember_email,
     set_session_cookies,
-    upstreams,
 )
+from gateway.deps import Services
 from gateway.openapi import errors
+from gateway.resources import set_location
 from gateway.schemas import (
     Account,
     Email,
@@ -29,9 +30,9 @@ from gateway.schemas import (
     Strict,
     purpose_from_proto,
 )
-from gateway.upstreams import Upstreams, call
+from gateway.upstreams import call
 
-router = APIRouter(prefix="/v1", tags=["accounts"])
+router = APIRouter(tags=["accounts"])
 
 
 class NewAccount(Strict):
@@ -69,14 +70,12 @@ class Unsubscribed(BaseModel):
     response_model=Account,
     responses=errors({409: "EMAIL_TAKEN"}),
 )
-async def create_account(
-    body: NewAccount, response: Response, identity: Upstreams = Depends(upstreams)
-) -> Account:
+async def create_account(body: NewAccount, response: Response, mesh: Services) -> Account:
     account = await call(
-        identity.identity.CreateAccount,
+        mesh.identity.CreateAccount,
         identity_pb2.CreateAccountRequest(email=body.email, password=body.password),
     )
-    response.headers["Location"] = "/v1/me"
+    set_location(response, "/me")
     return Account.of(account)
 
 
@@ -101,11 +100,11 @@ async def login(
     body: Credentials,
     request: Request,
     response: Response,
-    identity: Upstreams = Depends(upstreams),
+    mesh: Services,
 ) -> SignedIn:
     seen = client(request)
     reply = await call(
-        identity.identity.Login,
+        mesh.identity.Login,
         identity_pb2.LoginRequest(
             email=body.email,
             password=body.password,
@@ -119,24 +118,18 @@ async def login(
 
 
 @router.delete("/sessions/current", status_code=status.HTTP_204_NO_CONTENT)
-async def logout(
-    request: Request, response: Response, identity: Upstreams = Depends(upstreams)
-) -> None:
+async def logout(request: Request, response: Response, mesh: Services) -> None:
     token = request.cookies.get(SESSION_COOKIE)
     if token:
-        await call(
-            identity.identity.EndSession, identity_pb2.EndSessionRequest(session_token=token)
-        )
+        await call(mesh.identity.EndSession, identity_pb2.EndSessionRequest(session_token=token))
     clear_session_cookies(response)
 
 
 @router.post("/password-resets", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted)
-async def request_password_reset(
-    body: ResetRequest, identity: Upstreams = Depends(upstreams)
-) -> Accepted:
+async def request_password_reset(body: ResetRequest, mesh: Services) -> Accepted:
     """Sends a reset link if the address has an account; answers the same either way."""
     await call(
-        identity.identity.RequestPasswordReset,
+        mesh.identity.RequestPasswordReset,
         identity_pb2.RequestPasswordResetRequest(email=body.email),
     )
     return Accepted()
@@ -148,10 +141,10 @@ async def request_password_reset(
     responses=errors({422: "RESET_TOKEN_INVALID"}),
 )
 async def confirm_password_reset(
-    body: ResetConfirmation, response: Response, identity: Upstreams = Depends(upstreams)
+    body: ResetConfirmation, response: Response, mesh: Services
 ) -> None:
     await call(
-        identity.identity.ConfirmPasswordReset,
+        mesh.identity.ConfirmPasswordReset,
         identity_pb2.ConfirmPasswordResetRequest(token=body.token, new_password=body.new_password),
     )
     clear_session_cookies(response)
@@ -166,11 +159,9 @@ UnsubscribeToken = Annotated[str, Query(min_length=1, max_length=500)]
     tags=["consents"],
     responses=errors({422: "UNSUBSCRIBE_TOKEN_INVALID"}),
 )
-async def unsubscribe(
-    token: UnsubscribeToken, identity: Upstreams = Depends(upstreams)
-) -> Unsubscribed:
+async def unsubscribe(token: UnsubscribeToken, mesh: Services) -> Unsubscribed:
     """The link in every marketing e-mail: withdraws that consent, no sign-in needed."""
-    reply = await call(identity.identity.Unsubscribe, identity_pb2.UnsubscribeRequest(token=token))
+    reply = await call(mesh.identity.Unsubscribe, identity_pb2.UnsubscribeRequest(token=token))
     return Unsubscribed(purpose=purpose_from_proto(reply.purpose))
 
 
@@ -180,8 +171,6 @@ async def unsubscribe(
     tags=["consents"],
     responses=errors({422: "UNSUBSCRIBE_TOKEN_INVALID"}),
 )
-async def unsubscribe_one_click(
-    token: UnsubscribeToken, identity: Upstreams = Depends(upstreams)
-) -> Unsubscribed:
+async def unsubscribe_one_click(token: UnsubscribeToken, mesh: Services) -> Unsubscribed:
     """RFC 8058 one-click: mail clients POST `List-Unsubscribe=One-Click` to the link."""
-    return await unsubscribe(token, identity)
+    return await unsubscribe(token, mesh)

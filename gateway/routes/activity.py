@@ -12,16 +12,15 @@ from google.protobuf import empty_pb2
 from leadmesh.runner.v1 import runner_pb2
 from pydantic import BaseModel
 
-from gateway.auth import Principal, principal, upstreams
+from gateway.deps import CurrentUser, Services
+from gateway.resources import Paged, PageRequest, listed
 from gateway.schemas import Page, timestamp
-from gateway.upstreams import Upstreams, call
+from gateway.upstreams import call
 from services.kit.timestamps import json_value
 
 router = APIRouter(tags=["activity"])
 
 Id = Annotated[str, Path(min_length=1, max_length=64)]
-PageSize = Annotated[int, Query(ge=1, le=100)]
-PageToken = Annotated[str | None, Query(max_length=300)]
 ConnectionFilter = Annotated[str | None, Query(max_length=64)]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -111,6 +110,22 @@ class WebhookLogEntry(BaseModel):
     # Headers and query parameters whose values were replaced by "[redacted]".
     redacted: list[str] = []
 
+    @classmethod
+    def of(cls, e: runner_pb2.WebhookLogEntry) -> WebhookLogEntry:
+        return cls(
+            id=e.id,
+            connection_id=e.connection_id,
+            run_id=e.run_id or None,
+            receive_time=timestamp(e.receive_time),
+            source_ip=e.source_ip,
+            method=e.method,
+            headers=[Header(name=h.name, value=h.value) for h in e.headers],
+            query=e.query,
+            body_encoding=e.body_encoding,  # type: ignore[arg-type]
+            body=e.body,
+            redacted=list(e.redacted),
+        )
+
 
 class Notification(BaseModel):
     id: str
@@ -142,35 +157,30 @@ class EgressAddresses(BaseModel):
     addresses: list[str]
 
 
-def _list(page_size: int, page_token: str | None, connection_id: str | None):
+async def _connection_filter(connection_id: ConnectionFilter = None) -> str:
+    """A dependency, so that its query parameter follows the page's in the documentation."""
+    return connection_id or ""
+
+
+OfConnection = Annotated[str, Depends(_connection_filter)]
+
+
+def _list(page: PageRequest, connection_id: str) -> runner_pb2.ListRequest:
     return runner_pb2.ListRequest(
-        page_size=page_size, page_token=page_token or "", connection_id=connection_id or ""
+        page_size=page.size, page_token=page.token, connection_id=connection_id
     )
 
 
-@router.get("/v1/activity", response_model=Page[Run])
+@router.get("/activity", response_model=Page[Run])
 async def list_activity(
-    page_size: PageSize = 20,
-    page_token: PageToken = None,
-    connection_id: ConnectionFilter = None,
-    who: Principal = Depends(principal),
-    mesh: Upstreams = Depends(upstreams),
+    page: Paged, connection_id: OfConnection, who: CurrentUser, mesh: Services
 ) -> Page[Run]:
-    reply = await call(
-        mesh.runner.ListActivity,
-        _list(page_size, page_token, connection_id),
-        user_id=who.account_id,
-    )
-    return Page[Run](
-        items=[Run(**Run.fields(r)) for r in reply.runs],
-        next_page_token=reply.next_page_token or None,
-    )
+    reply = await call(mesh.runner.ListActivity, _list(page, connection_id), user_id=who.account_id)
+    return listed(Run, (Run(**Run.fields(r)) for r in reply.runs), reply.next_page_token)
 
 
-@router.get("/v1/runs/{run_id}", response_model=RunDetail)
-async def get_run(
-    run_id: Id, who: Principal = Depends(principal), mesh: Upstreams = Depends(upstreams)
-) -> RunDetail:
+@router.get("/runs/{run_id}", response_model=RunDetail)
+async def get_run(run_id: Id, who: CurrentUser, mesh: Services) -> RunDetail:
     reply = await call(
         mesh.runner.GetRun, runner_pb2.GetRunRequest(id=run_id), user_id=who.account_id
     )
@@ -197,62 +207,29 @@ async def get_run(
     )
 
 
-@router.get("/v1/webhook-log", response_model=Page[WebhookLogEntry])
+@router.get("/webhook-log", response_model=Page[WebhookLogEntry])
 async def list_webhook_log(
-    page_size: PageSize = 20,
-    page_token: PageToken = None,
-    connection_id: ConnectionFilter = None,
-    who: Principal = Depends(principal),
-    mesh: Upstreams = Depends(upstreams),
+    page: Paged, connection_id: OfConnection, who: CurrentUser, mesh: Services
 ) -> Page[WebhookLogEntry]:
     reply = await call(
-        mesh.runner.ListWebhookLog,
-        _list(page_size, page_token, connection_id),
-        user_id=who.account_id,
+        mesh.runner.ListWebhookLog, _list(page, connection_id), user_id=who.account_id
     )
-    return Page[WebhookLogEntry](
-        items=[
-            WebhookLogEntry(
-                id=e.id,
-                connection_id=e.connection_id,
-                run_id=e.run_id or None,
-                receive_time=timestamp(e.receive_time),
-                source_ip=e.source_ip,
-                method=e.method,
-                headers=[Header(name=h.name, value=h.value) for h in e.headers],
-                query=e.query,
-                body_encoding=e.body_encoding,  # type: ignore[arg-type]
-                body=e.body,
-                redacted=list(e.redacted),
-            )
-            for e in reply.entries
-        ],
-        next_page_token=reply.next_page_token or None,
-    )
+    return listed(WebhookLogEntry, map(WebhookLogEntry.of, reply.entries), reply.next_page_token)
 
 
-@router.get("/v1/notifications", response_model=Page[Notification])
+@router.get("/notifications", response_model=Page[Notification])
 async def list_notifications(
-    page_size: PageSize = 20,
-    page_token: PageToken = None,
-    connection_id: ConnectionFilter = None,
-    who: Principal = Depends(principal),
-    mesh: Upstreams = Depends(upstreams),
+    page: Paged, connection_id: OfConnection, who: CurrentUser, mesh: Services
 ) -> Page[Notification]:
     reply = await call(
-        mesh.runner.ListNotifications,
-        _list(page_size, page_token, connection_id),
-        user_id=who.account_id,
+        mesh.runner.ListNotifications, _list(page, connection_id), user_id=who.account_id
     )
-    return Page[Notification](
-        items=[Notification.of(n) for n in reply.notifications],
-        next_page_token=reply.next_page_token or None,
-    )
+    return listed(Notification, map(Notification.of, reply.notifications), reply.next_page_token)
 
 
-@router.post("/v1/notifications/{notification_id}/read", response_model=Notification)
+@router.post("/notifications/{notification_id}/read", response_model=Notification)
 async def mark_notification_read(
-    notification_id: Id, who: Principal = Depends(principal), mesh: Upstreams = Depends(upstreams)
+    notification_id: Id, who: CurrentUser, mesh: Services
 ) -> Notification:
     reply = await call(
         mesh.runner.MarkNotificationRead,
@@ -262,8 +239,8 @@ async def mark_notification_read(
     return Notification.of(reply)
 
 
-@router.get("/v1/egress-ips", response_model=EgressAddresses)
-async def egress_ips(mesh: Upstreams = Depends(upstreams)) -> EgressAddresses:
+@router.get("/egress-ips", response_model=EgressAddresses)
+async def egress_ips(mesh: Services) -> EgressAddresses:
     """The addresses our calls to third parties come from: allowlist them. Public."""
     reply = await call(mesh.runner.GetEgressAddresses, empty_pb2.Empty())
     return EgressAddresses(addresses=list(reply.addresses))

@@ -7,20 +7,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
-from google.protobuf import field_mask_pb2
+from fastapi import APIRouter, Path, Request, Response, status
 from leadmesh.runner.v1 import runner_pb2
 from leadmesh.vault.v1 import vault_pb2
 from pydantic import BaseModel, Field
 
-from gateway.auth import Principal, principal, upstreams
+from gateway.deps import CurrentUser, Services
 from gateway.openapi import errors
+from gateway.resources import Paged, listed, set_location, update_mask
 from gateway.schemas import Page, Strict, timestamp
 from gateway.upstreams import UpstreamError, Upstreams, call
 from services.kit.errors import InvalidArgument
 from services.kit.timestamps import json_value, to_value
 
-router = APIRouter(prefix="/v1/connections", tags=["connections"])
+router = APIRouter(prefix="/connections", tags=["connections"])
 
 ConnectionId = Annotated[str, Path(min_length=1, max_length=64)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
@@ -195,8 +195,8 @@ async def create_connection(
     body: NewConnection,
     request: Request,
     response: Response,
-    who: Principal = Depends(principal),
-    mesh: Upstreams = Depends(upstreams),
+    who: CurrentUser,
+    mesh: Services,
 ) -> Connection:
     await _check_credential(mesh, who.account_id, body.action.credential_id)
     created = await call(
@@ -210,33 +210,25 @@ async def create_connection(
         ),
         user_id=who.account_id,
     )
-    response.headers["Location"] = f"/v1/connections/{created.connection.id}"
+    set_location(response, f"/connections/{created.connection.id}")
     return Connection.of(created.connection, webhook_url(request, created.webhook_token))
 
 
 @router.get("", response_model=Page[Connection])
-async def list_connections(
-    page_size: Annotated[int, Query(ge=1, le=100)] = 20,
-    page_token: Annotated[str | None, Query(max_length=300)] = None,
-    who: Principal = Depends(principal),
-    mesh: Upstreams = Depends(upstreams),
-) -> Page[Connection]:
+async def list_connections(page: Paged, who: CurrentUser, mesh: Services) -> Page[Connection]:
     reply = await call(
         mesh.runner.ListConnections,
-        runner_pb2.ListConnectionsRequest(page_size=page_size, page_token=page_token or ""),
+        runner_pb2.ListConnectionsRequest(page_size=page.size, page_token=page.token),
         user_id=who.account_id,
     )
-    return Page[Connection](
-        items=[Connection.of(c) for c in reply.connections],
-        next_page_token=reply.next_page_token or None,
-    )
+    return listed(Connection, map(Connection.of, reply.connections), reply.next_page_token)
 
 
 @router.get("/{connection_id}", response_model=Connection)
 async def get_connection(
     connection_id: ConnectionId,
-    who: Principal = Depends(principal),
-    mesh: Upstreams = Depends(upstreams),
+    who: CurrentUser,
+    mesh: Services,
 ) -> Connection:
     found = await call(
         mesh.runner.GetConnection,
@@ -250,18 +242,16 @@ async def get_connection(
 async def update_connection(
     connection_id: ConnectionId,
     body: ConnectionChange,
-    who: Principal = Depends(principal),
-    mesh: Upstreams = Depends(upstreams),
+    who: CurrentUser,
+    mesh: Services,
 ) -> Connection:
-    given = body.model_fields_set
-    paths = sorted(f for f in given if getattr(body, f) is not None or f == "signing_secret")
     request = runner_pb2.UpdateConnectionRequest(
         id=connection_id,
         name=body.name or "",
         status=body.status or "",
         max_attempts=body.max_attempts or 0,
         signing_secret=body.signing_secret or "",
-        update_mask=field_mask_pb2.FieldMask(paths=paths),
+        update_mask=update_mask(body, nullable=("signing_secret",)),
     )
     if body.trigger is not None:
         request.trigger.CopyFrom(_trigger_pb(body.trigger))
@@ -275,8 +265,8 @@ async def update_connection(
 @router.delete("/{connection_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_connection(
     connection_id: ConnectionId,
-    who: Principal = Depends(principal),
-    mesh: Upstreams = Depends(upstreams),
+    who: CurrentUser,
+    mesh: Services,
 ) -> None:
     await call(
         mesh.runner.DeleteConnection,
@@ -293,8 +283,8 @@ async def delete_connection(
 async def rotate_token(
     connection_id: ConnectionId,
     request: Request,
-    who: Principal = Depends(principal),
-    mesh: Upstreams = Depends(upstreams),
+    who: CurrentUser,
+    mesh: Services,
 ) -> Connection:
     """A new webhook URL; the old one stops working at once."""
     reply = await call(
@@ -314,8 +304,8 @@ async def rotate_token(
 async def start_run(
     connection_id: ConnectionId,
     body: NewRun,
-    who: Principal = Depends(principal),
-    mesh: Upstreams = Depends(upstreams),
+    who: CurrentUser,
+    mesh: Services,
 ) -> RunAccepted:
     request = runner_pb2.StartRunRequest(connection_id=connection_id)
     if body.payload is not None:

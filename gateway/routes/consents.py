@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from leadmesh.identity.v1 import identity_pb2
 from pydantic import Field
 
-from gateway.auth import Principal, principal, upstreams
+from gateway.deps import CurrentUser, Services
+from gateway.resources import listed
 from gateway.schemas import Consent, Page, Purpose, Strict, purpose_to_proto
-from gateway.upstreams import Upstreams, call
+from gateway.upstreams import call
 
-router = APIRouter(prefix="/v1/me/consents", tags=["consents"])
+router = APIRouter(prefix="/me/consents", tags=["consents"])
 
 
 class ConsentChange(Strict):
@@ -27,15 +28,13 @@ class ConsentChanges(Strict):
 
 
 def _page(reply: identity_pb2.Consents) -> Page[Consent]:
-    return Page[Consent](items=[Consent.of(c) for c in reply.consents])
+    return listed(Consent, map(Consent.of, reply.consents))
 
 
 @router.get("", response_model=Page[Consent])
-async def consents(
-    who: Principal = Depends(principal), identity: Upstreams = Depends(upstreams)
-) -> Page[Consent]:
+async def consents(who: CurrentUser, mesh: Services) -> Page[Consent]:
     reply = await call(
-        identity.identity.GetConsents, identity_pb2.GetConsentsRequest(), user_id=who.account_id
+        mesh.identity.GetConsents, identity_pb2.GetConsentsRequest(), user_id=who.account_id
     )
     return _page(reply)
 
@@ -43,15 +42,15 @@ async def consents(
 @router.put("", response_model=Page[Consent])
 async def update_consents(
     body: ConsentChanges,
-    who: Principal = Depends(principal),
-    identity: Upstreams = Depends(upstreams),
+    who: CurrentUser,
+    mesh: Services,
 ) -> Page[Consent]:
     changes = [
         identity_pb2.ConsentChange(purpose=purpose_to_proto(c.purpose), granted=c.granted)
         for c in body.items
     ]
     reply = await call(
-        identity.identity.UpdateConsents,
+        mesh.identity.UpdateConsents,
         identity_pb2.UpdateConsentsRequest(changes=changes),
         user_id=who.account_id,
     )

@@ -7,16 +7,17 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
-from google.protobuf import field_mask_pb2, struct_pb2
+from fastapi import APIRouter, Path, Response, status
+from google.protobuf import struct_pb2
 from leadmesh.vault.v1 import vault_pb2
 from pydantic import BaseModel, Field
 
-from gateway.auth import Principal, principal, upstreams
+from gateway.deps import CurrentUser, Services
+from gateway.resources import Paged, listed, set_location, update_mask
 from gateway.schemas import Page, Strict, timestamp
-from gateway.upstreams import Upstreams, call
+from gateway.upstreams import call
 
-router = APIRouter(prefix="/v1/credentials", tags=["credentials"])
+router = APIRouter(prefix="/credentials", tags=["credentials"])
 
 
 class Kind(StrEnum):
@@ -103,8 +104,8 @@ def kind_value(kind: Kind) -> int:
 async def create_credential(
     body: NewCredential,
     response: Response,
-    who: Principal = Depends(principal),
-    mesh: Upstreams = Depends(upstreams),
+    who: CurrentUser,
+    mesh: Services,
 ) -> Credential:
     created = await call(
         mesh.vault.CreateCredential,
@@ -116,33 +117,25 @@ async def create_credential(
         ),
         user_id=who.account_id,
     )
-    response.headers["Location"] = f"/v1/credentials/{created.id}"
+    set_location(response, f"/credentials/{created.id}")
     return Credential.of(created)
 
 
 @router.get("", response_model=Page[Credential])
-async def list_credentials(
-    page_size: Annotated[int, Query(ge=1, le=100)] = 20,
-    page_token: Annotated[str | None, Query(max_length=300)] = None,
-    who: Principal = Depends(principal),
-    mesh: Upstreams = Depends(upstreams),
-) -> Page[Credential]:
+async def list_credentials(page: Paged, who: CurrentUser, mesh: Services) -> Page[Credential]:
     reply = await call(
         mesh.vault.ListCredentials,
-        vault_pb2.ListCredentialsRequest(page_size=page_size, page_token=page_token or ""),
+        vault_pb2.ListCredentialsRequest(page_size=page.size, page_token=page.token),
         user_id=who.account_id,
     )
-    return Page[Credential](
-        items=[Credential.of(c) for c in reply.credentials],
-        next_page_token=reply.next_page_token or None,
-    )
+    return listed(Credential, map(Credential.of, reply.credentials), reply.next_page_token)
 
 
 @router.get("/{credential_id}", response_model=Credential)
 async def get_credential(
     credential_id: CredentialId,
-    who: Principal = Depends(principal),
-    mesh: Upstreams = Depends(upstreams),
+    who: CurrentUser,
+    mesh: Services,
 ) -> Credential:
     found = await call(
         mesh.vault.GetCredential,
@@ -156,15 +149,14 @@ async def get_credential(
 async def update_credential(
     credential_id: CredentialId,
     body: CredentialChange,
-    who: Principal = Depends(principal),
-    mesh: Upstreams = Depends(upstreams),
+    who: CurrentUser,
+    mesh: Services,
 ) -> Credential:
-    paths = sorted(f for f in body.model_fields_set if getattr(body, f) is not None)
     request = vault_pb2.UpdateCredentialRequest(
         id=credential_id,
         name=body.name or "",
         provider=body.provider or "",
-        update_mask=field_mask_pb2.FieldMask(paths=paths),
+        update_mask=update_mask(body),
     )
     if body.secret is not None:
         request.secret.CopyFrom(_struct(body.secret))
@@ -175,8 +167,8 @@ async def update_credential(
 @router.delete("/{credential_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_credential(
     credential_id: CredentialId,
-    who: Principal = Depends(principal),
-    mesh: Upstreams = Depends(upstreams),
+    who: CurrentUser,
+    mesh: Services,
 ) -> None:
     await call(
         mesh.vault.DeleteCredential,

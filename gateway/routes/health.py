@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from gateway.auth import upstreams
-from gateway.upstreams import Upstreams
+from gateway.deps import Services
 
 router = APIRouter(tags=["health"])
 
@@ -31,7 +30,7 @@ async def healthz() -> Health:
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "an upstream is not serving"}},
 )
-async def readyz(services: Upstreams = Depends(upstreams)) -> JSONResponse:
+async def readyz(services: Services) -> JSONResponse:
     states = await services.health()
     ready = all(state == "SERVING" for state in states.values())
     body = Readiness(status="ready" if ready else "not ready", upstreams=states)

@@ -8,14 +8,16 @@ from datetime import datetime
 from typing import Annotated
 
 import grpc
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 from leadmesh.identity.v1 import identity_pb2
 from leadmesh.runner.v1 import runner_pb2
 from leadmesh.vault.v1 import vault_pb2
 from pydantic import BaseModel, Field
 
-from gateway.auth import Principal, clear_session_cookies, client, principal, upstreams
+from gateway.auth import clear_session_cookies, client
+from gateway.deps import CurrentUser, Services
 from gateway.openapi import errors
+from gateway.resources import IdentityPaged, listed
 from gateway.routes.accounts import signed_in
 from gateway.schemas import (
     Account,
@@ -33,10 +35,7 @@ from gateway.upstreams import Upstreams, call
 
 log = logging.getLogger("leadmesh.gateway")
 
-router = APIRouter(prefix="/v1/me", tags=["me"])
-
-PageSize = Annotated[int, Query(ge=1, le=100, description="at most 100")]
-PageToken = Annotated[str | None, Query(max_length=200)]
+router = APIRouter(prefix="/me", tags=["me"])
 
 
 class PasswordChange(Strict):
@@ -65,11 +64,9 @@ class DeletionRequested(BaseModel):
 
 
 @router.get("", response_model=Account)
-async def me(
-    who: Principal = Depends(principal), identity: Upstreams = Depends(upstreams)
-) -> Account:
+async def me(who: CurrentUser, mesh: Services) -> Account:
     account = await call(
-        identity.identity.GetAccount, identity_pb2.GetAccountRequest(), user_id=who.account_id
+        mesh.identity.GetAccount, identity_pb2.GetAccountRequest(), user_id=who.account_id
     )
     return Account.of(account)
 
@@ -83,13 +80,13 @@ async def change_password(
     body: PasswordChange,
     request: Request,
     response: Response,
-    who: Principal = Depends(principal),
-    identity: Upstreams = Depends(upstreams),
+    who: CurrentUser,
+    mesh: Services,
 ) -> SignedIn:
     """Every session of the account ends; this one continues under a new token."""
     seen = client(request)
     reply = await call(
-        identity.identity.ChangePassword,
+        mesh.identity.ChangePassword,
         identity_pb2.ChangePasswordRequest(
             current_password=body.current_password,
             new_password=body.new_password,
@@ -104,12 +101,10 @@ async def change_password(
 @router.put(
     "/plan", response_model=Account, responses=errors({422: ("CARD_DATA_REFUSED", "UNKNOWN_PLAN")})
 )
-async def change_plan(
-    body: PlanChange, who: Principal = Depends(principal), identity: Upstreams = Depends(upstreams)
-) -> Account:
+async def change_plan(body: PlanChange, who: CurrentUser, mesh: Services) -> Account:
     address = body.billing_address or PostalAddress()
     account = await call(
-        identity.identity.UpdatePlan,
+        mesh.identity.UpdatePlan,
         identity_pb2.UpdatePlanRequest(
             plan=body.plan,
             billing_name=body.billing_name,
@@ -123,40 +118,30 @@ async def change_plan(
 
 @router.get("/login-history", response_model=Page[LoginAttempt])
 async def login_history(
-    page_size: PageSize = 20,
-    page_token: PageToken = None,
-    who: Principal = Depends(principal),
-    identity: Upstreams = Depends(upstreams),
+    page: IdentityPaged, who: CurrentUser, mesh: Services
 ) -> Page[LoginAttempt]:
     reply = await call(
-        identity.identity.ListLoginAttempts,
-        identity_pb2.ListLoginAttemptsRequest(page_size=page_size, page_token=page_token or ""),
+        mesh.identity.ListLoginAttempts,
+        identity_pb2.ListLoginAttemptsRequest(page_size=page.size, page_token=page.token),
         user_id=who.account_id,
     )
-    return Page[LoginAttempt](
-        items=[LoginAttempt.of(a) for a in reply.attempts],
-        next_page_token=reply.next_page_token or None,
-    )
+    return listed(LoginAttempt, map(LoginAttempt.of, reply.attempts), reply.next_page_token)
 
 
 @router.get("/sessions", response_model=Page[Session])
-async def sessions(
-    who: Principal = Depends(principal), identity: Upstreams = Depends(upstreams)
-) -> Page[Session]:
+async def sessions(who: CurrentUser, mesh: Services) -> Page[Session]:
     reply = await call(
-        identity.identity.ListSessions,
+        mesh.identity.ListSessions,
         identity_pb2.ListSessionsRequest(current_session_id=who.session_id),
         user_id=who.account_id,
     )
-    return Page[Session](items=[Session.of(s) for s in reply.sessions])
+    return listed(Session, map(Session.of, reply.sessions))
 
 
 @router.delete("/sessions/others", response_model=Revoked)
-async def end_other_sessions(
-    who: Principal = Depends(principal), identity: Upstreams = Depends(upstreams)
-) -> Revoked:
+async def end_other_sessions(who: CurrentUser, mesh: Services) -> Revoked:
     reply = await call(
-        identity.identity.RevokeOtherSessions,
+        mesh.identity.RevokeOtherSessions,
         identity_pb2.RevokeOtherSessionsRequest(current_session_id=who.session_id),
         user_id=who.account_id,
     )
@@ -173,20 +158,20 @@ async def request_deletion(
     body: DeletionConfirmation,
     request: Request,
     response: Response,
-    who: Principal = Depends(principal),
-    identity: Upstreams = Depends(upstreams),
+    who: CurrentUser,
+    mesh: Services,
 ) -> DeletionRequested:
     """Disables the account and ends every session now; the account's webhooks answer 410,
     its schedules and queued runs stop, its credentials are no longer used; erasure follows
     within 60 days."""
     reply = await call(
-        identity.identity.RequestDeletion,
+        mesh.identity.RequestDeletion,
         identity_pb2.RequestDeletionRequest(
             password=body.password, ip_address=client(request).ip_address
         ),
         user_id=who.account_id,
     )
-    await suspend_everywhere(identity, who.account_id)
+    await suspend_everywhere(mesh, who.account_id)
     clear_session_cookies(response)
     return DeletionRequested(
         request_time=timestamp(reply.request_time), erase_deadline=timestamp(reply.erase_deadline)

@@ -6,14 +6,15 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import RedirectResponse
 from leadmesh.vault.v1 import vault_pb2
 
-from gateway.auth import Principal, principal, upstreams
-from gateway.upstreams import UpstreamError, Upstreams, call
+from gateway.deps import CurrentUser, Services
+from gateway.resources import API_PREFIX
+from gateway.upstreams import UpstreamError, call
 
-router = APIRouter(prefix="/v1/oauth", tags=["credentials"])
+router = APIRouter(prefix="/oauth", tags=["credentials"])
 
 Provider = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
 # Reasons that end the browser's round trip at the frontend rather than in a JSON problem.
@@ -22,7 +23,7 @@ _FLOW_ERRORS = {"OAUTH_STATE_INVALID", "OAUTH_DENIED", "OAUTH_EXCHANGE_FAILED"}
 
 def _callback_url(request: Request, provider: str) -> str:
     public = request.app.state.settings.mesh.public_url.rstrip("/")
-    return f"{public}/v1/oauth/{quote(provider, safe='')}/callback"
+    return f"{public}{API_PREFIX}/oauth/{quote(provider, safe='')}/callback"
 
 
 def _frontend(request: Request) -> str:
@@ -38,9 +39,9 @@ def _frontend(request: Request) -> str:
 async def start(
     provider: Provider,
     request: Request,
+    who: CurrentUser,
+    mesh: Services,
     name: Annotated[str, Query(max_length=200, pattern=r"^[^\x00-\x1f]*$")] = "",
-    who: Principal = Depends(principal),
-    mesh: Upstreams = Depends(upstreams),
 ) -> RedirectResponse:
     reply = await call(
         mesh.vault.StartOAuth,
@@ -64,11 +65,11 @@ async def start(
 async def callback(
     provider: Provider,
     request: Request,
+    who: CurrentUser,
+    mesh: Services,
     state: Annotated[str, Query(max_length=500)] = "",
     code: Annotated[str, Query(max_length=2000)] = "",
     error: Annotated[str, Query(max_length=200)] = "",
-    who: Principal = Depends(principal),
-    mesh: Upstreams = Depends(upstreams),
 ) -> RedirectResponse:
     try:
         created = await call(

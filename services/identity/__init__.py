@@ -1,5 +1,5 @@
-"""Identity: accounts, passwords, sessions, login history, consents, plans and accounting,
-password resets and deletion requests. Served over gRPC (`protos/leadmesh/identity/v1`)."""
+"""Identity: accounts, sessions and login history, password changes and resets, deletion
+requests, consents, plans and accounting. Served over gRPC (`protos/leadmesh/identity/v1`)."""
 
 from pathlib import Path
 

@@ -1,20 +1,27 @@
-"""The gRPC face of identity: protobuf in, use cases, protobuf out. Who may call what is
-`ALLOWED_CALLERS`; the kit's interceptor enforces it and maps domain errors to status."""
+"""The gRPC face of identity: protobuf in, one use-case object per method, protobuf out; it holds
+no rule of its own. Who may call what is `ALLOWED_CALLERS`; the kit's interceptor enforces it and
+maps domain errors to status."""
 
 from __future__ import annotations
 
+import grpc
 from google.protobuf import empty_pb2
 from leadmesh.identity.v1 import identity_pb2 as pb
 from leadmesh.identity.v1 import identity_pb2_grpc
 
 from services.identity import store
+from services.identity.accounts import Accounts
 from services.identity.billing import ADDRESS_FIELDS, Billing, PlanChange
 from services.identity.consents import Consent, Consents
-from services.identity.domain import Identity, SignedIn
+from services.identity.deletion import Deletion
+from services.identity.password_change import PasswordChange
+from services.identity.password_reset import PasswordReset
+from services.identity.sessions import Sessions, SignedIn
 from services.kit.callers import acting_user
 from services.kit.errors import InvalidArgument
 from services.kit.timestamps import to_timestamp
 
+Context = grpc.aio.ServicerContext
 SERVICE = pb.DESCRIPTOR.services_by_name["IdentityService"].full_name
 _GATEWAY_METHODS = (
     "CreateAccount",
@@ -116,35 +123,57 @@ _OUTCOMES = {
 
 
 class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
-    def __init__(self, identity: Identity, billing: Billing, consents: Consents) -> None:
-        self.identity = identity
+    def __init__(
+        self,
+        *,
+        accounts: Accounts,
+        sessions: Sessions,
+        password_change: PasswordChange,
+        password_reset: PasswordReset,
+        deletion: Deletion,
+        billing: Billing,
+        consents: Consents,
+    ) -> None:
+        self.accounts = accounts
+        self.sessions = sessions
+        self.password_change = password_change
+        self.password_reset = password_reset
+        self.deletion = deletion
         self.billing = billing
         self.consents = consents
 
-    async def CreateAccount(self, request, context):  # noqa: N802 - gRPC method names
-        return account_pb(await self.identity.create_account(request.email, request.password))
+    async def CreateAccount(  # noqa: N802 - gRPC method names
+        self, request: pb.CreateAccountRequest, context: Context
+    ) -> pb.Account:
+        return account_pb(await self.accounts.create_account(request.email, request.password))
 
-    async def Login(self, request, context):  # noqa: N802
-        signed_in = await self.identity.login(
+    async def Login(self, request: pb.LoginRequest, context: Context) -> pb.LoginResponse:  # noqa: N802
+        signed_in = await self.sessions.login(
             request.email, request.password, request.ip_address, request.user_agent
         )
         return login_pb(signed_in)
 
-    async def AuthenticateSession(self, request, context):  # noqa: N802
-        session = await self.identity.authenticate(request.session_token)
+    async def AuthenticateSession(  # noqa: N802
+        self, request: pb.AuthenticateSessionRequest, context: Context
+    ) -> pb.AuthenticateSessionResponse:
+        session = await self.sessions.authenticate(request.session_token)
         return pb.AuthenticateSessionResponse(
             account_id=session.account_id, session=session_pb(session)
         )
 
-    async def EndSession(self, request, context):  # noqa: N802
-        await self.identity.end_session(request.session_token)
+    async def EndSession(  # noqa: N802
+        self, request: pb.EndSessionRequest, context: Context
+    ) -> empty_pb2.Empty:
+        await self.sessions.end_session(request.session_token)
         return empty_pb2.Empty()
 
-    async def GetAccount(self, request, context):  # noqa: N802
-        return account_pb(await self.identity.account(acting_user(context)))
+    async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> pb.Account:  # noqa: N802
+        return account_pb(await self.accounts.account(acting_user(context)))
 
-    async def ChangePassword(self, request, context):  # noqa: N802
-        signed_in = await self.identity.change_password(
+    async def ChangePassword(  # noqa: N802
+        self, request: pb.ChangePasswordRequest, context: Context
+    ) -> pb.LoginResponse:
+        signed_in = await self.password_change.change_password(
             acting_user(context),
             request.current_password,
             request.new_password,
@@ -153,7 +182,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         )
         return login_pb(signed_in)
 
-    async def UpdatePlan(self, request, context):  # noqa: N802
+    async def UpdatePlan(self, request: pb.UpdatePlanRequest, context: Context) -> pb.Account:  # noqa: N802
         address = {k: getattr(request.billing_address, k) for k in ADDRESS_FIELDS}
         change = PlanChange(
             plan=request.plan,
@@ -163,8 +192,10 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         )
         return account_pb(await self.billing.change_plan(acting_user(context), change))
 
-    async def ListLoginAttempts(self, request, context):  # noqa: N802
-        attempts, next_token = await self.identity.login_attempts(
+    async def ListLoginAttempts(  # noqa: N802
+        self, request: pb.ListLoginAttemptsRequest, context: Context
+    ) -> pb.ListLoginAttemptsResponse:
+        attempts, next_token = await self.sessions.login_attempts(
             acting_user(context), request.page_size, request.page_token
         )
         return pb.ListLoginAttemptsResponse(
@@ -180,47 +211,63 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
             next_page_token=next_token,
         )
 
-    async def ListSessions(self, request, context):  # noqa: N802
-        sessions = await self.identity.sessions(acting_user(context))
+    async def ListSessions(  # noqa: N802
+        self, request: pb.ListSessionsRequest, context: Context
+    ) -> pb.ListSessionsResponse:
+        sessions = await self.sessions.sessions(acting_user(context))
         return pb.ListSessionsResponse(
             sessions=[session_pb(s, request.current_session_id) for s in sessions]
         )
 
-    async def RevokeOtherSessions(self, request, context):  # noqa: N802
-        count = await self.identity.revoke_other_sessions(
+    async def RevokeOtherSessions(  # noqa: N802
+        self, request: pb.RevokeOtherSessionsRequest, context: Context
+    ) -> pb.RevokeOtherSessionsResponse:
+        count = await self.sessions.revoke_other_sessions(
             acting_user(context), request.current_session_id
         )
         return pb.RevokeOtherSessionsResponse(revoked_count=count)
 
-    async def GetConsents(self, request, context):  # noqa: N802
+    async def GetConsents(self, request: pb.GetConsentsRequest, context: Context) -> pb.Consents:  # noqa: N802
         return consents_pb(await self.consents.get(acting_user(context)))
 
-    async def UpdateConsents(self, request, context):  # noqa: N802
+    async def UpdateConsents(  # noqa: N802
+        self, request: pb.UpdateConsentsRequest, context: Context
+    ) -> pb.Consents:
         changes = [(purpose_name(c.purpose), c.granted) for c in request.changes]
         return consents_pb(await self.consents.update(acting_user(context), changes))
 
-    async def Unsubscribe(self, request, context):  # noqa: N802
+    async def Unsubscribe(  # noqa: N802
+        self, request: pb.UnsubscribeRequest, context: Context
+    ) -> pb.UnsubscribeResponse:
         purpose = await self.consents.unsubscribe(request.token)
         return pb.UnsubscribeResponse(purpose=purpose_value(purpose))
 
-    async def RequestPasswordReset(self, request, context):  # noqa: N802
-        await self.identity.request_password_reset(request.email)
+    async def RequestPasswordReset(  # noqa: N802
+        self, request: pb.RequestPasswordResetRequest, context: Context
+    ) -> empty_pb2.Empty:
+        await self.password_reset.request_password_reset(request.email)
         return empty_pb2.Empty()
 
-    async def ConfirmPasswordReset(self, request, context):  # noqa: N802
-        await self.identity.confirm_password_reset(request.token, request.new_password)
+    async def ConfirmPasswordReset(  # noqa: N802
+        self, request: pb.ConfirmPasswordResetRequest, context: Context
+    ) -> empty_pb2.Empty:
+        await self.password_reset.confirm_password_reset(request.token, request.new_password)
         return empty_pb2.Empty()
 
-    async def RequestDeletion(self, request, context):  # noqa: N802
-        requested, deadline = await self.identity.request_deletion(
+    async def RequestDeletion(  # noqa: N802
+        self, request: pb.RequestDeletionRequest, context: Context
+    ) -> pb.DeletionRequest:
+        requested, deadline = await self.deletion.request_deletion(
             acting_user(context), request.password, request.ip_address
         )
         return pb.DeletionRequest(
             request_time=to_timestamp(requested), erase_deadline=to_timestamp(deadline)
         )
 
-    async def ListDeletionRequests(self, request, context):  # noqa: N802
-        rows, token = await self.identity.deletion_requests(request.page_size, request.page_token)
+    async def ListDeletionRequests(  # noqa: N802
+        self, request: pb.ListDeletionRequestsRequest, context: Context
+    ) -> pb.ListDeletionRequestsResponse:
+        rows, token = await self.deletion.deletion_requests(request.page_size, request.page_token)
         return pb.ListDeletionRequestsResponse(
             deletions=[
                 pb.AccountDeletion(account_id=account_id, request_time=to_timestamp(requested))
@@ -229,12 +276,16 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
             next_page_token=token,
         )
 
-    async def SendAnnouncement(self, request, context):  # noqa: N802
+    async def SendAnnouncement(  # noqa: N802
+        self, request: pb.SendAnnouncementRequest, context: Context
+    ) -> pb.SendAnnouncementResponse:
         count = await self.consents.announce(
             purpose_name(request.purpose), request.subject, request.body
         )
         return pb.SendAnnouncementResponse(recipient_count=count)
 
-    async def NotifyAccount(self, request, context):  # noqa: N802
+    async def NotifyAccount(  # noqa: N802
+        self, request: pb.NotifyAccountRequest, context: Context
+    ) -> pb.NotifyAccountResponse:
         sent = await self.consents.notify(request.account_id, request.subject, request.body)
         return pb.NotifyAccountResponse(sent=sent)

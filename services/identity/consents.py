@@ -15,7 +15,6 @@ from datetime import datetime
 from email.message import EmailMessage
 from urllib.parse import quote
 
-from services.identity.domain import PURPOSES
 from services.identity.mail import Mailer, compose
 from services.identity.store import ConsentEvent, Store
 from services.kit.clock import Clock
@@ -25,6 +24,8 @@ from services.kit.tokens import b64url, unb64url
 log = logging.getLogger("leadmesh.identity.consents")
 
 BATCH = 100
+# The first is granted at sign-up; the others only when the user opts in.
+PURPOSES = ("execution_notifications", "business_matters", "new_features")
 
 
 @dataclass

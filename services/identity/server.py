@@ -14,12 +14,17 @@ from dataclasses import dataclass
 from leadmesh.identity.v1 import identity_pb2_grpc
 
 from services.identity import MIGRATIONS
+from services.identity.accounts import Accounts
 from services.identity.api import ALLOWED_CALLERS, SERVICE, IdentityApi
 from services.identity.billing import Billing
 from services.identity.consents import Consents
-from services.identity.domain import Identity
+from services.identity.deletion import Deletion
 from services.identity.mail import Mailer
+from services.identity.password_change import PasswordChange
+from services.identity.password_reset import PasswordReset
 from services.identity.passwords import PasswordHasher
+from services.identity.reauthentication import Reauthentication
+from services.identity.sessions import Sessions
 from services.identity.settings import IdentitySettings
 from services.identity.store import Store
 from services.identity.throttle import (
@@ -74,15 +79,25 @@ def limits(settings: IdentitySettings) -> Limits:
 
 @dataclass
 class Parts:
-    identity: Identity
+    """Identity's use cases, each its own object over the one store and clock."""
+
+    settings: IdentitySettings
+    accounts: Accounts
+    sessions: Sessions
+    password_change: PasswordChange
+    password_reset: PasswordReset
+    deletion: Deletion
     billing: Billing
     consents: Consents
     store: Store
+    hasher: PasswordHasher
+    throttle: LoginThrottle
+    mailer: Mailer
 
     async def close(self) -> None:
-        await self.identity.drain()
-        self.identity.hasher.close()
-        await self.identity.throttle.counters.close()
+        await self.password_reset.drain()
+        self.hasher.close()
+        await self.throttle.counters.close()
         await self.store.close()
 
 
@@ -95,15 +110,11 @@ def build(settings: IdentitySettings, clock: Clock | None = None) -> Parts:
     mailer = Mailer(
         settings.smtp_url.get_secret_value() if settings.smtp_url else None, settings.outbox_dir
     )
-    identity = Identity(
-        settings,
-        store,
-        PasswordHasher(settings.pbkdf2_iterations, settings.hash_threads, settings.hash_nice),
-        LoginThrottle(make_counters(settings, clock), limits(settings)),
-        mailer,
-        clock,
-    )
-    billing = Billing(store, settings.plans, clock)
+    hasher = PasswordHasher(settings.pbkdf2_iterations, settings.hash_threads, settings.hash_nice)
+    throttle = LoginThrottle(make_counters(settings, clock), limits(settings))
+    accounts = Accounts(store, hasher, clock)
+    sessions = Sessions(settings, store, hasher, throttle, clock)
+    reauthentication = Reauthentication(hasher, throttle)
     consents = Consents(
         store,
         mailer,
@@ -112,7 +123,20 @@ def build(settings: IdentitySettings, clock: Clock | None = None) -> Parts:
         public_url=settings.mesh.public_url,
         sender=settings.mail_from,
     )
-    return Parts(identity, billing, consents, store)
+    return Parts(
+        settings=settings,
+        accounts=accounts,
+        sessions=sessions,
+        password_change=PasswordChange(accounts, sessions, reauthentication, store, hasher, clock),
+        password_reset=PasswordReset(settings, store, hasher, throttle, mailer, clock),
+        deletion=Deletion(settings, accounts, reauthentication, store, clock),
+        billing=Billing(store, settings.plans, clock),
+        consents=consents,
+        store=store,
+        hasher=hasher,
+        throttle=throttle,
+        mailer=mailer,
+    )
 
 
 RunningIdentity = RunningService[Parts]
@@ -122,7 +146,15 @@ async def start(
     settings: IdentitySettings, *, clock: Clock | None = None, port: int | None = None
 ) -> RunningIdentity:
     parts = build(settings, clock)
-    api = IdentityApi(parts.identity, parts.billing, parts.consents)
+    api = IdentityApi(
+        accounts=parts.accounts,
+        sessions=parts.sessions,
+        password_change=parts.password_change,
+        password_reset=parts.password_reset,
+        deletion=parts.deletion,
+        billing=parts.billing,
+        consents=parts.consents,
+    )
     running = await start_server(
         name="identity",
         mesh=settings.mesh,
@@ -148,8 +180,8 @@ def main(argv: list[str]) -> int:
         start=start,
         migrate_database=migrate_database,
         describe=lambda service: {
-            "mail": service.parts.identity.mailer.transport,
-            "counters": "redis" if service.parts.identity.settings.mesh.redis() else "memory",
-            "pbkdf2_iterations": service.parts.identity.settings.pbkdf2_iterations,
+            "mail": service.parts.mailer.transport,
+            "counters": "redis" if service.parts.settings.mesh.redis() else "memory",
+            "pbkdf2_iterations": service.parts.settings.pbkdf2_iterations,
         },
     )

@@ -18,32 +18,32 @@ class Activity:
 
     async def run(self, user_id: str, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         async with self.store.read() as tx:
-            run = await tx.run(user_id, run_id)
+            run = await tx.runs.get(user_id, run_id)
             if run is None:
                 raise NotFound("RUN_NOT_FOUND", "no such run")
-            return run, await tx.attempts(run_id)
+            return run, await tx.attempts.of_run(run_id)
 
     async def runs(self, user_id: str, connection_id: str, size: int, token: str):
         size, after = page_args(size, token)
         async with self.store.read() as tx:
-            rows = await tx.runs_page(user_id, connection_id or None, after, size + 1)
+            rows = await tx.runs.page(user_id, connection_id or None, after, size + 1)
         return next_page(rows, size)
 
     async def webhook_log(self, user_id: str, connection_id: str, size: int, token: str):
         size, after = page_args(size, token)
         async with self.store.read() as tx:
-            rows = await tx.webhook_log_page(user_id, connection_id or None, after, size + 1)
+            rows = await tx.webhook_log.page(user_id, connection_id or None, after, size + 1)
         return next_page(rows, size)
 
     async def notifications(self, user_id: str, connection_id: str, size: int, token: str):
         size, after = page_args(size, token)
         async with self.store.read() as tx:
-            rows = await tx.notifications_page(user_id, connection_id or None, after, size + 1)
+            rows = await tx.notifications.page(user_id, connection_id or None, after, size + 1)
         return next_page(rows, size)
 
     async def mark_read(self, user_id: str, notification_id: str) -> dict[str, Any]:
         async with self.store.begin() as tx:
-            row = await tx.mark_read(user_id, notification_id, self.clock.now())
+            row = await tx.notifications.mark_read(user_id, notification_id, self.clock.now())
         if row is None:
             raise NotFound("NOTIFICATION_NOT_FOUND", "no such notification")
         return row

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 from google.protobuf import empty_pb2, struct_pb2
 from leadmesh.runner.v1 import runner_pb2 as pb
 from leadmesh.runner.v1 import runner_pb2_grpc
@@ -15,9 +16,11 @@ from services.kit.timestamps import json_value, to_timestamp, to_value
 from services.runner.activity import Activity
 from services.runner.connections import Connections
 from services.runner.ingest import Ingest
+from services.runner.model import Connection, WebhookEntry
 from services.runner.suspensions import Suspensions
 from services.runner.tracing import trace_id_of
 
+Context = grpc.aio.ServicerContext
 SERVICE = pb.DESCRIPTOR.services_by_name["RunnerService"].full_name
 ALLOWED_CALLERS: dict[str, frozenset[str]] = {
     f"/{SERVICE}/{method.name}": frozenset({"gateway"})
@@ -48,20 +51,20 @@ def action_pb(action: dict[str, Any]) -> pb.Action:
     )
 
 
-def connection_pb(row: dict[str, Any]) -> pb.Connection:
+def connection_pb(row: Connection) -> pb.Connection:
     return pb.Connection(
-        id=row["id"],
-        name=row["name"],
-        status=row["status"],
-        trigger=trigger_pb(row["trigger"]),
-        action=action_pb(row["action"]),
-        max_attempts=row["max_attempts"],
-        has_signing_secret=bool(row["signing_secret"]),
-        pause_reason=row["pause_reason"] or "",
-        consecutive_failures=row["consecutive_failures"],
-        create_time=to_timestamp(row["create_time"]),
-        update_time=to_timestamp(row["update_time"]),
-        webhook_token_hint=row["webhook_token_hint"] or "",
+        id=row.id,
+        name=row.name,
+        status=row.status,
+        trigger=trigger_pb(row.trigger),
+        action=action_pb(row.action),
+        max_attempts=row.max_attempts,
+        has_signing_secret=bool(row.signing_secret),
+        pause_reason=row.pause_reason or "",
+        consecutive_failures=row.consecutive_failures,
+        create_time=to_timestamp(row.create_time),
+        update_time=to_timestamp(row.update_time),
+        webhook_token_hint=row.webhook_token_hint or "",
     )
 
 
@@ -99,19 +102,19 @@ def attempt_pb(row: dict[str, Any]) -> pb.Attempt:
     )
 
 
-def log_pb(row: dict[str, Any]) -> pb.WebhookLogEntry:
+def log_pb(entry: WebhookEntry) -> pb.WebhookLogEntry:
     return pb.WebhookLogEntry(
-        id=row["id"],
-        connection_id=row["connection_id"],
-        run_id=row["run_id"] or "",
-        receive_time=to_timestamp(row["receive_time"]),
-        source_ip=row["source_ip"],
-        method=row["method"],
-        headers=[pb.Header(name=n, value=v) for n, v in row["headers"]],
-        query=row["query"],
-        body_encoding=row["body_encoding"],
-        body=row["body"],
-        redacted=row.get("redacted") or [],
+        id=entry.id,
+        connection_id=entry.connection_id,
+        run_id=entry.run_id or "",
+        receive_time=to_timestamp(entry.receive_time),
+        source_ip=entry.source_ip,
+        method=entry.method,
+        headers=[pb.Header(name=n, value=v) for n, v in entry.headers],
+        query=entry.query,
+        body_encoding=entry.body_encoding,
+        body=entry.body,
+        redacted=entry.redacted or [],
     )
 
 
@@ -159,7 +162,9 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
         self.egress = egress
         self.suspensions = suspensions
 
-    async def CreateConnection(self, request, context):  # noqa: N802 - gRPC method names
+    async def CreateConnection(  # noqa: N802 - gRPC method names
+        self, request: pb.CreateConnectionRequest, context: Context
+    ) -> pb.ConnectionWithToken:
         draft = self.connections.draft(
             request.name,
             _trigger(request.trigger),
@@ -170,10 +175,14 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
         row, token = await self.connections.create(acting_user(context), draft)
         return pb.ConnectionWithToken(connection=connection_pb(row), webhook_token=token)
 
-    async def GetConnection(self, request, context):  # noqa: N802
+    async def GetConnection(  # noqa: N802 - gRPC method names
+        self, request: pb.GetConnectionRequest, context: Context
+    ) -> pb.Connection:
         return connection_pb(await self.connections.get(acting_user(context), request.id))
 
-    async def ListConnections(self, request, context):  # noqa: N802
+    async def ListConnections(  # noqa: N802 - gRPC method names
+        self, request: pb.ListConnectionsRequest, context: Context
+    ) -> pb.ListConnectionsResponse:
         rows, token = await self.connections.page(
             acting_user(context), request.page_size, request.page_token
         )
@@ -181,7 +190,9 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
             connections=[connection_pb(r) for r in rows], next_page_token=token
         )
 
-    async def UpdateConnection(self, request, context):  # noqa: N802
+    async def UpdateConnection(  # noqa: N802 - gRPC method names
+        self, request: pb.UpdateConnectionRequest, context: Context
+    ) -> pb.Connection:
         changes = {
             "name": request.name,
             "status": request.status,
@@ -195,21 +206,29 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
         )
         return connection_pb(row)
 
-    async def DeleteConnection(self, request, context):  # noqa: N802
+    async def DeleteConnection(  # noqa: N802 - gRPC method names
+        self, request: pb.DeleteConnectionRequest, context: Context
+    ) -> empty_pb2.Empty:
         await self.connections.delete(acting_user(context), request.id)
         return empty_pb2.Empty()
 
-    async def RotateWebhookToken(self, request, context):  # noqa: N802
+    async def RotateWebhookToken(  # noqa: N802 - gRPC method names
+        self, request: pb.RotateWebhookTokenRequest, context: Context
+    ) -> pb.ConnectionWithToken:
         row, token = await self.connections.rotate_token(acting_user(context), request.id)
         return pb.ConnectionWithToken(connection=connection_pb(row), webhook_token=token)
 
-    async def StartRun(self, request, context):  # noqa: N802
+    async def StartRun(  # noqa: N802 - gRPC method names
+        self, request: pb.StartRunRequest, context: Context
+    ) -> pb.Run:
         user_id = acting_user(context)
         connection = await self.connections.get(user_id, request.connection_id)
         payload = _plain(request.payload, request.HasField("payload"))
         return run_pb(await self.ingest.manual(connection, payload, "manual"))
 
-    async def IngestWebhook(self, request, context):  # noqa: N802
+    async def IngestWebhook(  # noqa: N802 - gRPC method names
+        self, request: pb.IngestWebhookRequest, context: Context
+    ) -> pb.IngestWebhookResponse:
         run_id, duplicate = await self.ingest.webhook(
             request.token,
             request.method,
@@ -220,26 +239,34 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
         )
         return pb.IngestWebhookResponse(run_id=run_id, duplicate=duplicate)
 
-    async def GetRun(self, request, context):  # noqa: N802
+    async def GetRun(  # noqa: N802 - gRPC method names
+        self, request: pb.GetRunRequest, context: Context
+    ) -> pb.RunDetail:
         run, attempts = await self.activity.run(acting_user(context), request.id)
         detail = pb.RunDetail(run=run_pb(run), attempts=[attempt_pb(a) for a in attempts])
         if run["event"] is not None:
             detail.event.CopyFrom(to_value(run["event"]))
         return detail
 
-    async def ListActivity(self, request, context):  # noqa: N802
+    async def ListActivity(  # noqa: N802 - gRPC method names
+        self, request: pb.ListRequest, context: Context
+    ) -> pb.ListActivityResponse:
         rows, token = await self.activity.runs(
             acting_user(context), request.connection_id, request.page_size, request.page_token
         )
         return pb.ListActivityResponse(runs=[run_pb(r) for r in rows], next_page_token=token)
 
-    async def ListWebhookLog(self, request, context):  # noqa: N802
+    async def ListWebhookLog(  # noqa: N802 - gRPC method names
+        self, request: pb.ListRequest, context: Context
+    ) -> pb.ListWebhookLogResponse:
         rows, token = await self.activity.webhook_log(
             acting_user(context), request.connection_id, request.page_size, request.page_token
         )
         return pb.ListWebhookLogResponse(entries=[log_pb(r) for r in rows], next_page_token=token)
 
-    async def ListNotifications(self, request, context):  # noqa: N802
+    async def ListNotifications(  # noqa: N802 - gRPC method names
+        self, request: pb.ListRequest, context: Context
+    ) -> pb.ListNotificationsResponse:
         rows, token = await self.activity.notifications(
             acting_user(context), request.connection_id, request.page_size, request.page_token
         )
@@ -247,13 +274,19 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
             notifications=[notification_pb(r) for r in rows], next_page_token=token
         )
 
-    async def MarkNotificationRead(self, request, context):  # noqa: N802
+    async def MarkNotificationRead(  # noqa: N802 - gRPC method names
+        self, request: pb.MarkNotificationReadRequest, context: Context
+    ) -> pb.Notification:
         return notification_pb(await self.activity.mark_read(acting_user(context), request.id))
 
-    async def GetEgressAddresses(self, request, context):  # noqa: N802
+    async def GetEgressAddresses(  # noqa: N802 - gRPC method names
+        self, request: empty_pb2.Empty, context: Context
+    ) -> pb.EgressAddresses:
         return pb.EgressAddresses(addresses=self.egress)
 
-    async def SuspendUser(self, request, context):  # noqa: N802
+    async def SuspendUser(  # noqa: N802 - gRPC method names
+        self, request: pb.SuspendUserRequest, context: Context
+    ) -> pb.SuspendUserResponse:
         if not request.user_id:
             raise InvalidArgument("USER_ID_REQUIRED", "name the user", field="user_id")
         cancelled = await self.suspensions.suspend([request.user_id])

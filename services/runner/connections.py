@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from apscheduler.triggers.cron import CronTrigger
 
@@ -14,6 +14,7 @@ from services.kit.clock import Clock
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.kit.tokens import cursor_number, page_cursor, page_token, sha256_hex
 from services.runner.guard import DestinationRefused, EgressPolicy, check_url
+from services.runner.model import Connection
 from services.runner.settings import RunnerSettings
 from services.runner.store import Store
 from services.runner.template import TemplateError, compile_headers, compile_template
@@ -166,51 +167,49 @@ class Connections:
             )
         return value
 
-    async def create(self, user_id: str, draft: Draft) -> tuple[dict[str, Any], str]:
+    async def create(self, user_id: str, draft: Draft) -> tuple[Connection, str]:
         now = self.clock.now()
         token = digest = hint = None
         if draft.trigger["type"] == "webhook":
             token, digest, hint = new_webhook_token()
-        row = {
-            "id": str(uuid.uuid4()),
-            "user_id": user_id,
-            "name": draft.name,
-            "status": "active",
-            "trigger": draft.trigger,
-            "action": draft.action,
-            "max_attempts": draft.max_attempts,
-            "signing_secret": draft.signing_secret,
-            "webhook_token_sha256": digest,
-            "webhook_token_hint": hint,
-            "consecutive_failures": 0,
-            "pause_reason": None,
-            "create_time": now,
-            "update_time": now,
-        }
+        made = Connection(
+            id=str(uuid.uuid4()),
+            user_id=user_id,
+            name=draft.name,
+            status="active",
+            trigger=draft.trigger,
+            action=draft.action,
+            max_attempts=draft.max_attempts,
+            signing_secret=draft.signing_secret,
+            webhook_token_sha256=digest,
+            webhook_token_hint=hint,
+            consecutive_failures=0,
+            pause_reason=None,
+            create_time=now,
+            update_time=now,
+        )
         async with self.store.begin() as tx:
-            await tx.add_connection(row)
-            row = await tx.connection(user_id, row["id"])
+            await tx.connections.add(made)
+            row = await tx.connections.get(user_id, made.id)
         await self._changed(row)
         return row, token or ""  # type: ignore[return-value]
 
-    async def get(self, user_id: str, connection_id: str) -> dict[str, Any]:
+    async def get(self, user_id: str, connection_id: str) -> Connection:
         async with self.store.read() as tx:
-            row = await tx.connection(user_id, connection_id)
+            row = await tx.connections.get(user_id, connection_id)
         if row is None:
             raise not_found()
         return row
 
-    async def page(
-        self, user_id: str, page_size: int, token: str
-    ) -> tuple[list[dict[str, Any]], str]:
+    async def page(self, user_id: str, page_size: int, token: str) -> tuple[list[Connection], str]:
         size, after = page_args(page_size, token)
         async with self.store.read() as tx:
-            rows = await tx.connections_page(user_id, after, size + 1)
+            rows = await tx.connections.page(user_id, after, size + 1)
         return next_page(rows, size)
 
     async def update(
         self, user_id: str, connection_id: str, paths: list[str], changes: dict[str, Any]
-    ) -> dict[str, Any]:
+    ) -> Connection:
         unknown = sorted(set(paths) - set(FIELDS))
         if unknown:
             raise InvalidArgument(
@@ -239,11 +238,11 @@ class Connections:
             if changes["status"] == "active":
                 values["consecutive_failures"] = 0
         async with self.store.begin() as tx:
-            row = await tx.connection(user_id, connection_id)
+            row = await tx.connections.get(user_id, connection_id)
             if row is None:
                 raise not_found()
             if "trigger" in values:
-                was_webhook = row["trigger"]["type"] == "webhook"
+                was_webhook = row.trigger["type"] == "webhook"
                 if values["trigger"]["type"] == "webhook" and not was_webhook:
                     # A new webhook trigger gets its token through rotate-token.
                     _, values["webhook_token_sha256"], values["webhook_token_hint"] = (
@@ -253,42 +252,45 @@ class Connections:
                     values["webhook_token_sha256"] = values["webhook_token_hint"] = None
             if values:
                 values["update_time"] = self.clock.now()
-                await tx.update_connection(connection_id, **values)
-            if values.get("status") == "active" and row["status"] != "active":
-                await tx.release_held(connection_id, values["update_time"])
-            row = await tx.connection(user_id, connection_id)
+                await tx.connections.update(connection_id, **values)
+            if values.get("status") == "active" and row.status != "active":
+                await tx.runs.release_held(connection_id, values["update_time"])
+            row = await tx.connections.get(user_id, connection_id)
         await self._changed(row)
         return row  # type: ignore[return-value]
 
     async def delete(self, user_id: str, connection_id: str) -> None:
         async with self.store.begin() as tx:
-            if not await tx.delete_connection(user_id, connection_id):
+            if not await tx.connections.delete(user_id, connection_id):
                 raise not_found()
         for listener in self.listeners:
             await listener(connection_id, None)
 
-    async def rotate_token(self, user_id: str, connection_id: str) -> tuple[dict[str, Any], str]:
+    async def rotate_token(self, user_id: str, connection_id: str) -> tuple[Connection, str]:
         token, digest, hint = new_webhook_token()
         async with self.store.begin() as tx:
-            row = await tx.connection(user_id, connection_id)
+            row = await tx.connections.get(user_id, connection_id)
             if row is None:
                 raise not_found()
-            if row["trigger"]["type"] != "webhook":
+            if row.trigger["type"] != "webhook":
                 raise FailedPrecondition("NOT_A_WEBHOOK", "this connection has no webhook trigger")
-            await tx.update_connection(
+            await tx.connections.update(
                 connection_id,
                 webhook_token_sha256=digest,
                 webhook_token_hint=hint,
                 update_time=self.clock.now(),
             )
-            row = await tx.connection(user_id, connection_id)
+            row = await tx.connections.get(user_id, connection_id)
         await self._changed(row)
         return row, token  # type: ignore[return-value]
 
-    async def _changed(self, row: dict[str, Any] | None) -> None:
+    async def _changed(self, row: Connection | None) -> None:
         if row is not None:
             for listener in self.listeners:
-                await listener(row["id"], row)
+                await listener(row.id, row)
+
+
+Row = TypeVar("Row")
 
 
 def page_args(page_size: int, token: str) -> tuple[int, int | None]:
@@ -298,6 +300,11 @@ def page_args(page_size: int, token: str) -> tuple[int, int | None]:
     return size, cursor_number(page_cursor(token))
 
 
-def next_page(rows: list[dict[str, Any]], size: int) -> tuple[list[dict[str, Any]], str]:
+def next_page(rows: list[Row], size: int) -> tuple[list[Row], str]:
     more, rows = len(rows) > size, rows[:size]
-    return rows, page_token(str(rows[-1]["seq"])) if more else ""
+    return rows, page_token(str(_seq(rows[-1]))) if more else ""
+
+
+def _seq(row: Any) -> int:
+    # Typed rows (model.py) carry `seq` as an attribute; rows not typed yet are dicts.
+    return row["seq"] if isinstance(row, dict) else row.seq

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from services.runner.expressions import Budget
+from services.runner.model import Connection
 from services.runner.template import (
     MAX_RENDER_BYTES,
     HeaderTemplate,
@@ -37,11 +38,11 @@ class Templates:
     def __init__(self) -> None:
         self._cache: dict[tuple[str, Any], Compiled] = {}
 
-    def of(self, connection: dict[str, Any]) -> Compiled:
-        key = (connection["id"], connection["update_time"])
+    def of(self, connection: Connection) -> Compiled:
+        key = (connection.id, connection.update_time)
         found = self._cache.get(key)
         if found is None:
-            action = connection["action"]
+            action = connection.action
             if len(self._cache) > 10_000:
                 self._cache.clear()
             found = self._cache[key] = Compiled(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from services.runner.model import Run
 from services.runner.recorder import Outcome
 
 log = logging.getLogger("leadmesh.runner.delivery")
@@ -24,7 +25,7 @@ class Delivery:
     """One claim of a run, as far as it got: the attempts made, the forms of the secret it
     resolved (whatever ends it, its errors are scrubbed of them), and codes for the log."""
 
-    run: dict[str, Any]
+    run: Run
     started: datetime
     attempts: list[dict[str, Any]] = field(default_factory=list)
     secrets: tuple[str, ...] = ()

@@ -26,10 +26,12 @@ from services.kit.clock import Clock
 from services.kit.errors import FailedPrecondition, NotFound, ResourceExhausted
 from services.kit.tokens import sha256_hex
 from services.runner import signature
+from services.runner.model import Connection, WebhookEntry
 from services.runner.queue import Queue
-from services.runner.redact import redact
+from services.runner.redact import header_value, received, redact_received
 from services.runner.settings import RunnerSettings
 from services.runner.store import Store, Tx
+from services.runner.store.remembered import Remembered
 from services.runner.suspensions import account_deleted
 from services.runner.tracing import current_trace_parent
 
@@ -122,12 +124,26 @@ class Buckets:
 @dataclass
 class Accepted:
     run: dict[str, Any]
-    entry: dict[str, Any]
+    entry: WebhookEntry
     key_sha256: str
     # A signed webhook's signature, remembered for its window (None: not signed).
     signed: signature.Verified | None = None
     # The run an earlier request with the same Idempotency-Key, or the same signature, made.
     duplicate_of: str = ""
+
+
+async def _first_run(
+    remembered: Remembered, digest: str, time: datetime, bound: datetime, run: dict[str, Any]
+) -> str | None:
+    """The run an earlier request with `digest` made; None when `run` now holds it."""
+    connection_id = run["connection_id"]
+    first = await remembered.first_run(connection_id, digest, bound)
+    if first:
+        return first
+    if await remembered.remember(connection_id, digest, run["id"], time, bound):
+        return None
+    # Another process's request with this digest committed first.
+    return await remembered.first_run(connection_id, digest, bound)
 
 
 class Ingest:
@@ -151,21 +167,21 @@ class Ingest:
         )
         # Connections by token digest, for a second: every change made here clears it at once;
         # a pause made by a worker elsewhere takes effect within the second.
-        self._connections: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._connections: dict[str, tuple[float, Connection | None]] = {}
         self._next_signature_purge: datetime | None = None
 
-    async def forget(self, _connection_id: str, _row: dict[str, Any] | None) -> None:
+    async def forget(self, _connection_id: str, _row: Connection | None) -> None:
         """A connection listener: any change empties the cache of connections by token."""
         self._connections.clear()
 
-    async def _connection(self, token: str) -> dict[str, Any] | None:
+    async def _connection(self, token: str) -> Connection | None:
         digest = sha256_hex(token)
         cached = self._connections.get(digest)
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1]
         async with self.store.read() as tx:
-            connection = await tx.connection_by_token(digest)
+            connection = await tx.connections.by_token(digest)
         if len(self._connections) > 10_000:
             self._connections.clear()
         self._connections[digest] = (now + 1.0, connection)
@@ -186,31 +202,31 @@ class Ingest:
         connection = await self._connection(token)
         if connection is None:
             raise NotFound("WEBHOOK_NOT_FOUND", "no webhook has this address")
-        if connection["user_id"] in self.suspended:
+        if connection.user_id in self.suspended:
             raise account_deleted()
-        if connection["status"] != "active":
+        if connection.status != "active":
             raise FailedPrecondition("CONNECTION_PAUSED", "this connection is paused")
         if len(body) > self.settings.max_body_bytes:
             raise ResourceExhausted("BODY_TOO_LARGE", "a webhook body has at most 1 MiB")
-        lower = {name.lower(): value for name, value in headers}
+        pairs = received(headers)
         signed = None
-        if connection["signing_secret"]:
+        if connection.signing_secret:
             signed = signature.verify(
-                connection["signing_secret"],
-                lower.get(SIGNATURE_HEADER),
+                connection.signing_secret,
+                header_value(pairs, SIGNATURE_HEADER),
                 body,
                 self.clock.now().timestamp(),
                 self.settings.signature_tolerance_seconds,
             )
         # After the signature: forged requests must not use up the sender's allowance.
-        wait = self.buckets.take(connection["id"])
+        wait = self.buckets.take(connection.id)
         if wait:
             raise ResourceExhausted(
                 "RATE_LIMITED", "too many webhooks for this connection", retry_after=wait
             )
         now = self.clock.now()
-        encoding, value, text = parse_body(body, lower.get("content-type", ""))
-        redacted = redact(headers, query)
+        encoding, value, text = parse_body(body, header_value(pairs, "content-type") or "")
+        redacted = redact_received(pairs, query)
         event = {
             "body": value,
             "headers": {name: v for name, v in redacted.headers},
@@ -218,21 +234,21 @@ class Ingest:
             "received_at": now.isoformat(),
         }
         run = self.new_run(connection, "webhook", event, now)
-        entry = {
-            "id": str(uuid.uuid4()),
-            "user_id": connection["user_id"],
-            "connection_id": connection["id"],
-            "run_id": run["id"],
-            "receive_time": now,
-            "source_ip": source_ip[:64],
-            "method": method[:16],
-            "headers": redacted.headers,
-            "query": redacted.query,
-            "body_encoding": encoding,
-            "body": text,
-            "redacted": redacted.names or None,
-        }
-        key = lower.get(IDEMPOTENCY_HEADER)
+        entry = WebhookEntry(
+            id=str(uuid.uuid4()),
+            user_id=connection.user_id,
+            connection_id=connection.id,
+            run_id=run["id"],
+            receive_time=now,
+            source_ip=source_ip[:64],
+            method=method[:16],
+            headers=redacted.headers,
+            query=redacted.query,
+            body_encoding=encoding,
+            body=text,
+            redacted=redacted.names or None,
+        )
+        key = header_value(pairs, IDEMPOTENCY_HEADER)
         accepted = await self._commits.submit(
             Accepted(run, entry, sha256_hex(key) if key else "", signed)
         )
@@ -262,62 +278,53 @@ class Ingest:
                 if not item.duplicate_of:
                     fresh.append(item)
             if fresh:
-                await tx.add_runs([item.run for item in fresh])
-                await tx.add_webhook_logs([item.entry for item in fresh])
+                await tx.runs.add([item.run for item in fresh])
+                await tx.webhook_log.add([item.entry for item in fresh])
         return batch
 
     async def _earlier_run(self, tx: Tx, item: Accepted, now: datetime, since: datetime) -> str:
         """The run an earlier request with this signature or Idempotency-Key made, else "" (and
         this request's signature and key now answer its run)."""
-        connection_id, run_id = item.run["connection_id"], item.run["id"]
         if item.signed is not None:
-            digest = item.signed.digest
-            first = await tx.signed_run(connection_id, digest, now)
-            if first:
-                return first
             until = datetime.fromtimestamp(item.signed.valid_until, UTC)
-            if not await tx.remember_signature(connection_id, digest, run_id, now, until):
-                # Another process's request with this signature committed first.
-                return await tx.signed_run(connection_id, digest, now)
+            first = await _first_run(tx.signatures, item.signed.digest, until, now, item.run)
+            if first is not None:
+                return first
         if item.key_sha256:
-            first = await tx.idempotent_run(connection_id, item.key_sha256, since)
-            if not first and not await tx.remember_key(
-                connection_id, item.key_sha256, run_id, item.run["create_time"], since
-            ):
-                # Another process's request with this key committed first.
-                first = await tx.idempotent_run(connection_id, item.key_sha256, since)
-            return first
+            taken = item.run["create_time"]
+            first = await _first_run(tx.idempotency_keys, item.key_sha256, taken, since, item.run)
+            return first or ""
         return ""
 
     async def _purge_signatures(self, tx: Tx, now: datetime) -> None:
         if self._next_signature_purge is None or now >= self._next_signature_purge:
             self._next_signature_purge = now + timedelta(seconds=SIGNATURE_PURGE_SECONDS)
-            await tx.forget_signatures(now)
+            await tx.signatures.forget(now)
 
-    async def manual(self, connection: dict[str, Any], payload: Any, trigger: str) -> dict:
-        if connection["user_id"] in self.suspended:
+    async def manual(self, connection: Connection, payload: Any, trigger: str) -> dict:
+        if connection.user_id in self.suspended:
             raise account_deleted()
-        if connection["status"] != "active":
+        if connection.status != "active":
             raise FailedPrecondition("CONNECTION_PAUSED", "this connection is paused")
         now = self.clock.now()
         event = {"body": payload, "headers": {}, "query": {}, "received_at": now.isoformat()}
         run = self.new_run(connection, trigger, event, now)
         async with self.store.begin() as tx:
-            await tx.add_runs([run])
+            await tx.runs.add([run])
         await self.queue.push([run["id"]])
         return run
 
     def new_run(
-        self, connection: dict[str, Any], trigger: str, event: dict[str, Any], now: datetime
+        self, connection: Connection, trigger: str, event: dict[str, Any], now: datetime
     ) -> dict[str, Any]:
         return {
             "id": str(uuid.uuid4()),
-            "user_id": connection["user_id"],
-            "connection_id": connection["id"],
+            "user_id": connection.user_id,
+            "connection_id": connection.id,
             "trigger": trigger,
             "status": "queued",
             "attempts": 0,
-            "max_attempts": connection["max_attempts"],
+            "max_attempts": connection.max_attempts,
             "event": event,
             "create_time": now,
             "next_attempt_time": now,

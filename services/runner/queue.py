@@ -81,7 +81,7 @@ class DatabaseQueue:
             started = time.time_ns()
             with untraced():
                 async with self.store.read() as tx:
-                    ids = await tx.due_runs(self.clock.now(), count)
+                    ids = await tx.runs.due(self.clock.now(), count)
             if ids or turn:
                 return _found(started, [Candidate(i) for i in ids])
             self._wake.clear()
@@ -212,16 +212,16 @@ class RedisQueue:
         if flushed:
             # Whatever the stream held is gone: every queued run is to be pushed again.
             async with self.store.begin() as tx:
-                await tx.forget_pushes()
+                await tx.runs.forget_pushes()
             await self.redis.set(self.marker, "1")
         stale = now - self.requeue_after
         with untraced():
             async with self.store.read() as tx:
-                ids = await tx.runs_to_push(now, stale, 5000)
+                ids = await tx.runs.to_push(now, stale, 5000)
         if ids:
             await self.push(ids)
             async with self.store.begin() as tx:
-                await tx.mark_pushed(ids, now)
+                await tx.runs.mark_pushed(ids, now)
         return len(ids)
 
     async def close(self) -> None:

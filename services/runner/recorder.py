@@ -168,11 +168,11 @@ class Recorder:
         return Outcome(run, outcome.connection_id, outcome.user_id, final="failed")
 
     async def _apply(self, tx: Tx, outcomes: list[Outcome]) -> list[Mail]:
-        await tx.finish_runs([o.run for o in outcomes])
-        await tx.add_attempts([a for o in outcomes for a in o.attempts])
+        await tx.runs.finish([o.run for o in outcomes])
+        await tx.attempts.add([a for o in outcomes for a in o.attempts])
         succeeded = {o.connection_id for o in outcomes if o.final == "succeeded"}
         if succeeded:
-            await tx.clear_failures(succeeded)
+            await tx.connections.clear_failures(succeeded)
         mails: list[Mail] = []
         for outcome in outcomes:
             notices = list(outcome.notices)
@@ -182,7 +182,7 @@ class Recorder:
             else:
                 mails.extend(_mail(n) for n in notices)
             for notice in notices:
-                await tx.add_notification(notice)
+                await tx.notifications.add(notice)
         return mails
 
     async def _gather(self, tx: Tx, outcome: Outcome, notices: list[dict]) -> list[Mail]:
@@ -191,7 +191,7 @@ class Recorder:
         kinds = {n["kind"]: n for n in notices}
         told = kinds.get("credential_problem") or kinds["run_failed"]
         now = self.clock.now()
-        count = await tx.gather_failure(
+        count = await tx.failure_mails.gather(
             outcome.user_id, outcome.connection_id, told["message"], now, now - self.mail_window
         )
         mails = [_mail(n) for n in notices if n["kind"] == "connection_paused"]
@@ -203,7 +203,7 @@ class Recorder:
 
     async def _failed(self, tx: Tx, outcome: Outcome) -> list[dict[str, Any]]:
         now = self.clock.now()
-        connection = await tx.count_failure(outcome.connection_id)
+        connection = await tx.connections.count_failure(outcome.connection_id)
         out = [
             self.notice(
                 outcome.user_id,
@@ -214,19 +214,19 @@ class Recorder:
                 run_id=outcome.run["id"],
             )
         ]
-        if connection is None or connection["status"] != "active":
+        if connection is None or connection.status != "active":
             return out
-        if connection["consecutive_failures"] >= self.pause_after:
-            reason = f"{connection['consecutive_failures']} runs failed in a row"
-            await tx.update_connection(
-                connection["id"], status="paused", pause_reason=reason, update_time=now
+        if connection.consecutive_failures >= self.pause_after:
+            reason = f"{connection.consecutive_failures} runs failed in a row"
+            await tx.connections.update(
+                connection.id, status="paused", pause_reason=reason, update_time=now
             )
             out.append(
                 self.notice(
                     outcome.user_id,
                     outcome.connection_id,
                     "connection_paused",
-                    f"The connection {connection['name']!r} was paused: {reason}. "
+                    f"The connection {connection.name!r} was paused: {reason}. "
                     "Fix the cause and activate it again.",
                 )
             )
@@ -248,8 +248,8 @@ class Recorder:
         since = now - self.mail_window
         mails: list[Mail] = []
         async with self.store.begin() as tx:
-            for row in await tx.due_failure_mails(since, limit=500):
-                if await tx.take_failure_mail(row, now, since):
+            for row in await tx.failure_mails.due(since, limit=500):
+                if await tx.failure_mails.take(row, now, since):
                     mails.append(
                         Mail(
                             row["user_id"],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
@@ -49,20 +50,38 @@ class Redacted:
     names: list[str]
 
 
-def redact(headers: list[tuple[str, str]], query: str) -> Redacted:
+# A webhook's header as the runner keeps it from its API to the store: (name lower-cased, value),
+# in the order received; the webhooks log stores these pairs (as JSON arrays) after redaction.
+Header = tuple[str, str]
+
+
+def received(headers: Iterable[tuple[str, str]]) -> list[Header]:
+    """Headers as they came (any case) in the runner's one form: the only lower-casing."""
+    return [(name.lower(), value) for name, value in headers]
+
+
+def header_value(headers: list[Header], name: str) -> str | None:
+    """The value of the header `name` (lower-case); the last one when it came more than once."""
+    for candidate, value in reversed(headers):
+        if candidate == name:
+            return value
+    return None
+
+
+def redact(headers: Iterable[tuple[str, str]], query: str) -> Redacted:
+    return redact_received(received(headers), query)
+
+
+def redact_received(headers: list[Header], query: str) -> Redacted:
+    """`redact` of headers already in the runner's form (names lower-cased)."""
     names: dict[str, None] = {}
     pairs = []
     for name, value in headers:
-        lower = name.lower()
-        if is_secret_name(lower):
-            names[lower] = None
+        if is_secret_name(name):
+            names[name] = None
             value = REDACTED
-        pairs.append([lower, value])
+        pairs.append([name, value])
     return Redacted(pairs, _redact_query(query, names), list(names))
-
-
-def redact_headers(headers: list[tuple[str, str]]) -> list[list[str]]:
-    return redact(headers, "").headers
 
 
 def redact_query(query: str) -> str:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Container
-from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from services.runner.ingest import Ingest
+from services.runner.model import Connection
 from services.runner.store import Store
 
 log = logging.getLogger("leadmesh.runner.schedules")
@@ -29,20 +29,20 @@ class Schedules:
 
     async def start(self) -> None:
         async with self.store.read() as tx:
-            rows = await tx.scheduled_connections()
+            rows = await tx.connections.scheduled()
         self.scheduler.start()
         for row in rows:
-            if row["user_id"] not in self.suspended:
+            if row.user_id not in self.suspended:
                 self._add(row)
 
-    async def changed(self, connection_id: str, row: dict[str, Any] | None) -> None:
+    async def changed(self, connection_id: str, row: Connection | None) -> None:
         if self.scheduler.get_job(connection_id):
             self.scheduler.remove_job(connection_id)
-        if row is not None and row["status"] == "active" and row["trigger"]["type"] == "schedule":
+        if row is not None and row.status == "active" and row.trigger["type"] == "schedule":
             self._add(row)
 
-    def _add(self, row: dict[str, Any]) -> None:
-        trigger = row["trigger"]
+    def _add(self, row: Connection) -> None:
+        trigger = row.trigger
         when = (
             CronTrigger.from_crontab(trigger["cron"], timezone="UTC")
             if trigger.get("cron")
@@ -51,8 +51,8 @@ class Schedules:
         self.scheduler.add_job(
             self._fire,
             when,
-            args=[row["id"]],
-            id=row["id"],
+            args=[row.id],
+            id=row.id,
             replace_existing=True,
             coalesce=True,
             max_instances=1,
@@ -61,20 +61,20 @@ class Schedules:
 
     async def _fire(self, connection_id: str) -> None:
         async with self.store.read() as tx:
-            row = await tx.connection(None, connection_id)
-        if row is not None and row["user_id"] in self.suspended:
+            row = await tx.connections.get(None, connection_id)
+        if row is not None and row.user_id in self.suspended:
             if self.scheduler.get_job(connection_id):
                 self.scheduler.remove_job(connection_id)
-            log.info("schedule of a suspended user stopped", extra={"connection_id": row["id"]})
+            log.info("schedule of a suspended user stopped", extra={"connection_id": row.id})
             return
-        if row is None or row["status"] != "active":
+        if row is None or row.status != "active":
             return
         try:
             run = await self.ingest.manual(row, None, "schedule")
         except Exception:
-            log.exception("a scheduled run could not be queued", extra={"connection_id": row["id"]})
+            log.exception("a scheduled run could not be queued", extra={"connection_id": row.id})
             return
-        log.info("scheduled run queued", extra={"run_id": run["id"], "connection_id": row["id"]})
+        log.info("scheduled run queued", extra={"run_id": run["id"], "connection_id": row.id})
 
     async def close(self) -> None:
         if self.scheduler.running:

@@ -1,6 +1,6 @@
 """Serving the runner: `python -m services.runner` (API, scheduler, reconciler and in-process
-workers), `python -m services.runner migrate`, and `python -m services.runner.workers` (workers
-only, for scaling out: `leadmesh runner-worker`)."""
+workers), `python -m services.runner migrate`, and `python -m services.runner.worker_process`
+(workers only, for scaling out: `leadmesh runner-worker`)."""
 
 from __future__ import annotations
 
@@ -29,9 +29,10 @@ from services.runner.activity import Activity
 from services.runner.api import ALLOWED_CALLERS, SERVICE, RunnerApi
 from services.runner.connections import Connections
 from services.runner.credentials import Credentials
-from services.runner.guard import EgressPolicy, make_client
+from services.runner.guard import EgressPolicy
 from services.runner.ingest import Ingest
 from services.runner.notify import MailNotices
+from services.runner.outbound import make_client
 from services.runner.queue import DatabaseQueue, Queue, RedisQueue
 from services.runner.recorder import Recorder
 from services.runner.schedules import Schedules

@@ -1,4 +1,4 @@
-"""`python -m services.runner.workers [--count N]`: delivery workers without the API, for
+"""`python -m services.runner.worker_process [--count N]`: delivery workers without the API, for
 scaling out (`leadmesh runner-worker`). Several such processes may share one database or Redis."""
 
 from __future__ import annotations

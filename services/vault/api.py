@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import grpc
 from google.protobuf import empty_pb2, struct_pb2
 from google.protobuf.json_format import MessageToDict
 from leadmesh.vault.v1 import vault_pb2 as pb
@@ -16,9 +17,11 @@ from services.kit.callers import acting_user
 from services.kit.deletions import SuspendedUsers
 from services.kit.errors import InvalidArgument
 from services.kit.timestamps import put_timestamp
-from services.vault.domain import Resolved, Vault
-from services.vault.flow import OAuthFlow
+from services.vault.credentials import Credentials
 from services.vault.keyadmin import KeyAdmin
+from services.vault.oauth_connect import OAuthConnect
+from services.vault.refresh import Refresher
+from services.vault.resolve import Resolved, Resolver
 
 SERVICE = pb.DESCRIPTOR.services_by_name["VaultService"].full_name
 _BY_CALLER = {
@@ -99,21 +102,34 @@ def resolved_pb(resolved: Resolved) -> pb.ResolvedCredential:
     return message
 
 
+Context = grpc.aio.ServicerContext
+
+
 class VaultApi(vault_pb2_grpc.VaultServiceServicer):
     def __init__(
-        self, vault: Vault, flow: OAuthFlow, admin: KeyAdmin, suspensions: SuspendedUsers
+        self,
+        credentials: Credentials,
+        resolver: Resolver,
+        refresher: Refresher,
+        oauth_connect: OAuthConnect,
+        admin: KeyAdmin,
+        suspensions: SuspendedUsers,
     ) -> None:
-        self.vault = vault
-        self.flow = flow
+        self.credentials = credentials
+        self.resolver = resolver
+        self.refresher = refresher
+        self.oauth_connect = oauth_connect
         self.admin = admin
         self.suspensions = suspensions
 
-    def _peer(self, context) -> str:
+    def _peer(self, context: Context) -> str:
         """The caller's mesh name, for the audit log (the interceptor has vetted it)."""
         return callers.vetted_caller()
 
-    async def CreateCredential(self, request, context):  # noqa: N802 - gRPC method names
-        row = await self.vault.create(
+    async def CreateCredential(  # noqa: N802 - gRPC method names
+        self, request: pb.CreateCredentialRequest, context: Context
+    ) -> pb.Credential:
+        row = await self.credentials.create(
             self._peer(context),
             acting_user(context),
             request.name,
@@ -123,19 +139,25 @@ class VaultApi(vault_pb2_grpc.VaultServiceServicer):
         )
         return credential_pb(row)
 
-    async def GetCredential(self, request, context):  # noqa: N802
-        return credential_pb(await self.vault.get(acting_user(context), request.id))
+    async def GetCredential(  # noqa: N802 - gRPC method names
+        self, request: pb.GetCredentialRequest, context: Context
+    ) -> pb.Credential:
+        return credential_pb(await self.credentials.get(acting_user(context), request.id))
 
-    async def ListCredentials(self, request, context):  # noqa: N802
-        rows, token = await self.vault.list(
+    async def ListCredentials(  # noqa: N802 - gRPC method names
+        self, request: pb.ListCredentialsRequest, context: Context
+    ) -> pb.ListCredentialsResponse:
+        rows, token = await self.credentials.list(
             acting_user(context), request.page_size, request.page_token
         )
         return pb.ListCredentialsResponse(
             credentials=[credential_pb(r) for r in rows], next_page_token=token
         )
 
-    async def UpdateCredential(self, request, context):  # noqa: N802
-        row = await self.vault.update(
+    async def UpdateCredential(  # noqa: N802 - gRPC method names
+        self, request: pb.UpdateCredentialRequest, context: Context
+    ) -> pb.Credential:
+        row = await self.credentials.update(
             self._peer(context),
             acting_user(context),
             request.id,
@@ -146,12 +168,16 @@ class VaultApi(vault_pb2_grpc.VaultServiceServicer):
         )
         return credential_pb(row)
 
-    async def DeleteCredential(self, request, context):  # noqa: N802
-        await self.vault.delete(self._peer(context), acting_user(context), request.id)
+    async def DeleteCredential(  # noqa: N802 - gRPC method names
+        self, request: pb.DeleteCredentialRequest, context: Context
+    ) -> empty_pb2.Empty:
+        await self.credentials.delete(self._peer(context), acting_user(context), request.id)
         return empty_pb2.Empty()
 
-    async def StartOAuth(self, request, context):  # noqa: N802
-        url = await self.flow.start(
+    async def StartOAuth(  # noqa: N802 - gRPC method names
+        self, request: pb.StartOAuthRequest, context: Context
+    ) -> pb.StartOAuthResponse:
+        url = await self.oauth_connect.start(
             acting_user(context),
             request.session_id,
             request.provider,
@@ -160,8 +186,10 @@ class VaultApi(vault_pb2_grpc.VaultServiceServicer):
         )
         return pb.StartOAuthResponse(authorization_url=url)
 
-    async def CompleteOAuth(self, request, context):  # noqa: N802
-        row = await self.flow.complete(
+    async def CompleteOAuth(  # noqa: N802 - gRPC method names
+        self, request: pb.CompleteOAuthRequest, context: Context
+    ) -> pb.Credential:
+        row = await self.oauth_connect.complete(
             self._peer(context),
             acting_user(context),
             request.session_id,
@@ -173,14 +201,18 @@ class VaultApi(vault_pb2_grpc.VaultServiceServicer):
         )
         return credential_pb(row)
 
-    async def ResolveCredential(self, request, context):  # noqa: N802
-        resolved = await self.vault.resolve(
+    async def ResolveCredential(  # noqa: N802 - gRPC method names
+        self, request: pb.ResolveCredentialRequest, context: Context
+    ) -> pb.ResolvedCredential:
+        resolved = await self.resolver.resolve(
             self._peer(context), request.user_id, request.credential_id, request.connection_id
         )
         return resolved_pb(resolved)
 
-    async def RefreshOAuthCredential(self, request, context):  # noqa: N802
-        resolved = await self.vault.refresh(
+    async def RefreshOAuthCredential(  # noqa: N802 - gRPC method names
+        self, request: pb.RefreshOAuthCredentialRequest, context: Context
+    ) -> pb.ResolvedCredential:
+        resolved = await self.refresher.refresh(
             self._peer(context),
             request.user_id,
             request.credential_id,
@@ -189,34 +221,50 @@ class VaultApi(vault_pb2_grpc.VaultServiceServicer):
         )
         return resolved_pb(resolved)
 
-    async def GetKeyStatus(self, request, context):  # noqa: N802
+    async def GetKeyStatus(  # noqa: N802 - gRPC method names
+        self, request: pb.GetKeyStatusRequest, context: Context
+    ) -> pb.KeyStatus:
         return _status_pb(await self.admin.status())
 
-    async def BeginKeyRotation(self, request, context):  # noqa: N802
+    async def BeginKeyRotation(  # noqa: N802 - gRPC method names
+        self, request: pb.BeginKeyRotationRequest, context: Context
+    ) -> pb.KeyStatus:
         return _status_pb(await self.admin.begin_rotation())
 
-    async def RewrapDataKeys(self, request, context):  # noqa: N802
+    async def RewrapDataKeys(  # noqa: N802 - gRPC method names
+        self, request: pb.RewrapDataKeysRequest, context: Context
+    ) -> pb.RewrapDataKeysResponse:
         done, remaining, current = await self.admin.rewrap(request.batch_size)
         return pb.RewrapDataKeysResponse(
             rewrapped=done, remaining=remaining, current_version=current
         )
 
-    async def RetireKeyVersion(self, request, context):  # noqa: N802
+    async def RetireKeyVersion(  # noqa: N802 - gRPC method names
+        self, request: pb.RetireKeyVersionRequest, context: Context
+    ) -> pb.KeyStatus:
         return _status_pb(await self.admin.retire(request.version))
 
-    async def RotateUserDataKey(self, request, context):  # noqa: N802
+    async def RotateUserDataKey(  # noqa: N802 - gRPC method names
+        self, request: pb.RotateUserDataKeyRequest, context: Context
+    ) -> pb.RotateUserDataKeyResponse:
         count = await self.admin.rotate_user_key(self._peer(context), _user(request.user_id))
         return pb.RotateUserDataKeyResponse(reencrypted_count=count)
 
-    async def SetOAuthClientSecret(self, request, context):  # noqa: N802
+    async def SetOAuthClientSecret(  # noqa: N802 - gRPC method names
+        self, request: pb.SetOAuthClientSecretRequest, context: Context
+    ) -> empty_pb2.Empty:
         await self.admin.set_client_secret(request.provider, request.client_secret)
         return empty_pb2.Empty()
 
-    async def SuspendUser(self, request, context):  # noqa: N802
+    async def SuspendUser(  # noqa: N802 - gRPC method names
+        self, request: pb.SuspendUserRequest, context: Context
+    ) -> empty_pb2.Empty:
         await self.suspensions.suspend([_user(request.user_id)])
         return empty_pb2.Empty()
 
-    async def ShredUserKey(self, request, context):  # noqa: N802
+    async def ShredUserKey(  # noqa: N802 - gRPC method names
+        self, request: pb.ShredUserKeyRequest, context: Context
+    ) -> pb.ShredUserKeyResponse:
         destroyed, count = await self.admin.shred(self._peer(context), _user(request.user_id))
         return pb.ShredUserKeyResponse(key_destroyed=destroyed, credential_count=count)
 

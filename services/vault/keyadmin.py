@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
+from services.kit.clock import Clock
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.vault.audit import Event
-from services.vault.domain import Vault
+from services.vault.audit import AuditLog, Event
+from services.vault.datakeys import DataKeys
 from services.vault.keys import new_data_key, seal, secret_aad, unseal
+from services.vault.oauth import OAuthProviders
+from services.vault.sealcache import SealedRows
+from services.vault.store import Store
 
 log = logging.getLogger("leadmesh.vault.keys")
 
@@ -26,13 +31,28 @@ def _supplied() -> FailedPrecondition:
 
 
 class KeyAdmin:
-    def __init__(self, vault: Vault) -> None:
-        self.vault = vault
-        self.keyring = vault.keyring
+    def __init__(
+        self,
+        store: Store,
+        data_keys: DataKeys,
+        sealed: SealedRows[Any],
+        audit: AuditLog,
+        providers: OAuthProviders,
+        clock: Clock,
+    ) -> None:
+        """`sealed`: the resolve path's cache, emptied (or cleared of the users concerned) by
+        every change of a key."""
+        self.store = store
+        self.data_keys = data_keys
+        self.keyring = data_keys.keyring
+        self.sealed = sealed
+        self.audit = audit
+        self.providers = providers
+        self.clock = clock
 
     async def status(self) -> dict:
         self.keyring.reload()
-        async with self.vault.store.read() as tx:
+        async with self.store.read() as tx:
             counts = await tx.key_counts()
         current = self.keyring.current
         versions = sorted(set(self.keyring.versions) | set(counts), key=lambda v: (len(v), v))
@@ -54,11 +74,11 @@ class KeyAdmin:
         row changes only if it is still wrapped as read, so concurrent runs never collide."""
         self.keyring.reload()
         current = self.keyring.current
-        async with self.vault.store.begin() as tx:
+        async with self.store.begin() as tx:
             rows = await tx.keys_not_on(current, batch_size or 500)
             changes = []
             for row in rows:
-                data_key = self.vault._unwrap(
+                data_key = self.data_keys.unwrap(
                     row["user_id"], row["kek_version"], row["wrapped_key"]
                 )
                 version, wrapped = self.keyring.wrap(row["user_id"], data_key)
@@ -72,8 +92,8 @@ class KeyAdmin:
                 )
             await tx.rewrap_user_keys(changes)
         # Only these users' cached rows hold a data key wrapped the old way.
-        self.vault.sealed.forget(users=[change["user_id"] for change in changes])
-        async with self.vault.store.read() as tx:
+        self.sealed.forget(users=[change["user_id"] for change in changes])
+        async with self.store.read() as tx:
             remaining = sum(n for v, n in (await tx.key_counts()).items() if v != current)
         return len(changes), remaining, current
 
@@ -92,15 +112,14 @@ class KeyAdmin:
         if not self.keyring.managed:
             raise _supplied()
         self.keyring.remove_version(version)
-        self.vault.sealed.forget()
+        self.sealed.forget()
         log.info("KEK version retired", extra={"version": version})
         return await self.status()
 
     async def rotate_user_key(self, caller: str, user_id: str) -> int:
         """A new data key for the user; every secret re-encrypted under it, in one transaction."""
-        vault = self.vault
-        async with vault.store.begin() as tx:
-            found = await vault.data_key(tx, user_id, create=False)
+        async with self.store.begin() as tx:
+            found = await self.data_keys.get(tx, user_id, create=False)
             if found is None:
                 # A mistyped id must not look like a rotation that found nothing to do.
                 raise NotFound(
@@ -123,40 +142,40 @@ class KeyAdmin:
                 kek_version=version,
                 wrapped_key=wrapped,
                 generation=generation + 1,
-                rotate_time=vault.clock.now(),
+                rotate_time=self.clock.now(),
             )
-        vault.sealed.forget()
-        await vault.audit.record(Event(caller, user_id, "rotate_user_key"))
+        self.sealed.forget()
+        await self.audit.record(Event(caller, user_id, "rotate_user_key"))
         return len(rows)
 
     async def shred(self, caller: str, user_id: str) -> tuple[bool, int]:
         """Crypto-shredding: the data key is deleted, so every copy of the user's ciphertexts —
         here and in backups — is noise; the credentials themselves are deleted too."""
-        async with self.vault.store.begin() as tx:
+        async with self.store.begin() as tx:
             destroyed = await tx.delete_user_key(user_id)
             count = await tx.delete_user_credentials(user_id)
-        self.vault.sealed.forget()
-        await self.vault.audit.record(
+        self.sealed.forget()
+        await self.audit.record(
             Event(caller, user_id, "shred", outcome="ok" if destroyed else "no_key")
         )
         log.info("user key shredded", extra={"user_id": user_id, "credentials": count})
         return destroyed, count
 
     async def set_client_secret(self, provider: str, client_secret: str) -> None:
-        self.vault.providers.get(provider)
+        self.providers.get(provider)
         if not client_secret:
             raise InvalidArgument("INVALID_SECRET", "client_secret is empty", field="client_secret")
         aad = secret_aad(SYSTEM_OWNER, f"oauth-client:{provider}", "client_secret")
-        async with self.vault.store.begin() as tx:
-            key, _ = await self.vault.data_key(tx, SYSTEM_OWNER, create=True)  # type: ignore[misc]
+        async with self.store.begin() as tx:
+            key, _ = await self.data_keys.get(tx, SYSTEM_OWNER, create=True)  # type: ignore[misc]
             sealed = seal(key, json.dumps(client_secret).encode(), aad)
-            await tx.set_client_secret(provider, sealed, self.vault.clock.now())
+            await tx.set_client_secret(provider, sealed, self.clock.now())
 
     async def client_secret(self, provider: str) -> str | None:
         aad = secret_aad(SYSTEM_OWNER, f"oauth-client:{provider}", "client_secret")
-        async with self.vault.store.read() as tx:
+        async with self.store.read() as tx:
             sealed = await tx.client_secret(provider)
-            found = await self.vault.data_key(tx, SYSTEM_OWNER, create=False)
+            found = await self.data_keys.get(tx, SYSTEM_OWNER, create=False)
         if sealed is None or found is None:
             return None
         return json.loads(unseal(found[0], sealed, aad))

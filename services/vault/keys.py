@@ -77,8 +77,22 @@ class KeyFile:
 
     @classmethod
     def parse(cls, text: str) -> KeyFile:
-        document = json.loads(text)
-        keys = {v: base64.b64decode(k, validate=True) for v, k in document["keys"].items()}
+        """ValueError naming what is wrong, never quoting a key."""
+        try:
+            document = json.loads(text)
+        except ValueError as error:
+            raise ValueError(f"not valid JSON ({error})") from None
+        if not (
+            isinstance(document, dict)
+            and isinstance(document.get("current"), str)
+            and isinstance(document.get("keys"), dict)
+            and all(isinstance(k, str) for k in document["keys"].values())
+        ):
+            raise ValueError('expected {"current": "<version>", "keys": {"<version>": "<base64>"}}')
+        try:
+            keys = {v: base64.b64decode(k, validate=True) for v, k in document["keys"].items()}
+        except ValueError:
+            raise ValueError("every KEK must be base64") from None
         if document["current"] not in keys:
             raise ValueError("the current KEK version is not among the keys")
         if any(len(k) != KEY_BYTES for k in keys.values()):
@@ -109,6 +123,19 @@ class KeyRing:
         # more than the unwrap it serves, the busiest call of a resolve.
         self._ciphers = {version: cipher(key) for version, key in file.keys.items()}
         self._file = file
+
+    @staticmethod
+    def check_setting(value: str) -> None:
+        """ValueError when a supplied VAULT_MASTER_KEYS (inline JSON or a file) cannot be used,
+        so that start-up refuses it in one line before anything starts."""
+        if value.lstrip().startswith("{"):
+            KeyFile.parse(value)
+            return
+        try:
+            text = Path(value).read_text()
+        except OSError as error:
+            raise ValueError(f"cannot read the key file ({error.strerror})") from None
+        KeyFile.parse(text)
 
     @classmethod
     def from_setting(cls, value: str | None, var_dir: Path) -> KeyRing:

@@ -1,4 +1,7 @@
-"""OAuth 2 providers and the authorization-code flow with PKCE (S256), through authlib's client.
+"""OAuth 2 providers: their configuration and the calls to their endpoints (the authorization URL
+with PKCE (S256), the code exchange, the refresh), through authlib's client. What uses them —
+the single-use state, the session binding, storing the tokens — is oauth_connect.py (connecting)
+and refresh.py (refreshing).
 
 Providers come from `VAULT_OAUTH_PROVIDERS` (inline JSON or a file). Their endpoints must be
 HTTPS (loopback excepted, for tests and local development); in production mode a client secret in
@@ -96,9 +99,18 @@ def load_providers(setting: str | None, *, production: bool) -> dict[str, Provid
     return providers
 
 
+def _visible_ascii(value: object) -> bool:
+    # RFC 6749 Appendix A: access and refresh tokens are 1*VSCHAR (%x20-7E). Anything else would
+    # go into an Authorization header it cannot travel in (and leak through the error saying so).
+    return isinstance(value, str) and bool(value) and all(" " <= c <= "~" for c in value)
+
+
 def _tokens(token: dict) -> Tokens:
     if not token.get("access_token"):
         raise ProviderUnreachable("no access token in the answer")
+    refresh = token.get("refresh_token")
+    if not _visible_ascii(token["access_token"]) or (refresh and not _visible_ascii(refresh)):
+        raise ProviderUnreachable("a token in the answer is not visible ASCII (RFC 6749)")
     expires_at = token.get("expires_at")
     if expires_at is None and token.get("expires_in"):
         expires_at = int(time.time()) + int(token["expires_in"])

@@ -1,5 +1,10 @@
-"""The authorization-code flow: a single-use state bound to the user's session, PKCE (S256), the
-code exchanged by the vault and the tokens stored as an oauth2 credential."""
+"""Connecting an account by OAuth 2 (StartOAuth, CompleteOAuth): the authorization-code flow, with
+a single-use state bound to the user's session, PKCE (S256), the code exchanged by the vault and
+the tokens stored as an oauth2 credential. The providers and the calls to their endpoints are
+oauth.py's.
+
+Never hands a token to the caller: what completes is the credential's metadata.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,13 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from services.kit.clock import Clock
 from services.kit.errors import FailedPrecondition, InvalidArgument, Unavailable
 from services.kit.tokens import sha256_hex
-from services.vault.domain import Vault
+from services.vault.credentials import Credentials
+from services.vault.datakeys import DataKeys
 from services.vault.keys import Tampered, seal, unseal
-from services.vault.oauth import InvalidGrant, ProviderUnreachable
+from services.vault.oauth import InvalidGrant, OAuthProviders, ProviderUnreachable
 
 log = logging.getLogger("leadmesh.vault.oauth")
 
@@ -20,9 +27,23 @@ def _state_aad(state_sha256: str) -> bytes:
     return f"leadmesh-vault|oauth-state|v1|{state_sha256}".encode()
 
 
-class OAuthFlow:
-    def __init__(self, vault: Vault) -> None:
-        self.vault = vault
+class OAuthConnect:
+    def __init__(
+        self,
+        credentials: Credentials,
+        data_keys: DataKeys,
+        providers: OAuthProviders,
+        clock: Clock,
+        *,
+        state_seconds: int,
+    ) -> None:
+        """`state_seconds`: how long a sign-in link may be completed."""
+        self.credentials = credentials
+        self.store = credentials.store
+        self.data_keys = data_keys
+        self.providers = providers
+        self.clock = clock
+        self.state_seconds = state_seconds
 
     async def start(
         self, user_id: str, session_id: str, provider: str, name: str, redirect_uri: str
@@ -32,10 +53,10 @@ class OAuthFlow:
                 "OAUTH_REQUEST_INVALID", "a session and a redirect URI are needed"
             )
         name = name.strip() or provider
-        url, state, verifier = await self.vault.providers.authorization_url(provider, redirect_uri)
-        now, state_sha256 = self.vault.clock.now(), sha256_hex(state)
-        async with self.vault.store.begin() as tx:
-            key, _ = await self.vault.data_key(tx, user_id, create=True)  # type: ignore[misc]
+        url, state, verifier = await self.providers.authorization_url(provider, redirect_uri)
+        now, state_sha256 = self.clock.now(), sha256_hex(state)
+        async with self.store.begin() as tx:
+            key, _ = await self.data_keys.get(tx, user_id, create=True)  # type: ignore[misc]
             await tx.add_oauth_state(
                 {
                     "state_sha256": state_sha256,
@@ -44,7 +65,7 @@ class OAuthFlow:
                     "provider": provider,
                     "name": name[:200],
                     "verifier": seal(key, verifier.encode(), _state_aad(state_sha256)),
-                    "expire_time": now + timedelta(seconds=self.vault.settings.oauth_state_seconds),
+                    "expire_time": now + timedelta(seconds=self.state_seconds),
                 }
             )
         return url
@@ -64,9 +85,9 @@ class OAuthFlow:
             "OAUTH_STATE_INVALID", "this sign-in link is unknown, used, expired or not yours"
         )
         state_sha256 = sha256_hex(state or "-")
-        async with self.vault.store.begin() as tx:
+        async with self.store.begin() as tx:
             # Spent by any use, a mismatched one included: a state is never tried twice.
-            row = await tx.take_oauth_state(state_sha256, self.vault.clock.now())
+            row = await tx.take_oauth_state(state_sha256, self.clock.now())
         if (
             row is None
             or row["user_id"] != user_id
@@ -74,18 +95,27 @@ class OAuthFlow:
             or row["provider"] != provider
         ):
             raise invalid
-        async with self.vault.store.read() as tx:
-            key, _ = await self.vault.data_key(tx, user_id, create=False)  # type: ignore[misc]
+        async with self.store.read() as tx:
+            key, _ = await self.data_keys.get(tx, user_id, create=False)  # type: ignore[misc]
         if error:
             raise FailedPrecondition("OAUTH_DENIED", "the provider did not grant access")
         try:
             verifier = unseal(key, row["verifier"], _state_aad(state_sha256)).decode()
         except Tampered:
             raise invalid from None
+        secret = await self._exchange(provider, code, verifier, redirect_uri)
+        credential = await self.credentials.create(
+            caller, user_id, row["name"], "oauth2", provider, secret
+        )
+        log.info("oauth connected", extra={"credential_id": credential["id"], "provider": provider})
+        return credential
+
+    async def _exchange(
+        self, provider: str, code: str, verifier: str, redirect_uri: str
+    ) -> dict[str, Any]:
+        """The code exchanged for tokens, as an oauth2 credential's secret."""
         try:
-            tokens = await self.vault.providers.exchange_code(
-                provider, code, verifier, redirect_uri
-            )
+            tokens = await self.providers.exchange_code(provider, code, verifier, redirect_uri)
         except InvalidGrant:
             raise FailedPrecondition(
                 "OAUTH_EXCHANGE_FAILED", "the provider refused the authorization code"
@@ -99,8 +129,4 @@ class OAuthFlow:
             secret["refresh_token"] = tokens.refresh_token
         if tokens.expires_at:
             secret["expires_at"] = tokens.expires_at
-        credential = await self.vault.create(
-            caller, user_id, row["name"], "oauth2", provider, secret
-        )
-        log.info("oauth connected", extra={"credential_id": credential["id"], "provider": provider})
-        return credential
+        return secret

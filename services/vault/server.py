@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from leadmesh.identity.v1 import identity_pb2_grpc
@@ -19,12 +20,16 @@ from services.kit.telemetry import instrument_engine
 from services.vault import MIGRATIONS
 from services.vault.api import ALLOWED_CALLERS, SERVICE, VaultApi, credential_pb
 from services.vault.audit import AuditLog
-from services.vault.domain import Vault
-from services.vault.flow import OAuthFlow
+from services.vault.credentials import Credentials
+from services.vault.datakeys import DataKeys
 from services.vault.keyadmin import KeyAdmin
 from services.vault.keys import KeyRing
 from services.vault.leases import DatabaseLeases, Leases, RedisLeases
 from services.vault.oauth import OAuthProviders, load_providers
+from services.vault.oauth_connect import OAuthConnect
+from services.vault.refresh import Refresher
+from services.vault.resolve import Resolver, Sealed, SealedCredentials
+from services.vault.sealcache import SealedRows
 from services.vault.settings import VaultSettings
 from services.vault.store import Store
 from services.vault.tables import suspended_users
@@ -34,8 +39,19 @@ log = logging.getLogger("leadmesh.vault")
 
 @dataclass
 class Parts:
-    vault: Vault
-    flow: OAuthFlow
+    """The use cases (credentials, resolver, refresher, oauth_connect, admin, suspensions) and
+    what they share: the store, the data keys, the sealed-row cache, the audit log, the leases."""
+
+    settings: VaultSettings
+    store: Store
+    data_keys: DataKeys
+    sealed: SealedRows[Sealed]
+    audit: AuditLog
+    leases: Leases
+    credentials: Credentials
+    resolver: Resolver
+    refresher: Refresher
+    oauth_connect: OAuthConnect
     admin: KeyAdmin
     suspensions: SuspendedUsers
     _closers: list = field(default_factory=list)
@@ -43,7 +59,7 @@ class Parts:
     def start_suspension_sync(self) -> None:
         """Suspends, now and every `suspension_reconcile_seconds`, whoever identity's record
         lists and this vault has not recorded."""
-        settings = self.vault.settings
+        settings = self.settings
         channel = open_channel(settings.mesh, "identity", caller="vault")
         stub = identity_pb2_grpc.IdentityServiceStub(channel)
         reconciler = Reconciler(
@@ -57,9 +73,9 @@ class Parts:
     async def close(self) -> None:
         for close in self._closers:
             await close()
-        await self.vault.audit.close()
-        await self.vault.leases.close()
-        await self.vault.store.close()
+        await self.audit.close()
+        await self.leases.close()
+        await self.store.close()
 
 
 def build(settings: VaultSettings, clock: Clock | None = None) -> Parts:
@@ -69,20 +85,55 @@ def build(settings: VaultSettings, clock: Clock | None = None) -> Parts:
     instrument_engine(engine)
     store = Store(engine)
     master = settings.master_keys.get_secret_value() if settings.master_keys else None
-    keyring = KeyRing.from_setting(master, settings.var_dir)
-    redis_url = settings.mesh.redis()
-    leases: Leases = (
-        RedisLeases(redis_url, settings.refresh_lease_seconds)
-        if redis_url
-        else DatabaseLeases(store, clock, settings.refresh_lease_seconds)
-    )
-    admin_ref: list[KeyAdmin] = []
+    data_keys = DataKeys(KeyRing.from_setting(master, settings.var_dir), clock)
+    leases = _leases(settings, store, clock)
     suspensions = SuspendedUsers(store, clock, suspended_users)
+    audit = AuditLog(store, clock, settings.audit_flush_seconds)
+    # Scaled out (Redis), replicas do not cache: see sealcache.py.
+    sealed: SealedRows[Sealed] = SealedRows(enabled=not settings.mesh.redis())
+    admin_ref: list[KeyAdmin] = []
+    providers = _providers(settings, lambda provider: admin_ref[0].client_secret(provider))
+    admin = KeyAdmin(store, data_keys, sealed, audit, providers, clock)
+    admin_ref.append(admin)
+    opened = SealedCredentials(store, data_keys, sealed, render=credential_pb)
+    # Both paths that hand out plaintext refuse the suspended users and share the margin.
+    runner_paths = {
+        "refresh_margin_seconds": settings.refresh_margin_seconds,
+        "suspended": suspensions.users,
+    }
+    refresher = Refresher(opened, data_keys, leases, providers, audit, clock, **runner_paths)
+    credentials = Credentials(store, data_keys, sealed, audit, clock)
+    return Parts(
+        settings=settings,
+        store=store,
+        data_keys=data_keys,
+        sealed=sealed,
+        audit=audit,
+        leases=leases,
+        credentials=credentials,
+        resolver=Resolver(opened, refresher.renew, audit, clock, **runner_paths),
+        refresher=refresher,
+        oauth_connect=OAuthConnect(
+            credentials, data_keys, providers, clock, state_seconds=settings.oauth_state_seconds
+        ),
+        admin=admin,
+        suspensions=suspensions,
+    )
 
-    async def client_secret(provider: str) -> str | None:
-        return await admin_ref[0].client_secret(provider)
 
-    providers = OAuthProviders(
+def _leases(settings: VaultSettings, store: Store, clock: Clock) -> Leases:
+    redis_url = settings.mesh.redis()
+    if redis_url:
+        return RedisLeases(redis_url, settings.refresh_lease_seconds)
+    return DatabaseLeases(store, clock, settings.refresh_lease_seconds)
+
+
+def _providers(
+    settings: VaultSettings, client_secret: Callable[[str], Awaitable[str | None]]
+) -> OAuthProviders:
+    """`client_secret`: a provider's secret sealed in the vault (production keeps none in the
+    providers' file)."""
+    return OAuthProviders(
         load_providers(
             settings.oauth_providers.get_secret_value() if settings.oauth_providers else None,
             production=settings.production,
@@ -90,20 +141,6 @@ def build(settings: VaultSettings, clock: Clock | None = None) -> Parts:
         client_secret,
         settings.http_timeout_seconds,
     )
-    vault = Vault(
-        settings,
-        store,
-        keyring,
-        AuditLog(store, clock, settings.audit_flush_seconds),
-        leases,
-        providers,
-        clock,
-        render=credential_pb,
-        suspended=suspensions.users,
-    )
-    admin = KeyAdmin(vault)
-    admin_ref.append(admin)
-    return Parts(vault, OAuthFlow(vault), admin, suspensions)
 
 
 RunningVault = RunningService[Parts]
@@ -115,7 +152,14 @@ async def start(
     parts = build(settings, clock)
     # Known before the first call is served: a suspended user's secret never leaves.
     await parts.suspensions.load()
-    api = VaultApi(parts.vault, parts.flow, parts.admin, parts.suspensions)
+    api = VaultApi(
+        parts.credentials,
+        parts.resolver,
+        parts.refresher,
+        parts.oauth_connect,
+        parts.admin,
+        parts.suspensions,
+    )
     running = await start_server(
         name="vault",
         mesh=settings.mesh,
@@ -140,8 +184,8 @@ def main(argv: list[str]) -> int:
         start=start,
         migrate_database=migrate_database,
         describe=lambda service: {
-            "kek_current": service.parts.vault.keyring.current,
-            "keys": "managed" if service.parts.vault.keyring.managed else "supplied",
-            "leases": "redis" if service.parts.vault.settings.mesh.redis() else "database",
+            "kek_current": service.parts.data_keys.keyring.current,
+            "keys": "managed" if service.parts.data_keys.keyring.managed else "supplied",
+            "leases": "redis" if service.parts.settings.mesh.redis() else "database",
         },
     )

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.kit.config import MeshSettings
+from services.vault.keys import KeyRing
 from services.vault.oauth import load_providers
 
 
@@ -43,6 +44,15 @@ class VaultSettings(BaseSettings):
     # How often identity's deletion requests are read, suspending any user whose deletion the
     # vault was not told of directly (and picking up what other vault replicas recorded).
     suspension_reconcile_seconds: Annotated[float, Field(gt=0)] = 30.0
+
+    @field_validator("master_keys")
+    @classmethod
+    def _master_keys_usable(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked here too (the vault loads them when it starts) so that `leadmesh up` refuses
+        # unusable keys in one line before it starts anything.
+        if value is not None and value.get_secret_value():
+            KeyRing.check_setting(value.get_secret_value())
+        return value
 
     @model_validator(mode="after")
     def _providers_readable(self) -> VaultSettings:

@@ -89,7 +89,7 @@ class Mesh:
     def leadmesh(self, *args: str) -> subprocess.CompletedProcess:
         """The operators' command line, against this mesh."""
         return subprocess.run(
-            [sys.executable, "-m", "services.cli", *args],
+            [sys.executable, "-m", "cli", *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -104,7 +104,7 @@ class Mesh:
 def launch_up(env: dict[str, str]) -> subprocess.Popen:
     """`leadmesh up` in its own process group, its output merged into one text pipe."""
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up"],
+        [sys.executable, "-m", "cli", "up"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -48,10 +48,10 @@ def test_config_shows_effective_settings_with_secrets_masked(mesh_up: Mesh):
                 }
             }
         ),
-        VAULT_MASTER_KEYS=json.dumps({"current": "v1", "keys": {"v1": "canary" + "A" * 38}}),
+        VAULT_MASTER_KEYS=json.dumps({"current": "v1", "keys": {"v1": "canary" + "A" * 37 + "="}}),
     )
     done = subprocess.run(
-        [sys.executable, "-m", "services.cli", "config"],
+        [sys.executable, "-m", "cli", "config"],
         env=env,
         capture_output=True,
         text=True,
@@ -85,7 +85,7 @@ def test_rotating_the_key_of_an_unknown_user_is_an_error(mesh_up: Mesh):
 def test_a_status_against_nothing_fails(mesh_up: Mesh):
     env = dict(mesh_up.env, IDENTITY_PORT=str(free_port()))
     done = subprocess.run(
-        [sys.executable, "-m", "services.cli", "status", "--only", "identity"],
+        [sys.executable, "-m", "cli", "status", "--only", "identity"],
         env=env,
         capture_output=True,
         text=True,
@@ -189,7 +189,7 @@ def _healthy(env: dict[str, str], timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done = subprocess.run(
-            [sys.executable, "-m", "services.cli", "status"],
+            [sys.executable, "-m", "cli", "status"],
             env=env,
             capture_output=True,
             text=True,

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 from google.protobuf.json_format import ParseDict
 from leadmesh.runner.v1 import runner_pb2 as rpb
@@ -33,6 +34,7 @@ from services.vault.server import RunningVault
 from services.vault.server import migrate_database as migrate_vault
 from services.vault.server import start as start_vault
 from tests.integration.vault_support import vault_settings
+from tests.support.receiver import Receiver
 
 KINDS = {"api_key": vpb.CREDENTIAL_KIND_API_KEY, "login": vpb.CREDENTIAL_KIND_LOGIN,
          "oauth2": vpb.CREDENTIAL_KIND_OAUTH2}  # fmt: skip
@@ -209,3 +211,28 @@ async def runner_mesh(
             await channel.close()
         await runner.stop(grace=1)
         await mesh.vault.stop(grace=1)
+
+
+# Fixtures for modules that deliver to a receiver (`receiver, rm = runner_support.receiver,
+# runner_support.rm`); a module's `RUNNER_OVERRIDES` dict changes its runner's settings.
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    with Receiver(tmp_path / "receiver") as server:
+        yield server
+
+
+@pytest.fixture
+async def rm(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    mesh: MeshSettings,
+    database_url: str,
+    receiver: Receiver,
+) -> AsyncIterator[RunnerMesh]:
+    overrides = getattr(request.module, "RUNNER_OVERRIDES", {})
+    async with runner_mesh(
+        tmp_path, mesh.pki_dir, database_url, ca_file=str(receiver.ca_file), **overrides
+    ) as built:
+        yield built

@@ -302,7 +302,7 @@ async def test_the_vault_refuses_a_suspended_users_secrets_even_after_a_restart(
     assert (await world.resolve(b, credential_b)).secret["key"] == API_KEY["key"]
 
     # Kept in the vault's database: a restarted vault still refuses.
-    config = world.vault.parts.vault.settings
+    config = world.vault.parts.settings
     await world.vault.stop(grace=1)
     world.vault = await start_vault(config, port=0)
     with pytest.raises(grpc.aio.AioRpcError) as after_restart:

@@ -28,7 +28,7 @@ IP, UA = "198.51.100.7", "test-agent/1.0"
 
 
 async def signup(parts: Parts, email: str = "ann@example.com"):
-    return await parts.identity.create_account(email, PASSWORD)
+    return await parts.accounts.create_account(email, PASSWORD)
 
 
 async def test_signup_stores_only_a_pbkdf2_hash_and_refuses_a_taken_address(parts: Parts):
@@ -40,7 +40,7 @@ async def test_signup_stores_only_a_pbkdf2_hash_and_refuses_a_taken_address(part
         await signup(parts, "ann@example.com")
     assert taken.value.reason == "EMAIL_TAKEN"
     with pytest.raises(InvalidArgument) as invalid:
-        await parts.identity.create_account("not-an-address", PASSWORD)
+        await parts.accounts.create_account("not-an-address", PASSWORD)
     assert invalid.value.reason == "INVALID_EMAIL"
 
 
@@ -48,39 +48,39 @@ async def test_each_login_opens_a_new_session_whose_token_is_stored_only_as_a_ha
     parts: Parts,
 ):
     await signup(parts)
-    first = await parts.identity.login("ann@example.com", PASSWORD, IP, UA)
-    second = await parts.identity.login("ANN@example.com", PASSWORD, IP, UA)
+    first = await parts.sessions.login("ann@example.com", PASSWORD, IP, UA)
+    second = await parts.sessions.login("ANN@example.com", PASSWORD, IP, UA)
     assert first.token != second.token and len(first.token) >= 43
     async with parts.store.engine.connect() as connection:
         stored = (await connection.execute(select(sessions.c.token_hash))).scalars().all()
     assert first.token not in stored and len(stored) == 2
-    assert (await parts.identity.authenticate(first.token)).id == first.session.id
+    assert (await parts.sessions.authenticate(first.token)).id == first.session.id
 
 
 async def test_sessions_roll_with_use_and_end_at_their_absolute_lifetime(
     parts: Parts, clock: SettableClock
 ):
     await signup(parts)
-    signed = await parts.identity.login("ann@example.com", PASSWORD, IP, UA)
+    signed = await parts.sessions.login("ann@example.com", PASSWORD, IP, UA)
     start = clock.now()
     for _ in range(4):  # used every 6 days: the 7-day idle deadline keeps moving
         clock.advance(days=6)
-        session = await parts.identity.authenticate(signed.token)
+        session = await parts.sessions.authenticate(signed.token)
         assert session.expire_time == min(
             clock.now() + timedelta(days=7), start + timedelta(days=30)
         )
     clock.advance(days=6, seconds=1)  # day 30 and a second: past the absolute lifetime
     with pytest.raises(Unauthenticated) as ended:
-        await parts.identity.authenticate(signed.token)
+        await parts.sessions.authenticate(signed.token)
     assert ended.value.reason == "SESSION_INVALID"
 
 
 async def test_an_idle_session_ends_after_seven_days(parts: Parts, clock: SettableClock):
     await signup(parts)
-    signed = await parts.identity.login("ann@example.com", PASSWORD, IP, UA)
+    signed = await parts.sessions.login("ann@example.com", PASSWORD, IP, UA)
     clock.advance(days=7, seconds=1)
     with pytest.raises(Unauthenticated):
-        await parts.identity.authenticate(signed.token)
+        await parts.sessions.authenticate(signed.token)
 
 
 async def test_unknown_email_and_wrong_password_are_the_same_answer(parts: Parts):
@@ -91,7 +91,7 @@ async def test_unknown_email_and_wrong_password_are_the_same_answer(parts: Parts
         ("nobody@example.com", PASSWORD),
     ):
         with pytest.raises(Unauthenticated) as refused:
-            await parts.identity.login(email, password, IP, UA)
+            await parts.sessions.login(email, password, IP, UA)
         errors.append((refused.value.reason, refused.value.message))
     assert errors[0] == errors[1] == ("INVALID_CREDENTIALS", errors[0][1])
 
@@ -100,12 +100,12 @@ async def test_lockout_records_throttled_attempts_and_spares_other_addresses(par
     account = await signup(parts)
     for _ in range(10):
         with pytest.raises(Unauthenticated):
-            await parts.identity.login("ann@example.com", "wrong password!", IP, UA)
+            await parts.sessions.login("ann@example.com", "wrong password!", IP, UA)
     with pytest.raises(ResourceExhausted) as held:
-        await parts.identity.login("ann@example.com", PASSWORD, IP, UA)
+        await parts.sessions.login("ann@example.com", PASSWORD, IP, UA)
     assert held.value.reason == "LOGIN_THROTTLED" and 0 < held.value.retry_after <= 900
-    await parts.identity.login("ann@example.com", PASSWORD, "198.51.100.8", UA)
-    attempts, _ = await parts.identity.login_attempts(account.id, 100, "")
+    await parts.sessions.login("ann@example.com", PASSWORD, "198.51.100.8", UA)
+    attempts, _ = await parts.sessions.login_attempts(account.id, 100, "")
     outcomes = [a.outcome for a in attempts]
     assert outcomes[:2] == ["success", "throttled"] and outcomes.count("bad_password") == 10
 
@@ -114,9 +114,9 @@ async def test_an_old_hash_is_rehashed_at_the_next_login(parts: Parts):
     account = await signup(parts)
     async with parts.store.begin() as tx:
         await tx.update_account(account.id, password_hash=encode_hash(PASSWORD, 200_000))
-    await parts.identity.login("ann@example.com", PASSWORD, IP, UA)
+    await parts.sessions.login("ann@example.com", PASSWORD, IP, UA)
     assert (
-        parse_hash((await parts.identity.account(account.id)).password_hash).iterations == 210_000
+        parse_hash((await parts.accounts.account(account.id)).password_hash).iterations == 210_000
     )
 
 
@@ -124,15 +124,15 @@ async def test_login_history_pages_newest_first(parts: Parts, clock: SettableClo
     account = await signup(parts)
     for n in range(5):
         clock.advance(1)
-        await parts.identity.login("ann@example.com", PASSWORD, f"198.51.100.{n}", UA)
-    page, token = await parts.identity.login_attempts(account.id, 2, "")
+        await parts.sessions.login("ann@example.com", PASSWORD, f"198.51.100.{n}", UA)
+    page, token = await parts.sessions.login_attempts(account.id, 2, "")
     assert [a.ip_address for a in page] == ["198.51.100.4", "198.51.100.3"] and token
-    page, token = await parts.identity.login_attempts(account.id, 2, token)
+    page, token = await parts.sessions.login_attempts(account.id, 2, token)
     assert [a.ip_address for a in page] == ["198.51.100.2", "198.51.100.1"]
-    page, token = await parts.identity.login_attempts(account.id, 2, token)
+    page, token = await parts.sessions.login_attempts(account.id, 2, token)
     assert len(page) == 1 and token == ""
     with pytest.raises(InvalidArgument):
-        await parts.identity.login_attempts(account.id, 2, "forged")
+        await parts.sessions.login_attempts(account.id, 2, "forged")
 
 
 def _reset_token(outbox: Path) -> str:
@@ -148,42 +148,45 @@ async def test_password_reset_is_single_use_expires_and_revokes_every_session(
     parts: Parts, clock: SettableClock
 ):
     await signup(parts)
-    signed = await parts.identity.login("ann@example.com", PASSWORD, IP, UA)
-    await parts.identity.request_password_reset("ann@example.com")
-    await parts.identity.drain()
-    token = _reset_token(parts.identity.settings.outbox_dir)
+    signed = await parts.sessions.login("ann@example.com", PASSWORD, IP, UA)
+    await parts.password_reset.request_password_reset("ann@example.com")
+    await parts.password_reset.drain()
+    token = _reset_token(parts.settings.outbox_dir)
     with pytest.raises(InvalidArgument) as weak:  # the rules hold, and the token is not spent
-        await parts.identity.confirm_password_reset(token, "password123")
+        await parts.password_reset.confirm_password_reset(token, "password123")
     assert weak.value.reason == "PASSWORD_TOO_COMMON"
-    await parts.identity.confirm_password_reset(token, "a brand new passphrase")
+    await parts.password_reset.confirm_password_reset(token, "a brand new passphrase")
     with pytest.raises(Unauthenticated):
-        await parts.identity.authenticate(signed.token)
+        await parts.sessions.authenticate(signed.token)
     with pytest.raises(InvalidArgument) as reused:
-        await parts.identity.confirm_password_reset(token, "another new passphrase")
+        await parts.password_reset.confirm_password_reset(token, "another new passphrase")
     assert reused.value.reason == "RESET_TOKEN_INVALID"
-    await parts.identity.login("ann@example.com", "a brand new passphrase", IP, UA)
+    await parts.sessions.login("ann@example.com", "a brand new passphrase", IP, UA)
 
-    await parts.identity.request_password_reset("ann@example.com")
-    await parts.identity.drain()
-    late = _reset_token(parts.identity.settings.outbox_dir)
+    await parts.password_reset.request_password_reset("ann@example.com")
+    await parts.password_reset.drain()
+    late = _reset_token(parts.settings.outbox_dir)
     clock.advance(3601)
     with pytest.raises(InvalidArgument):
-        await parts.identity.confirm_password_reset(late, "yet another passphrase")
+        await parts.password_reset.confirm_password_reset(late, "yet another passphrase")
 
 
 async def test_a_reset_for_an_unknown_address_sends_nothing(parts: Parts):
-    await parts.identity.request_password_reset("nobody@example.com")
-    await parts.identity.drain()
-    assert not list(parts.identity.settings.outbox_dir.glob("*.eml"))
+    await parts.password_reset.request_password_reset("nobody@example.com")
+    await parts.password_reset.drain()
+    assert not list(parts.settings.outbox_dir.glob("*.eml"))
 
 
 async def test_concurrent_confirmations_spend_a_token_once(parts: Parts):
     await signup(parts)
-    await parts.identity.request_password_reset("ann@example.com")
-    await parts.identity.drain()
-    token = _reset_token(parts.identity.settings.outbox_dir)
+    await parts.password_reset.request_password_reset("ann@example.com")
+    await parts.password_reset.drain()
+    token = _reset_token(parts.settings.outbox_dir)
     results = await asyncio.gather(
-        *(parts.identity.confirm_password_reset(token, f"new passphrase {n}") for n in range(4)),
+        *(
+            parts.password_reset.confirm_password_reset(token, f"new passphrase {n}")
+            for n in range(4)
+        ),
         return_exceptions=True,
     )
     assert sum(r is None for r in results) == 1
@@ -192,38 +195,40 @@ async def test_concurrent_confirmations_spend_a_token_once(parts: Parts):
 
 async def test_password_change_revokes_every_session_and_opens_one(parts: Parts):
     account = await signup(parts)
-    other = await parts.identity.login("ann@example.com", PASSWORD, IP, UA)
+    other = await parts.sessions.login("ann@example.com", PASSWORD, IP, UA)
     with pytest.raises(Unauthenticated):
-        await parts.identity.change_password(
+        await parts.password_change.change_password(
             account.id, "not it at all", "fresh passphrase", IP, UA
         )
-    signed = await parts.identity.change_password(account.id, PASSWORD, "fresh passphrase", IP, UA)
+    signed = await parts.password_change.change_password(
+        account.id, PASSWORD, "fresh passphrase", IP, UA
+    )
     with pytest.raises(Unauthenticated):
-        await parts.identity.authenticate(other.token)
-    assert (await parts.identity.authenticate(signed.token)).account_id == account.id
-    assert [s.id for s in await parts.identity.sessions(account.id)] == [signed.session.id]
+        await parts.sessions.authenticate(other.token)
+    assert (await parts.sessions.authenticate(signed.token)).account_id == account.id
+    assert [s.id for s in await parts.sessions.sessions(account.id)] == [signed.session.id]
 
 
 async def test_end_other_sessions_keeps_the_current_one(parts: Parts):
     account = await signup(parts)
-    keep = await parts.identity.login("ann@example.com", PASSWORD, IP, UA)
-    await parts.identity.login("ann@example.com", PASSWORD, "198.51.100.9", UA)
-    await parts.identity.login("ann@example.com", PASSWORD, "198.51.100.10", UA)
-    assert await parts.identity.revoke_other_sessions(account.id, keep.session.id) == 2
-    assert [s.id for s in await parts.identity.sessions(account.id)] == [keep.session.id]
+    keep = await parts.sessions.login("ann@example.com", PASSWORD, IP, UA)
+    await parts.sessions.login("ann@example.com", PASSWORD, "198.51.100.9", UA)
+    await parts.sessions.login("ann@example.com", PASSWORD, "198.51.100.10", UA)
+    assert await parts.sessions.revoke_other_sessions(account.id, keep.session.id) == 2
+    assert [s.id for s in await parts.sessions.sessions(account.id)] == [keep.session.id]
 
 
 async def test_deletion_needs_the_password_disables_and_revokes(parts: Parts, clock: SettableClock):
     account = await signup(parts)
-    signed = await parts.identity.login("ann@example.com", PASSWORD, IP, UA)
+    signed = await parts.sessions.login("ann@example.com", PASSWORD, IP, UA)
     with pytest.raises(Unauthenticated):
-        await parts.identity.request_deletion(account.id, "not my password")
-    requested, deadline = await parts.identity.request_deletion(account.id, PASSWORD)
+        await parts.deletion.request_deletion(account.id, "not my password")
+    requested, deadline = await parts.deletion.request_deletion(account.id, PASSWORD)
     assert requested == clock.now() and deadline - requested == timedelta(days=60)
     with pytest.raises(Unauthenticated):
-        await parts.identity.authenticate(signed.token)
+        await parts.sessions.authenticate(signed.token)
     with pytest.raises(PermissionDenied) as disabled:
-        await parts.identity.login("ann@example.com", PASSWORD, IP, UA)
+        await parts.sessions.login("ann@example.com", PASSWORD, IP, UA)
     assert disabled.value.reason == "ACCOUNT_DISABLED"
     async with parts.store.engine.connect() as connection:
         row = (await connection.execute(select(accounts).where(accounts.c.id == account.id))).one()
@@ -278,9 +283,9 @@ async def test_announcements_reach_only_consenting_active_accounts(parts: Parts)
     for account in (ann, bob, carl):
         await parts.consents.update(account.id, [("new_features", True)])
     await parts.consents.update(bob.id, [("new_features", False)])
-    await parts.identity.request_deletion(carl.id, PASSWORD)
+    await parts.deletion.request_deletion(carl.id, PASSWORD)
     assert await parts.consents.announce("new_features", "News", "Something new.") == 1
-    (mail,) = parts.identity.settings.outbox_dir.glob("*.eml")
+    (mail,) = parts.settings.outbox_dir.glob("*.eml")
     message = message_from_bytes(mail.read_bytes(), policy=policy.default)
     assert message["To"] == "ann@example.com"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
@@ -294,7 +299,7 @@ async def test_execution_notices_reach_only_consenting_owners(parts: Parts):
     assert await parts.consents.notify(ann.id, "A run failed", "HTTP 500 after 5 attempts")
     assert not await parts.consents.notify(bob.id, "A run failed", "HTTP 500")
     assert not await parts.consents.notify("no-such-account", "A run failed", "HTTP 500")
-    (mail,) = parts.identity.settings.outbox_dir.glob("*.eml")
+    (mail,) = parts.settings.outbox_dir.glob("*.eml")
     message = message_from_bytes(mail.read_bytes(), policy=policy.default)
     assert message["To"] == "ann@example.com" and message["Subject"] == "A run failed"
     assert "HTTP 500 after 5 attempts" in message.get_content()
@@ -304,7 +309,7 @@ async def test_execution_notices_reach_only_consenting_owners(parts: Parts):
 async def test_parallel_guesses_are_held_at_the_limit(parts: Parts):
     await signup(parts)
     outcomes = await asyncio.gather(
-        *(parts.identity.login("ann@example.com", "wrong password!", IP, UA) for _ in range(30)),
+        *(parts.sessions.login("ann@example.com", "wrong password!", IP, UA) for _ in range(30)),
         return_exceptions=True,
     )
     reasons = [getattr(o, "reason", "") for o in outcomes]
@@ -316,26 +321,26 @@ async def test_a_login_racing_a_deletion_request_leaves_no_live_session(parts: P
     for round_ in range(4):  # the deletion lands at different moments of the login's hashing
         account = await signup(parts, f"race{round_}@example.com")
         login = asyncio.ensure_future(
-            parts.identity.login(f"race{round_}@example.com", PASSWORD, IP, UA)
+            parts.sessions.login(f"race{round_}@example.com", PASSWORD, IP, UA)
         )
         await asyncio.sleep(0.03 * round_)
-        await parts.identity.request_deletion(account.id, PASSWORD, IP)
+        await parts.deletion.request_deletion(account.id, PASSWORD, IP)
         outcome = (await asyncio.gather(login, return_exceptions=True))[0]
-        assert await parts.identity.sessions(account.id) == []
+        assert await parts.sessions.sessions(account.id) == []
         if not isinstance(outcome, Exception):
             with pytest.raises(Unauthenticated):
-                await parts.identity.authenticate(outcome.token)
+                await parts.sessions.authenticate(outcome.token)
         else:
             assert isinstance(outcome, PermissionDenied)
 
 
 async def test_a_session_of_a_disabled_account_is_refused(parts: Parts):
     account = await signup(parts)
-    signed = await parts.identity.login("ann@example.com", PASSWORD, IP, UA)
+    signed = await parts.sessions.login("ann@example.com", PASSWORD, IP, UA)
     async with parts.store.begin() as tx:  # disabled without revoking: belt and braces
         await tx.update_account(account.id, status="disabled")
     with pytest.raises(Unauthenticated):
-        await parts.identity.authenticate(signed.token)
+        await parts.sessions.authenticate(signed.token)
 
 
 async def test_page_tokens_out_of_range_are_refused_not_crashing(parts: Parts):
@@ -344,13 +349,13 @@ async def test_page_tokens_out_of_range_are_refused_not_crashing(parts: Parts):
     account = await signup(parts)
     huge = base64.urlsafe_b64encode(b"before:99999999999999999999999").decode()
     with pytest.raises(InvalidArgument):
-        await parts.identity.login_attempts(account.id, 10, huge)
+        await parts.sessions.login_attempts(account.id, 10, huge)
 
 
 async def test_control_characters_are_not_an_email_address(parts: Parts):
     for address in ("ann\x00@example.com", "ann@exa\nmple.com"):
         with pytest.raises(InvalidArgument):
-            await parts.identity.create_account(address, PASSWORD)
-        await parts.identity.request_password_reset("x@example.com")
+            await parts.accounts.create_account(address, PASSWORD)
+        await parts.password_reset.request_password_reset("x@example.com")
     with pytest.raises(Unauthenticated):
-        await parts.identity.login("ann\x00@example.com", PASSWORD, IP, UA)
+        await parts.sessions.login("ann\x00@example.com", PASSWORD, IP, UA)

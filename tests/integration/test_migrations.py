@@ -9,7 +9,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from services.cli.mesh import PROCESSES
+from cli.mesh import PROCESSES
 from services.kit.db import create_sync_engine, migrate
 
 SERVICES = [p for p in PROCESSES if p.migrations is not None]
@@ -17,7 +17,7 @@ SERVICES = [p for p in PROCESSES if p.migrations is not None]
 
 @pytest.mark.parametrize("process", SERVICES, ids=[p.name for p in SERVICES])
 def test_migrations_create_exactly_the_declared_tables(process, database_url: str):
-    migrate(database_url, process.migrations_dir())
+    migrate(database_url, process.migrations)
     metadata = importlib.import_module(f"{process.module}.tables").metadata
     engine = create_sync_engine(database_url)
     try:

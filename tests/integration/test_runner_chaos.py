@@ -210,7 +210,8 @@ class WorkerProcess:
 def start_worker(
     rm: RunnerMesh, receiver: Receiver, log: Path, redis_url: str | None
 ) -> WorkerProcess:
-    """`python -m services.runner.workers --count 1`, configured by environment as deployed."""
+    """`python -m services.runner.worker_process --count 1`, configured by environment as
+    deployed."""
     prefixes = ("LEADMESH_", "RUNNER_", "REDIS_", "OTEL_", "VAULT_", "IDENTITY_", "RETENTION_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update(
@@ -230,7 +231,7 @@ def start_worker(
         env["RUNNER_QUEUE_STREAM"] = STREAM
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.runner.workers", "--count", "1"],
+            [sys.executable, "-m", "services.runner.worker_process", "--count", "1"],
             cwd=REPO,
             env=env,
             stdout=out,
@@ -410,7 +411,7 @@ async def test_vault_stopped_for_10s_mid_load_loses_nothing_and_fails_nothing(
         load.start()
         await wait_until(lambda: len(deliveries(receiver)) >= 50, "50 deliveries")
 
-        settings, port = rm.vault.parts.vault.settings, rm.vault.port
+        settings, port = rm.vault.parts.settings, rm.vault.port
         await rm.vault.stop(grace=0)
         stopped = time.monotonic()
         delivered_before = len(deliveries(receiver))

@@ -345,7 +345,7 @@ async def test_a_burst_to_one_connection_resolves_its_credential_once(rm, receiv
         assert (await rm.finished(USER, run_id)).run.status == "succeeded"
     assert len(receiver.requests) == 8
     assert all(r.headers["x-api-key"] == "sk_burst_0123456789" for r in receiver.requests)
-    await rm.vault.parts.vault.audit.flush()  # resolves are committed within its flush
+    await rm.vault.parts.audit.flush()  # resolves are committed within its flush
     engine = create_engine(f"sqlite:///{rm.var.parent / 'vault.db'}")
     with engine.connect() as connection:
         resolves = connection.execute(

@@ -11,7 +11,6 @@ import asyncio
 import base64
 import logging
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,30 +22,16 @@ from services.kit.callers import user_metadata
 from services.kit.config import MeshSettings
 from services.kit.logs import JsonFormatter
 from services.runner.recorder import Outcome, Recorder
+from services.vault.datakeys import sealed_columns
 from services.vault.server import start as start_vault
+from tests.integration import runner_support
 from tests.integration.runner_support import RunnerMesh, runner_mesh
 from tests.support.receiver import DEFAULT_REPLY, Receiver
 
 USER_A, USER_B = "user-a", "user-b"
+receiver, rm = runner_support.receiver, runner_support.rm  # the shared fixtures
 LEASE_SECONDS = 2.0  # an outcome never recorded is delivered again this soon
-
-
-@pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[Receiver]:
-    with Receiver(tmp_path / "receiver") as server:
-        yield server
-
-
-@pytest.fixture
-async def rm(tmp_path: Path, mesh: MeshSettings, database_url: str, receiver: Receiver):
-    async with runner_mesh(
-        tmp_path,
-        mesh.pki_dir,
-        database_url,
-        ca_file=str(receiver.ca_file),
-        lease_seconds=LEASE_SECONDS,
-    ) as built:
-        yield built
+RUNNER_OVERRIDES = {"lease_seconds": LEASE_SECONDS}
 
 
 async def connection_of(rm: RunnerMesh, user: str, connection_id: str) -> rpb.Connection:
@@ -122,7 +107,7 @@ async def test_an_outcome_that_cannot_be_stored_is_recorded_as_failed_alone(
         core = rm.runner.parts.core
         now = core.clock.now()
         async with core.store.begin() as tx:  # claimed as a worker would
-            await tx.claim(list(runs.values()), now, now + timedelta(seconds=60), "w-test")
+            await tx.runs.claim(list(runs.values()), now, now + timedelta(seconds=60), "w-test")
         recorder = Recorder(core.store, core.clock, pause_after=5)
 
         def succeeded(user: str, start_time) -> Outcome:
@@ -197,7 +182,7 @@ async def test_our_own_outage_holds_a_run_only_for_outage_hold_seconds(
         made = await rm.connection(
             USER_A, receiver.https_url("/held"), credential_id=credential, max_attempts=2
         )
-        settings, port = rm.vault.parts.vault.settings, rm.vault.port
+        settings, port = rm.vault.parts.settings, rm.vault.port
         await rm.vault.stop(grace=0)
         try:
             run_id = await rm.run(USER_A, made.connection.id, {})
@@ -224,12 +209,12 @@ async def stored_with(rm: RunnerMesh, user: str, secret: dict) -> str:
     credential_id = await rm.credential(
         user, "api_key", {"key": "placeholder-0123456789", "header": "X-Api-Key"}
     )
-    vault = rm.vault.parts.vault
+    vault = rm.vault.parts
     async with vault.store.begin() as tx:
-        found = await vault.data_key(tx, user, create=False)
+        found = await vault.data_keys.get(tx, user, create=False)
         assert found is not None
         key, generation = found
-        columns = vault._sealed_columns(key, generation, user, credential_id, "api_key", secret)
+        columns = sealed_columns(key, generation, user, credential_id, "api_key", secret)
         await tx.update_credential(credential_id, **columns)
     vault.sealed.forget()
     return credential_id

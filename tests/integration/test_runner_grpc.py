@@ -197,13 +197,13 @@ async def test_a_signature_row_past_its_window_is_replaced_not_answered(rm):
     now, digest = datetime.now(UTC), "a" * 64
     async with rm.runner.parts.core.store.begin() as tx:
         past = now - timedelta(seconds=1)
-        assert await tx.remember_signature("conn-1", digest, "run-1", now, past)
-        assert await tx.signed_run("conn-1", digest, now) == ""
-        assert await tx.remember_signature(
-            "conn-1", digest, "run-2", now, now + timedelta(seconds=300)
+        assert await tx.signatures.remember("conn-1", digest, "run-1", past, now)
+        assert await tx.signatures.first_run("conn-1", digest, now) == ""
+        assert await tx.signatures.remember(
+            "conn-1", digest, "run-2", now + timedelta(seconds=300), now
         )
-        assert not await tx.remember_signature("conn-1", digest, "run-3", now, now)
-        assert await tx.signed_run("conn-1", digest, now) == "run-2"
+        assert not await tx.signatures.remember("conn-1", digest, "run-3", now, now)
+        assert await tx.signatures.first_run("conn-1", digest, now) == "run-2"
 
 
 async def remembered(rm) -> list[str]:

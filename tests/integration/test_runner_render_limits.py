@@ -12,31 +12,15 @@ import json
 import statistics
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from services.kit.config import MeshSettings
 from services.runner.expressions import INLINE_STEPS, MAX_STEPS
 from services.runner.template import MAX_RENDER_BYTES
-from tests.integration.runner_support import runner_mesh
-from tests.support.receiver import Receiver
+from tests.integration import runner_support
 
 A, B = "user-a", "user-b"
-
-
-@pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[Receiver]:
-    with Receiver(tmp_path / "receiver") as server:
-        yield server
-
-
-@pytest.fixture
-async def rm(tmp_path: Path, mesh: MeshSettings, database_url: str, receiver: Receiver):
-    async with runner_mesh(
-        tmp_path, mesh.pki_dir, database_url, ca_file=str(receiver.ca_file)
-    ) as built:
-        yield built
+receiver, rm = runner_support.receiver, runner_support.rm  # the shared fixtures
 
 
 def refs(expression: str, count: int) -> str:

@@ -14,10 +14,10 @@ import pytest
 
 # Each entry point, and the prefixes of the settings it reads.
 ENTRY_POINTS = [
-    (["services.cli", "up"], ("LEADMESH_", "IDENTITY_", "VAULT_", "RUNNER_")),
-    (["services.cli", "config"], ("LEADMESH_", "IDENTITY_", "VAULT_", "RUNNER_")),
-    (["services.cli", "migrate"], ("LEADMESH_", "IDENTITY_", "VAULT_", "RUNNER_")),
-    (["services.cli", "runner-worker"], ("LEADMESH_", "RUNNER_")),
+    (["cli", "up"], ("LEADMESH_", "IDENTITY_", "VAULT_", "RUNNER_")),
+    (["cli", "config"], ("LEADMESH_", "IDENTITY_", "VAULT_", "RUNNER_")),
+    (["cli", "migrate"], ("LEADMESH_", "IDENTITY_", "VAULT_", "RUNNER_")),
+    (["cli", "runner-worker"], ("LEADMESH_", "RUNNER_")),
     (["services.identity"], ("LEADMESH_", "IDENTITY_")),
     (["services.vault"], ("LEADMESH_", "VAULT_")),
     (["services.runner"], ("LEADMESH_", "RUNNER_")),
@@ -28,6 +28,9 @@ WRONG = [
     ("IDENTITY_PBKDF2_ITERATIONS", "5"),
     ("VAULT_OAUTH_PROVIDERS", '{"crm": {"client_id": "", "client_secret": "canary-secret"}}'),
     ("LEADMESH_RPC_TIMEOUT", "soon"),
+    # "canary" in base64 as a KEK: never echoed, and the current version is not among the keys.
+    ("VAULT_MASTER_KEYS", '{"current": "v2", "keys": {"v1": "Y2FuYXJ5"}}'),
+    ("VAULT_MASTER_KEYS", "/nonexistent/master-keys.json"),
 ]
 CASES = [
     pytest.param(command, variable, value, id=f"{' '.join(command)} {variable}")
@@ -72,7 +75,7 @@ def test_up_takes_allowed_networks_comma_separated_as_readme_writes_them(tmp_pat
         GATEWAY_TRUSTED_PROXIES="127.0.0.1/32,::1/128",
     )
     up = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up"],
+        [sys.executable, "-m", "cli", "up"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -90,7 +93,7 @@ def test_up_takes_allowed_networks_comma_separated_as_readme_writes_them(tmp_pat
 
 def test_config_shows_a_comma_separated_list_as_the_list_it_is(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "services.cli", "config"],
+        [sys.executable, "-m", "cli", "config"],
         env=_env(tmp_path / "var", RUNNER_ALLOWED_NETWORKS="127.0.0.0/8,10.0.0.0/8"),
         capture_output=True,
         text=True,

@@ -196,9 +196,9 @@ async def test_user_b_cannot_see_use_change_or_delete_user_a_credentials(dial):
 
 
 async def test_a_killed_rotation_resumes(vault: RunningVault, vault_var: Path):
-    vault_core = vault.parts.vault
+    vault_core = vault.parts
     for n in range(300):
-        await vault_core.create("gateway", f"user-{n}", "k", "api_key", "crm", API_KEY)
+        await vault_core.credentials.create("gateway", f"user-{n}", "k", "api_key", "crm", API_KEY)
     env = dict(
         os.environ,
         LEADMESH_VAR_DIR=str(vault_var),
@@ -206,7 +206,7 @@ async def test_a_killed_rotation_resumes(vault: RunningVault, vault_var: Path):
         LEADMESH_INSECURE_INTERNAL="0",
     )
     # The vault serves on this test's event loop: the command runs as an asyncio subprocess.
-    command = [sys.executable, "-m", "services.cli", "keys", "rotate", "--batch"]
+    command = [sys.executable, "-m", "cli", "keys", "rotate", "--batch"]
     first = await asyncio.create_subprocess_exec(*command, "2", env=env, stdout=PIPE)
     async for line in first.stdout:  # type: ignore[union-attr]
         if line.startswith(b"rewrapped 20/"):
@@ -224,11 +224,11 @@ async def test_a_killed_rotation_resumes(vault: RunningVault, vault_var: Path):
     assert status["pending"] == 0
     assert {v: n for v, _, n in status["versions"]} == {"v1": 0, "v2": 300}
     for n in (0, 150, 299):
-        rows, _ = await vault_core.list(f"user-{n}", 1, "")
-        resolved = await vault_core.resolve("runner", f"user-{n}", rows[0]["id"], "c")
+        rows, _ = await vault_core.credentials.list(f"user-{n}", 1, "")
+        resolved = await vault_core.resolver.resolve("runner", f"user-{n}", rows[0]["id"], "c")
         assert resolved.secret == API_KEY
     shown = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "keys", "status", env=env, stdout=PIPE
+        sys.executable, "-m", "cli", "keys", "status", env=env, stdout=PIPE
     )
     out, _ = await shown.communicate()
     assert b"* v2     wraps 300 data keys" in out

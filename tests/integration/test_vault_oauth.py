@@ -22,7 +22,6 @@ from leadmesh.vault.v1 import vault_pb2_grpc
 from pydantic import SecretStr
 
 from services.kit.callers import user_metadata
-from services.kit.clock import SettableClock
 from services.kit.config import MeshSettings
 from services.kit.errors import FailedPrecondition, InvalidArgument
 from services.kit.grpcclient import open_channel
@@ -61,9 +60,8 @@ async def vaults(tmp_path: Path, database_url: str, oauth: OAuthServer):
     """Two vault processes' worth of parts on one database: refreshes must agree across them."""
     settings = vault_settings(tmp_path, database_url, oauth_providers=providers(oauth))
     migrate_database(settings)
-    built = [build(settings, SettableClock()), build(settings, SettableClock())]
-    for parts in built:  # real time: the provider's token lifetimes are real
-        parts.vault.clock = parts.vault.audit._clock = _WallClock()
+    # Real time: the provider's token lifetimes are real.
+    built = [build(settings, _WallClock()), build(settings, _WallClock())]
     yield built
     for parts in built:
         await parts.close()
@@ -77,11 +75,11 @@ class _WallClock:
 
 
 async def connect(parts: Parts, oauth: OAuthServer, session: str = "session-1") -> dict:
-    url = await parts.flow.start("user-a", session, "crm", "My CRM", CALLBACK)
+    url = await parts.oauth_connect.start("user-a", session, "crm", "My CRM", CALLBACK)
     async with httpx.AsyncClient() as browser:
         consent = await browser.get(url, follow_redirects=False)
     back = parse_qs(urlsplit(consent.headers["location"]).query)
-    return await parts.flow.complete(
+    return await parts.oauth_connect.complete(
         "gateway", "user-a", session, "crm", back["state"][0], back["code"][0], CALLBACK
     )
 
@@ -93,7 +91,7 @@ async def test_the_whole_flow_with_pkce(vaults: list[Parts], oauth: OAuthServer)
     assert credential["scopes"] == ["contacts.read"] and credential["name"] == "My CRM"
     exchange = oauth.token_requests[0]
     assert exchange["grant_type"] == "authorization_code" and exchange["has_code_verifier"]
-    resolved = await parts.vault.resolve("runner", "user-a", credential["id"], "conn-1")
+    resolved = await parts.resolver.resolve("runner", "user-a", credential["id"], "conn-1")
     async with httpx.AsyncClient() as api:
         me = await api.get(
             oauth.api_url, headers={"Authorization": f"Bearer {resolved.secret['access_token']}"}
@@ -105,28 +103,32 @@ async def test_the_whole_flow_with_pkce(vaults: list[Parts], oauth: OAuthServer)
 
 async def test_state_is_single_use_and_bound_to_the_session(vaults: list[Parts], oauth):
     parts = vaults[0]
-    url = await parts.flow.start("user-a", "session-1", "crm", "x", CALLBACK)
+    url = await parts.oauth_connect.start("user-a", "session-1", "crm", "x", CALLBACK)
     async with httpx.AsyncClient() as browser:
         back = parse_qs(urlsplit((await browser.get(url)).headers["location"]).query)
     state, code = back["state"][0], back["code"][0]
     for user, session in (("user-a", "session-2"), ("user-b", "session-1")):
         with pytest.raises(InvalidArgument) as refused:
-            await parts.flow.complete("gateway", user, session, "crm", state, code, CALLBACK)
+            await parts.oauth_connect.complete(
+                "gateway", user, session, "crm", state, code, CALLBACK
+            )
         assert refused.value.reason == "OAUTH_STATE_INVALID"
     # The state was spent by the first wrong attempt: even the right session cannot use it now.
     with pytest.raises(InvalidArgument):
-        await parts.flow.complete("gateway", "user-a", "session-1", "crm", state, code, CALLBACK)
+        await parts.oauth_connect.complete(
+            "gateway", "user-a", "session-1", "crm", state, code, CALLBACK
+        )
 
 
 async def test_a_denied_consent_is_reported(vaults: list[Parts], oauth: OAuthServer):
     parts = vaults[0]
     oauth.deny_next = True
-    url = await parts.flow.start("user-a", "session-1", "crm", "x", CALLBACK)
+    url = await parts.oauth_connect.start("user-a", "session-1", "crm", "x", CALLBACK)
     async with httpx.AsyncClient() as browser:
         back = parse_qs(urlsplit((await browser.get(url)).headers["location"]).query)
     assert back["error"] == ["access_denied"]
     with pytest.raises(FailedPrecondition) as denied:
-        await parts.flow.complete(
+        await parts.oauth_connect.complete(
             "gateway", "user-a", "session-1", "crm", back["state"][0], "", CALLBACK, "access_denied"
         )
     assert denied.value.reason == "OAUTH_DENIED"
@@ -137,7 +139,7 @@ async def test_concurrent_resolves_across_processes_refresh_once(vaults: list[Pa
     oauth.refresh_delay = 0.3  # a slow provider: the others must wait, not refresh again
     resolved = await asyncio.gather(
         *(
-            vaults[n % 2].vault.resolve("runner", "user-a", credential["id"], f"conn-{n}")
+            vaults[n % 2].resolver.resolve("runner", "user-a", credential["id"], f"conn-{n}")
             for n in range(10)
         )
     )
@@ -150,20 +152,20 @@ async def test_concurrent_resolves_across_processes_refresh_once(vaults: list[Pa
 async def test_a_rejected_token_is_refreshed_once_and_then_served(vaults: list[Parts], oauth):
     parts = vaults[0]
     credential = await connect(parts, oauth)
-    first = await parts.vault.resolve("runner", "user-a", credential["id"], "conn-1")
+    first = await parts.resolver.resolve("runner", "user-a", credential["id"], "conn-1")
     count = oauth.refresh_count
     rejected = hashlib.sha256(first.secret["access_token"].encode()).hexdigest()
     both = await asyncio.gather(
-        parts.vault.refresh("runner", "user-a", credential["id"], "conn-1", rejected),
-        vaults[1].vault.refresh("runner", "user-a", credential["id"], "conn-2", rejected),
+        parts.refresher.refresh("runner", "user-a", credential["id"], "conn-1", rejected),
+        vaults[1].refresher.refresh("runner", "user-a", credential["id"], "conn-2", rejected),
     )
     assert oauth.refresh_count == count + 1
     assert both[0].secret["access_token"] == both[1].secret["access_token"]
     assert both[0].secret["access_token"] != first.secret["access_token"]
     # Each refresh is audited (who, which credential and connection, the outcome), without a token.
     for built in vaults:
-        await built.vault.audit.flush()
-    async with parts.vault.store.begin() as tx:
+        await built.audit.flush()
+    async with parts.store.begin() as tx:
         events = [e for e in await tx.audit_events("user-a") if e["action"] == "refresh"]
     assert sorted((e["connection_id"], e["outcome"], e["caller"]) for e in events) == [
         ("conn-1", "ok", "runner"),
@@ -181,18 +183,18 @@ async def test_invalid_grant_marks_the_credential_for_reconnection(vaults: list[
     oauth.revoke_refresh_tokens()
     for _ in range(2):
         with pytest.raises(FailedPrecondition) as refused:
-            await parts.vault.resolve("runner", "user-a", credential["id"], "conn-1")
+            await parts.resolver.resolve("runner", "user-a", credential["id"], "conn-1")
         assert refused.value.reason == "CREDENTIAL_NEEDS_RECONNECT"
-    assert (await parts.vault.get("user-a", credential["id"]))["status"] == "needs_reconnect"
-    await parts.vault.audit.flush()
-    async with parts.vault.store.begin() as tx:
+    assert (await parts.credentials.get("user-a", credential["id"]))["status"] == "needs_reconnect"
+    await parts.audit.flush()
+    async with parts.store.begin() as tx:
         outcomes = [e["outcome"] for e in await tx.audit_events("user-a")]
     assert "CREDENTIAL_NEEDS_RECONNECT" in outcomes
     # The runner reporting a 401 now gets the same answer, and the refused refresh is audited.
     with pytest.raises(FailedPrecondition) as refused:
-        await parts.vault.refresh("runner", "user-a", credential["id"], "conn-2", "0" * 64)
+        await parts.refresher.refresh("runner", "user-a", credential["id"], "conn-2", "0" * 64)
     assert refused.value.reason == "CREDENTIAL_NEEDS_RECONNECT"
-    async with parts.vault.store.begin() as tx:
+    async with parts.store.begin() as tx:
         refreshes = [e for e in await tx.audit_events("user-a") if e["action"] == "refresh"]
     assert [(e["connection_id"], e["outcome"]) for e in refreshes] == [
         ("conn-2", "CREDENTIAL_NEEDS_RECONNECT")
@@ -228,12 +230,12 @@ async def test_with_redis_the_lease_is_a_redis_lock(
     migrate_database(settings)
     built = [build(settings), build(settings)]
     try:
-        assert all(isinstance(p.vault.leases, RedisLeases) for p in built)
+        assert all(isinstance(p.leases, RedisLeases) for p in built)
         credential = await connect(built[0], oauth)
         oauth.refresh_delay = 0.3
         resolved = await asyncio.gather(
             *(
-                built[n % 2].vault.resolve("runner", "user-a", credential["id"], "c")
+                built[n % 2].resolver.resolve("runner", "user-a", credential["id"], "c")
                 for n in range(8)
             )
         )

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from services.cli.main import main
-from services.cli.mesh import PROCESSES
+from cli.main import main
+from cli.mesh import PROCESSES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +30,7 @@ def test_every_process_runs_in_compose_with_a_health_check():
 
 def test_services_with_a_database_get_postgres_and_a_migration_first():
     services = _compose()["services"]
-    assert services["setup"]["command"] == ["services.cli", "migrate"]
+    assert services["setup"]["command"] == ["cli", "migrate"]
     for process in PROCESSES:
         if process.migrations is None:
             continue

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
+import cli
 import gateway
 import services
 from services.kit.config import env_names
@@ -39,7 +40,7 @@ NOT_OURS = {"LEADMESH_REQUIRE_SERVICES", "LEADMESH_TEST_POSTGRES_URL", "LEADMESH
 
 def settings_classes() -> list[type[BaseSettings]]:
     """Every settings class of every process (each module imported to find them)."""
-    for package in (services, gateway):
+    for package in (services, gateway, cli):
         for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
             if ".migrations" not in module.name and not module.name.endswith("__main__"):
                 importlib.import_module(module.name)
@@ -47,7 +48,7 @@ def settings_classes() -> list[type[BaseSettings]]:
     while todo:
         cls = todo.pop()
         todo += cls.__subclasses__()
-        if cls.__module__.startswith(("services.", "gateway.")):
+        if cls.__module__.startswith(("services.", "gateway.", "cli.")):
             found.append(cls)
     return found
 

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from services.identity.domain import _decode_page_token, _encode_page_token
+from services.identity.sessions import _decode_page_token, _encode_page_token
 from services.kit.errors import InvalidArgument
 from services.kit.tokens import b64url, cursor_number, page_cursor, page_token, unb64url
 from services.runner.connections import next_page, page_args
-from services.vault.domain import _decode_token, _encode_token
+from services.vault.credentials import _decode_token, _encode_token
 
 # What a client may send: any text; base64 of any bytes; base64 of text shaped like each
 # service's cursor around a fuzzed part (so the parsers past base64 are reached too).

@@ -9,16 +9,13 @@ import httpx
 import pytest
 
 from services.runner.guard import (
-    MAX_BODY,
     DestinationRefused,
     EgressPolicy,
     GuardedBackend,
-    Outbound,
     check_url,
-    make_client,
     refused_kind,
-    send,
 )
+from services.runner.outbound import MAX_BODY, Outbound, make_client, send
 from tests.support.receiver import Receiver
 
 STRICT = EgressPolicy()  # production: https only, public addresses only

@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from services.runner.guard import MAX_BODY, EgressPolicy, Outbound, make_client, send
+from services.runner.guard import EgressPolicy
 from services.runner.inflate import Inflater
+from services.runner.outbound import MAX_BODY, Outbound, make_client, send
 from tests.support.receiver import Receiver
 
 POLICY = EgressPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.0/8"),))

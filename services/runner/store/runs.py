@@ -1,0 +1,136 @@
+"""The runs repository: the queue's truth. Claims and leases are conditional updates of a run's
+row, so a run is never held by two workers at once; a worker's result changes a run only while
+that worker still holds it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+
+from services.kit.db import RowTx, row_dict
+from services.runner.model import Run
+from services.runner.store.paging import page
+from services.runner.tables import runs
+
+# What a worker needs of a run; the event is loaded with it.
+_RUN_WORK = [runs.c.id, runs.c.user_id, runs.c.connection_id, runs.c.trigger, runs.c.attempts,
+             runs.c.max_attempts, runs.c.event, runs.c.create_time,
+             runs.c.trace_parent]  # fmt: skip
+
+
+class Runs(RowTx):
+    async def add(self, values: list[dict[str, Any]]) -> None:
+        await self.c.execute(insert(runs), values)
+
+    async def get(self, user_id: str, run_id: str) -> dict[str, Any] | None:
+        return await self._one(select(runs).where(runs.c.id == run_id, runs.c.user_id == user_id))
+
+    async def page(
+        self, user_id: str, connection_id: str | None, after: int | None, size: int
+    ) -> list[dict[str, Any]]:
+        query = select(*[c for c in runs.c if c.name != "event"]).where(runs.c.user_id == user_id)
+        if connection_id:
+            query = query.where(runs.c.connection_id == connection_id)
+        return await self._all(page(runs, query, after, size))
+
+    async def due(self, now: datetime, limit: int) -> list[str]:
+        """Queued runs whose time has come and running runs whose worker went silent."""
+        query = (
+            select(runs.c.id)
+            .where(
+                or_(
+                    and_(runs.c.status == "queued", runs.c.next_attempt_time <= now),
+                    and_(runs.c.status == "running", runs.c.lease_until < now),
+                )
+            )
+            .order_by(runs.c.next_attempt_time)
+            .limit(limit)
+        )
+        return [r[0] for r in await self.c.execute(query)]
+
+    async def to_push(self, now: datetime, stale: datetime, limit: int) -> list[str]:
+        """For the Redis queue: due runs never pushed since they became due, pushed so long ago
+        that the stream must have lost them, or claimed by a worker that went silent."""
+        query = (
+            select(runs.c.id)
+            .where(
+                or_(
+                    and_(
+                        runs.c.status == "queued",
+                        runs.c.next_attempt_time <= now,
+                        or_(runs.c.push_time.is_(None), runs.c.push_time < stale),
+                    ),
+                    and_(runs.c.status == "running", runs.c.lease_until < now),
+                )
+            )
+            .order_by(runs.c.next_attempt_time)
+            .limit(limit)
+        )
+        return [r[0] for r in await self.c.execute(query)]
+
+    async def release_held(self, connection_id: str, now: datetime) -> None:
+        """Runs held while their connection was paused go out now."""
+        await self.c.execute(
+            update(runs)
+            .where(runs.c.connection_id == connection_id, runs.c.status == "queued")
+            .values(next_attempt_time=now, push_time=None)
+        )
+
+    async def forget_pushes(self) -> None:
+        await self.c.execute(update(runs).where(runs.c.status == "queued").values(push_time=None))
+
+    async def mark_pushed(self, run_ids: list[str], now: datetime) -> None:
+        await self.c.execute(
+            update(runs)
+            .where(runs.c.id.in_(run_ids), runs.c.status == "queued")
+            .values(push_time=now)
+        )
+
+    async def claim(
+        self, run_ids: list[str], now: datetime, lease_until: datetime, worker: str
+    ) -> list[Run]:
+        """Claims those of `run_ids` that are still claimable; the rest belong to someone else
+        or are done. The condition is evaluated again under the row lock, so a run is claimed by
+        one worker at a time."""
+        statement = (
+            update(runs)
+            .where(
+                runs.c.id.in_(run_ids),
+                or_(
+                    and_(runs.c.status == "queued", runs.c.next_attempt_time <= now),
+                    and_(runs.c.status == "running", runs.c.lease_until < now),
+                ),
+            )
+            .values(
+                status="running",
+                lease_until=lease_until,
+                worker=worker,
+                start_time=func.coalesce(runs.c.start_time, now),
+            )
+            .returning(*_RUN_WORK)
+        )
+        return [Run.from_row(row_dict(r)) for r in await self.c.execute(statement)]  # type: ignore[arg-type]
+
+    async def renew_leases(self, run_ids: list[str], worker: str, until: datetime) -> None:
+        await self.c.execute(
+            update(runs)
+            .where(runs.c.id.in_(run_ids), runs.c.worker == worker, runs.c.status == "running")
+            .values(lease_until=until)
+        )
+
+    async def finish(self, results: list[dict[str, Any]]) -> None:
+        """Each result: id, worker, and the run's new values (status, attempts, error, …); a run
+        is changed only while `worker` still holds it. One executemany per shape of change."""
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for result in results:
+            shapes.setdefault(tuple(sorted(result)), []).append(result)
+        for shape, rows in shapes.items():
+            values = {k: bindparam(f"v_{k}") for k in shape if k not in ("id", "worker")}
+            statement = (
+                update(runs)
+                .where(runs.c.id == bindparam("v_id"), runs.c.worker == bindparam("v_worker"))
+                .values(**values)
+            )
+            await self.c.execute(statement, [{f"v_{k}": v for k, v in r.items()} for r in rows])
