@@ -8,6 +8,7 @@ from typing import Any
 from services.kit.clock import Clock
 from services.kit.errors import NotFound
 from services.runner.connections import next_page, page_args
+from services.runner.model import Attempt, Notification
 from services.runner.store import Store
 
 
@@ -16,7 +17,7 @@ class Activity:
         self.store = store
         self.clock = clock
 
-    async def run(self, user_id: str, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    async def run(self, user_id: str, run_id: str) -> tuple[dict[str, Any], list[Attempt]]:
         async with self.store.read() as tx:
             run = await tx.runs.get(user_id, run_id)
             if run is None:
@@ -41,7 +42,7 @@ class Activity:
             rows = await tx.notifications.page(user_id, connection_id or None, after, size + 1)
         return next_page(rows, size)
 
-    async def mark_read(self, user_id: str, notification_id: str) -> dict[str, Any]:
+    async def mark_read(self, user_id: str, notification_id: str) -> Notification:
         async with self.store.begin() as tx:
             row = await tx.notifications.mark_read(user_id, notification_id, self.clock.now())
         if row is None:

@@ -16,7 +16,7 @@ from services.kit.timestamps import json_value, to_timestamp, to_value
 from services.runner.activity import Activity
 from services.runner.connections import Connections
 from services.runner.ingest import Ingest
-from services.runner.model import Connection, WebhookEntry
+from services.runner.model import Attempt, Connection, Notification, WebhookEntry
 from services.runner.suspensions import Suspensions
 from services.runner.tracing import trace_id_of
 
@@ -85,20 +85,20 @@ def run_pb(row: dict[str, Any]) -> pb.Run:
     )
 
 
-def attempt_pb(row: dict[str, Any]) -> pb.Attempt:
+def attempt_pb(attempt: Attempt) -> pb.Attempt:
     request = struct_pb2.Struct()
-    request.update(row["request"])
+    request.update(attempt.request)
     return pb.Attempt(
-        number=row["number"],
-        start_time=to_timestamp(row.get("start_time")),
-        finish_time=to_timestamp(row.get("finish_time")),
+        number=attempt.number,
+        start_time=to_timestamp(attempt.start_time),
+        finish_time=to_timestamp(attempt.finish_time),
         request=request,
-        response_status=row["response_status"] or 0,
-        response_headers=[pb.Header(name=n, value=v) for n, v in row["response_headers"] or []],
-        response_body=row["response_body"] or "",
-        response_body_encoding=row["response_body_encoding"] or "",
-        response_truncated=bool(row["response_truncated"]),
-        error=row["error"] or "",
+        response_status=attempt.response_status or 0,
+        response_headers=[pb.Header(name=n, value=v) for n, v in attempt.response_headers or []],
+        response_body=attempt.response_body or "",
+        response_body_encoding=attempt.response_body_encoding or "",
+        response_truncated=bool(attempt.response_truncated),
+        error=attempt.error or "",
     )
 
 
@@ -118,16 +118,16 @@ def log_pb(entry: WebhookEntry) -> pb.WebhookLogEntry:
     )
 
 
-def notification_pb(row: dict[str, Any]) -> pb.Notification:
+def notification_pb(notice: Notification) -> pb.Notification:
     return pb.Notification(
-        id=row["id"],
-        connection_id=row["connection_id"] or "",
-        kind=row["kind"],
-        message=row["message"],
-        run_id=row["run_id"] or "",
-        credential_id=row["credential_id"] or "",
-        create_time=to_timestamp(row["create_time"]),
-        read_time=to_timestamp(row["read_time"]),
+        id=notice.id,
+        connection_id=notice.connection_id or "",
+        kind=notice.kind,
+        message=notice.message,
+        run_id=notice.run_id or "",
+        credential_id=notice.credential_id or "",
+        create_time=to_timestamp(notice.create_time),
+        read_time=to_timestamp(notice.read_time),
     )
 
 

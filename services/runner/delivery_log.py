@@ -12,10 +12,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
-from services.runner.model import Run
-from services.runner.recorder import Outcome
+from services.runner.model import Attempt, Outcome, Run
 
 log = logging.getLogger("leadmesh.runner.delivery")
 
@@ -27,7 +25,7 @@ class Delivery:
 
     run: Run
     started: datetime
-    attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
     secrets: tuple[str, ...] = ()
     # attempt number -> what went wrong, as a code ("ConnectError", "UNRESOLVABLE", …)
     problems: dict[int, str] = field(default_factory=dict)
@@ -41,17 +39,17 @@ def log_outcome(delivery: Delivery, outcome: Outcome, now: datetime) -> None:
     last = len(outcome.attempts) - 1
     for index, attempt in enumerate(outcome.attempts):
         # An attempt before the last is a 401 answered by refreshing the OAuth token.
-        status = attempt.get("response_status")
+        status = attempt.response_status
         log.info(
             "delivery attempt",
             extra={
                 **ids,
-                "attempt": attempt["number"],
+                "attempt": attempt.number,
                 "outcome": state if index == last else "refreshing",
                 "status_code": status,
-                "problem": delivery.problems.get(attempt["number"])
+                "problem": delivery.problems.get(attempt.number)
                 or (f"HTTP {status}" if status and not 200 <= status < 300 else None),
-                "duration_ms": _ms(attempt["start_time"], attempt.get("finish_time") or now),
+                "duration_ms": _ms(attempt.start_time, attempt.finish_time or now),
             },
         )
     if state == "failed":
@@ -77,8 +75,8 @@ def _last_problem(delivery: Delivery, outcome: Outcome) -> str | None:
     if not outcome.attempts:
         return None
     attempt = outcome.attempts[-1]
-    status = attempt.get("response_status")
-    return delivery.problems.get(attempt["number"]) or (f"HTTP {status}" if status else None)
+    status = attempt.response_status
+    return delivery.problems.get(attempt.number) or (f"HTTP {status}" if status else None)
 
 
 def _ms(start: datetime, end: datetime) -> float:

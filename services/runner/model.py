@@ -79,6 +79,68 @@ class WebhookEntry(_Row):
     seq: int | None = None  # the log's order, once stored
 
 
+@dataclass(frozen=True)
+class Attempt(_Row):
+    """One delivery attempt of a run: the request as sent (credentials redacted), the answer."""
+
+    run_id: str
+    user_id: str
+    number: int
+    start_time: datetime
+    request: dict[str, Any]  # method, url, headers, body as sent
+    response_status: int | None = None
+    response_headers: list[list[str]] | None = None
+    response_body: str | None = None
+    response_body_encoding: str | None = None
+    response_truncated: bool = False
+    error: str | None = None
+    finish_time: datetime | None = None  # set once the attempt ends
+    seq: int | None = None  # the order, once stored
+
+
+@dataclass(frozen=True)
+class Notification(_Row):
+    """A notice to a connection's owner, in the app (and by e-mail, `recorder.Mail`)."""
+
+    id: str
+    user_id: str
+    connection_id: str | None
+    kind: str  # run_failed, connection_paused, credential_problem
+    message: str
+    run_id: str | None
+    credential_id: str | None
+    create_time: datetime
+    read_time: datetime | None
+    seq: int | None = None  # the listing order, once stored
+
+
+@dataclass(frozen=True)
+class FailureMail(_Row):
+    """A connection's failure e-mail as it gathers: failed runs not mailed yet, the last one's
+    message, and when the connection was last mailed."""
+
+    connection_id: str
+    user_id: str
+    last_mail_time: datetime | None
+    pending: int
+    last_message: str | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a delivery leaves behind (`recorder.py` writes it): the new values of its run's row
+    (`id`, `worker` and the columns that change), its attempts and its notifications."""
+
+    run: Mapping[str, Any]
+    connection_id: str
+    user_id: str
+    attempts: tuple[Attempt, ...] = ()
+    # "succeeded", "failed" (the run's last word), or "" (it goes on later)
+    final: str = ""
+    # Notifications besides the failure count's: e.g. a credential that needs reconnecting.
+    notices: tuple[Notification, ...] = ()
+
+
 _FIELDS: dict[type, tuple[str, ...]] = {}
 
 

@@ -21,12 +21,12 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
 
 from services.kit.batching import GroupCommit
 from services.kit.clock import Clock
+from services.runner.model import Notification, Outcome
 from services.runner.store import Store, Tx
 from services.runner.tables import attempts, notifications, runs
 
@@ -35,18 +35,6 @@ log = logging.getLogger("leadmesh.runner.recorder")
 ERROR_CHARS: int = runs.c.error.type.length  # type: ignore[attr-defined]
 _ATTEMPT_ERROR_CHARS: int = attempts.c.error.type.length  # type: ignore[attr-defined]
 _MESSAGE_CHARS: int = notifications.c.message.type.length  # type: ignore[attr-defined]
-
-
-@dataclass
-class Outcome:
-    run: dict[str, Any]  # id, worker and the new values of the run's row
-    connection_id: str
-    user_id: str
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    # "succeeded", "failed" (the run's last word), or "" (it goes on later)
-    final: str = ""
-    # Notifications besides the failure count's: e.g. a credential that needs reconnecting.
-    notices: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -109,8 +97,7 @@ class Recorder:
             self._digests.cancel()
 
     async def _write_and_tell(self, outcomes: list[Outcome]) -> list[BaseException | None]:
-        for outcome in outcomes:
-            _make_storable(outcome)
+        outcomes = [_storable(outcome) for outcome in outcomes]
         try:
             async with self.store.begin() as tx:
                 mails = await self._apply(tx, outcomes)
@@ -185,23 +172,23 @@ class Recorder:
                 await tx.notifications.add(notice)
         return mails
 
-    async def _gather(self, tx: Tx, outcome: Outcome, notices: list[dict]) -> list[Mail]:
+    async def _gather(self, tx: Tx, outcome: Outcome, notices: list[Notification]) -> list[Mail]:
         """A failed run's mails: its connection's pause at once; the failure itself gathered
         (in words a credential problem is best told in, when that was the cause)."""
-        kinds = {n["kind"]: n for n in notices}
+        kinds = {n.kind: n for n in notices}
         told = kinds.get("credential_problem") or kinds["run_failed"]
         now = self.clock.now()
         count = await tx.failure_mails.gather(
-            outcome.user_id, outcome.connection_id, told["message"], now, now - self.mail_window
+            outcome.user_id, outcome.connection_id, told.message, now, now - self.mail_window
         )
-        mails = [_mail(n) for n in notices if n["kind"] == "connection_paused"]
+        mails = [_mail(n) for n in notices if n.kind == "connection_paused"]
         if count:
             mails.append(
-                Mail(outcome.user_id, outcome.connection_id, "run_failed", told["message"], count)
+                Mail(outcome.user_id, outcome.connection_id, "run_failed", told.message, count)
             )
         return mails
 
-    async def _failed(self, tx: Tx, outcome: Outcome) -> list[dict[str, Any]]:
+    async def _failed(self, tx: Tx, outcome: Outcome) -> list[Notification]:
         now = self.clock.now()
         connection = await tx.connections.count_failure(outcome.connection_id)
         out = [
@@ -248,15 +235,15 @@ class Recorder:
         since = now - self.mail_window
         mails: list[Mail] = []
         async with self.store.begin() as tx:
-            for row in await tx.failure_mails.due(since, limit=500):
-                if await tx.failure_mails.take(row, now, since):
+            for due in await tx.failure_mails.due(since, limit=500):
+                if await tx.failure_mails.take(due, now, since):
                     mails.append(
                         Mail(
-                            row["user_id"],
-                            row["connection_id"],
+                            due.user_id,
+                            due.connection_id,
                             "run_failed",
-                            row["last_message"] or "",
-                            row["pending"],
+                            due.last_message or "",
+                            due.pending,
                         )
                     )
         return mails
@@ -278,28 +265,35 @@ class Recorder:
         *,
         run_id: str | None = None,
         credential_id: str | None = None,
-    ) -> dict[str, Any]:
-        return {
-            "id": str(uuid.uuid4()),
-            "user_id": user_id,
-            "connection_id": connection_id,
-            "kind": kind,
-            "message": storable(message, _MESSAGE_CHARS),
-            "run_id": run_id,
-            "credential_id": credential_id,
-            "create_time": self.clock.now(),
-            "read_time": None,
-        }
+    ) -> Notification:
+        return Notification(
+            id=str(uuid.uuid4()),
+            user_id=user_id,
+            connection_id=connection_id,
+            kind=kind,
+            message=storable(message, _MESSAGE_CHARS) or "",
+            run_id=run_id,
+            credential_id=credential_id,
+            create_time=self.clock.now(),
+            read_time=None,
+        )
 
 
-def _mail(notice: dict[str, Any]) -> Mail:
-    return Mail(notice["user_id"], notice["connection_id"], notice["kind"], notice["message"])
+def _mail(notice: Notification) -> Mail:
+    return Mail(notice.user_id, notice.connection_id, notice.kind, notice.message)
 
 
-def _make_storable(outcome: Outcome) -> None:
-    if "error" in outcome.run:
-        outcome.run["error"] = storable(outcome.run["error"], ERROR_CHARS)
-    for attempt in outcome.attempts:
-        attempt["error"] = storable(attempt.get("error"), _ATTEMPT_ERROR_CHARS)
-    for notice in outcome.notices:
-        notice["message"] = storable(notice["message"], _MESSAGE_CHARS)
+def _storable(outcome: Outcome) -> Outcome:
+    run = dict(outcome.run)
+    if "error" in run:
+        run["error"] = storable(run["error"], ERROR_CHARS)
+    return replace(
+        outcome,
+        run=run,
+        attempts=tuple(
+            replace(a, error=storable(a.error, _ATTEMPT_ERROR_CHARS)) for a in outcome.attempts
+        ),
+        notices=tuple(
+            replace(n, message=storable(n.message, _MESSAGE_CHARS) or "") for n in outcome.notices
+        ),
+    )

@@ -7,9 +7,9 @@ with a newline in it may be quoted one line at a time. Every such form of every 
 the credential is replaced with `[redacted]` before an outcome leaves the worker. Values shorter
 than four characters are left alone: they would redact ordinary words.
 
-`scrub_outcome` applies this to everything an outcome records, then fits each error to its
-column with the attempt count kept. This module must never return text that still holds one of
-the forms it was given.
+`scrub_outcome` returns a copy of an outcome with this applied to everything it records and
+each error fitted to its column with the attempt count kept. This module must never return text
+that still holds one of the forms it was given.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from __future__ import annotations
 import base64
 import json
 import re
+from dataclasses import replace
 from urllib.parse import quote, quote_plus
 
-from services.runner.recorder import ERROR_CHARS, Outcome
+from services.runner.model import Outcome
+from services.runner.recorder import ERROR_CHARS
 
 REDACTED = "[redacted]"
 _SHORTEST = 4
@@ -78,16 +80,21 @@ def scrub(text: str | None, forms: tuple[str, ...]) -> str | None:
 _AFTER_AT_END = re.compile(r" \(after \d+ attempts\)\Z")
 
 
-def scrub_outcome(outcome: Outcome, secrets: tuple[str, ...]) -> None:
-    """No secret in anything the outcome records, and errors that fit their column with the
-    attempt count kept (cut before it, not through it)."""
-    if outcome.run.get("error") is not None:
-        outcome.run["error"] = _fit(scrub(outcome.run["error"], secrets))
-    for attempt in outcome.attempts:
-        if attempt.get("error") is not None:
-            attempt["error"] = _fit(scrub(attempt["error"], secrets))
-    for notice in outcome.notices:
-        notice["message"] = scrub(notice["message"], secrets)
+def scrub_outcome(outcome: Outcome, secrets: tuple[str, ...]) -> Outcome:
+    """The outcome with no secret in anything it records, and errors that fit their column
+    with the attempt count kept (cut before it, not through it)."""
+    run = dict(outcome.run)
+    if run.get("error") is not None:
+        run["error"] = _fit(scrub(run["error"], secrets))
+    return replace(
+        outcome,
+        run=run,
+        attempts=tuple(
+            a if a.error is None else replace(a, error=_fit(scrub(a.error, secrets)))
+            for a in outcome.attempts
+        ),
+        notices=tuple(replace(n, message=scrub(n.message, secrets) or "") for n in outcome.notices),
+    )
 
 
 def _fit(text: str) -> str:

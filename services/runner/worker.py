@@ -15,6 +15,7 @@ import asyncio
 import logging
 import traceback
 from collections.abc import Container
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -27,10 +28,10 @@ from services.runner.credentials import CredentialProblem, Credentials, Outage
 from services.runner.delivery import Templates, body_text, retry_after_seconds
 from services.runner.delivery_log import Delivery, log_outcome
 from services.runner.guard import DestinationRefused, EgressPolicy
-from services.runner.model import Connection, Run
+from services.runner.model import Attempt, Connection, Outcome, Run
 from services.runner.outbound import Outbound, send
 from services.runner.queue import Candidate, Queue
-from services.runner.recorder import Outcome, Recorder
+from services.runner.recorder import Recorder
 from services.runner.rendering import Renderer
 from services.runner.scrub import scrub_outcome, secret_forms
 from services.runner.settings import RunnerSettings
@@ -158,7 +159,7 @@ class Worker:
             outcome = await self._attempt(delivery, connection)
         except Exception as error:
             outcome = self._crashed(delivery, error)
-        scrub_outcome(outcome, delivery.secrets)
+        outcome = scrub_outcome(outcome, delivery.secrets)
         log_outcome(delivery, outcome, self.clock.now())
         try:
             await self.recorder.record(outcome)
@@ -183,11 +184,14 @@ class Worker:
         message = f"internal error ({kind})"
         if delivery.attempts:  # the attempt it happened in
             attempt = delivery.attempts[-1]
-            attempt.setdefault("finish_time", self.clock.now())
-            attempt["error"] = f"{attempt['error']}; {message}" if attempt["error"] else message
+            delivery.attempts[-1] = replace(
+                attempt,
+                finish_time=attempt.finish_time or self.clock.now(),
+                error=f"{attempt.error}; {message}" if attempt.error else message,
+            )
         else:
             delivery.attempts.append(self._bare_attempt(delivery, message))
-        delivery.problems[delivery.attempts[-1]["number"]] = f"internal:{kind}"
+        delivery.problems[delivery.attempts[-1].number] = f"internal:{kind}"
         return self._retry_or_fail(delivery, message)
 
     async def _attempt(self, delivery: Delivery, connection: Connection | None) -> Outcome:
@@ -237,15 +241,16 @@ class Worker:
             except Exception as error:
                 delivery.reason = "rendering"
                 return self._final(run, attempts, "failed", f"rendering: {error}")
-            attempt = _new_attempt(run, number, self.clock.now(), prepared.recorded)
-            attempts.append(attempt)
+            attempts.append(
+                Attempt(run.id, run.user_id, number, self.clock.now(), prepared.recorded)
+            )
             kind = None if credential is None else credential[0]
             refresh = policy.may_refresh(kind, refreshed, number, run.max_attempts)
-            decision = await self._send(delivery, attempt, prepared, refresh)
+            decision = await self._send(delivery, prepared, refresh)
             if not isinstance(decision, policy.Refresh):
                 return self._outcome(run, attempts, decision)
             refreshed = True
-            attempt["error"] = policy.REFRESHING
+            attempts[-1] = replace(attempts[-1], error=policy.REFRESHING)
             credential_id = action.get("credential_id")
             try:
                 credential = await self.credentials.refresh(
@@ -259,10 +264,11 @@ class Worker:
             delivery.secrets = secret_forms(credential, also=delivery.secrets)
 
     async def _send(
-        self, delivery: Delivery, attempt: dict[str, Any], prepared: Any, refresh: bool
+        self, delivery: Delivery, prepared: Any, refresh: bool
     ) -> policy.Decision | policy.Refresh:
-        """One request, recorded in `attempt`, and what its answer (or failure) decides."""
-        number, most = attempt["number"], delivery.run.max_attempts
+        """One request, recorded in the last attempt, and what its answer (or failure) decides."""
+        attempt = delivery.attempts[-1]
+        number, most = attempt.number, delivery.run.max_attempts
         try:
             sent = await send(
                 self.client,
@@ -273,17 +279,18 @@ class Worker:
                 policy=self.egress,
             )
         except DestinationRefused as error:
-            attempt.update(finish_time=self.clock.now(), error=str(error))
+            delivery.attempts[-1] = replace(attempt, finish_time=self.clock.now(), error=str(error))
             delivery.problems[number] = error.reason
             return policy.after_refusal(error.reason, str(error), number, most, self.backoff)
         except httpx.HTTPError as error:
             message = f"{type(error).__name__}: {error}"
-            attempt.update(finish_time=self.clock.now(), error=message)
+            delivery.attempts[-1] = replace(attempt, finish_time=self.clock.now(), error=message)
             delivery.problems[number] = type(error).__name__
             return policy.retry_or_fail(number, most, message, self.backoff)
         status = sent.response.status_code
         text, encoding = body_text(sent.body)
-        attempt.update(
+        delivery.attempts[-1] = attempt = replace(
+            attempt,
             finish_time=self.clock.now(),
             response_status=status,
             response_headers=[[k, v] for k, v in sent.response.headers.multi_items()],
@@ -303,7 +310,7 @@ class Worker:
             backoff=self.backoff,
         )
         if not isinstance(decision, policy.Refresh) and not policy.succeeded(status):
-            attempt["error"] = policy.http_error(status)
+            delivery.attempts[-1] = replace(attempt, error=policy.http_error(status))
         return decision
 
     def _held(self, delivery: Delivery, error: str) -> Outcome:
@@ -316,16 +323,17 @@ class Worker:
         if hold is not None:
             return self._outcome(run, [], hold)
         delivery.attempts.append(self._bare_attempt(delivery, error))
-        delivery.problems[delivery.attempts[-1]["number"]] = "vault_unreachable"
+        delivery.problems[delivery.attempts[-1].number] = "vault_unreachable"
         return self._retry_or_fail(delivery, error)
 
-    def _bare_attempt(self, delivery: Delivery, error: str) -> dict[str, Any]:
+    def _bare_attempt(self, delivery: Delivery, error: str) -> Attempt:
         """An attempt that sent nothing (no request was made, or none could be)."""
         run = delivery.run
         number = run.attempts + len(delivery.attempts) + 1
-        attempt = _new_attempt(run, number, delivery.started, {})
-        attempt.update(finish_time=self.clock.now(), error=error)
-        return attempt
+        now = self.clock.now()
+        return Attempt(
+            run.id, run.user_id, number, delivery.started, {}, error=error, finish_time=now
+        )
 
     # outcomes
     def _row(self, run: Run, attempts: list, **values: Any) -> dict[str, Any]:
@@ -344,7 +352,7 @@ class Worker:
 
     def _final(self, run, attempts, status: str, error: str | None) -> Outcome:
         row = self._row(run, attempts, status=status, error=error, finish_time=self.clock.now())
-        return Outcome(row, run.connection_id, run.user_id, attempts, final=status)
+        return Outcome(row, run.connection_id, run.user_id, tuple(attempts), final=status)
 
     def _later(self, run, attempts, delay: float, error: str, charge: bool = True) -> Outcome:
         if not charge:
@@ -357,7 +365,7 @@ class Worker:
             next_attempt_time=self.clock.now() + timedelta(seconds=delay),
             push_time=None,
         )
-        return Outcome(row, run.connection_id, run.user_id, attempts)
+        return Outcome(row, run.connection_id, run.user_id, tuple(attempts))
 
     def _retry_or_fail(
         self, delivery: Delivery, error: str, retry_after: float | None = None
@@ -378,22 +386,14 @@ class Worker:
         delivery.reason = f"credential:{error.reason}"
         decision = policy.credential_failure(error.reason, credential_id)
         outcome = self._outcome(run, attempts or [], decision)
-        if decision.status == "failed":
-            outcome.notices.append(
-                self.recorder.notice(
-                    run.user_id,
-                    run.connection_id,
-                    "credential_problem",
-                    policy.credential_notice(error.reason, credential_id),
-                    run_id=run.id,
-                    credential_id=credential_id,
-                )
-            )
-        return outcome
-
-
-def _new_attempt(run: Run, number: int, start, request: dict) -> dict[str, Any]:
-    return {"run_id": run.id, "user_id": run.user_id, "number": number,
-            "start_time": start, "request": request, "response_status": None,
-            "response_headers": None, "response_body": None, "response_body_encoding": None,
-            "response_truncated": False, "error": None}  # fmt: skip
+        if decision.status != "failed":
+            return outcome
+        notice = self.recorder.notice(
+            run.user_id,
+            run.connection_id,
+            "credential_problem",
+            policy.credential_notice(error.reason, credential_id),
+            run_id=run.id,
+            credential_id=credential_id,
+        )
+        return replace(outcome, notices=(*outcome.notices, notice))

@@ -21,7 +21,8 @@ from leadmesh.runner.v1 import runner_pb2 as rpb
 from services.kit.callers import user_metadata
 from services.kit.config import MeshSettings
 from services.kit.logs import JsonFormatter
-from services.runner.recorder import Outcome, Recorder
+from services.runner.model import Attempt, Outcome
+from services.runner.recorder import Recorder
 from services.vault.datakeys import sealed_columns
 from services.vault.server import start as start_vault
 from tests.integration import runner_support
@@ -113,12 +114,12 @@ async def test_an_outcome_that_cannot_be_stored_is_recorded_as_failed_alone(
         def succeeded(user: str, start_time) -> Outcome:
             row = {"id": runs[user], "worker": "w-test", "attempts": 1, "lease_until": None,
                    "status": "succeeded", "error": None, "finish_time": now}  # fmt: skip
-            attempt = {"run_id": runs[user], "user_id": user, "number": 1,
-                       "start_time": start_time, "finish_time": now, "request": {},
-                       "response_status": 200, "response_headers": [], "response_body": "",
-                       "response_body_encoding": "text", "response_truncated": False,
-                       "error": None}  # fmt: skip
-            return Outcome(row, made[user].connection.id, user, [attempt], final="succeeded")
+            attempt = Attempt(run_id=runs[user], user_id=user, number=1,
+                              start_time=start_time, finish_time=now, request={},
+                              response_status=200, response_headers=[], response_body="",
+                              response_body_encoding="text", response_truncated=False,
+                              error=None)  # fmt: skip
+            return Outcome(row, made[user].connection.id, user, (attempt,), final="succeeded")
 
         # One batch: A's attempt holds a value every database driver refuses.
         await asyncio.gather(

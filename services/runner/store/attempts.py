@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import insert, select
 
 from services.kit.db import RowTx
+from services.runner.model import Attempt
 from services.runner.tables import attempts
 
 
 class Attempts(RowTx):
-    async def add(self, values: list[dict[str, Any]]) -> None:
-        if values:
-            await self.c.execute(insert(attempts), values)
+    async def add(self, added: list[Attempt]) -> None:
+        if added:
+            await self.c.execute(insert(attempts), [attempt.values() for attempt in added])
 
-    async def of_run(self, run_id: str) -> list[dict[str, Any]]:
-        return await self._all(
-            select(attempts).where(attempts.c.run_id == run_id).order_by(attempts.c.number)
-        )
+    async def of_run(self, run_id: str) -> list[Attempt]:
+        query = select(attempts).where(attempts.c.run_id == run_id).order_by(attempts.c.number)
+        return [Attempt.from_row(row) for row in await self._all(query)]

@@ -4,29 +4,34 @@ own) and the failure e-mails gathered per connection (at most one per window).""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from services.kit.db import RowTx
+from services.runner.model import FailureMail, Notification
 from services.runner.store.paging import page
 from services.runner.tables import failure_mails, notifications
 
 
 class Notifications(RowTx):
-    async def add(self, values: dict[str, Any]) -> None:
-        await self.c.execute(insert(notifications).values(**values))
+    async def add(self, notification: Notification) -> None:
+        await self.c.execute(insert(notifications).values(**notification.values()))
 
     async def page(
         self, user_id: str, connection_id: str | None, after: int | None, size: int
-    ) -> list[dict[str, Any]]:
+    ) -> list[Notification]:
         query = select(notifications).where(notifications.c.user_id == user_id)
         if connection_id:
             query = query.where(notifications.c.connection_id == connection_id)
-        return await self._all(page(notifications, query, after, size))
+        return [
+            Notification.from_row(r)
+            for r in await self._all(page(notifications, query, after, size))
+        ]
 
-    async def mark_read(self, user_id: str, notification_id: str, now: datetime) -> dict | None:
+    async def mark_read(
+        self, user_id: str, notification_id: str, now: datetime
+    ) -> Notification | None:
         await self.c.execute(
             update(notifications)
             .where(
@@ -36,11 +41,12 @@ class Notifications(RowTx):
             )
             .values(read_time=now)
         )
-        return await self._one(
+        row = await self._one(
             select(notifications).where(
                 notifications.c.id == notification_id, notifications.c.user_id == user_id
             )
         )
+        return None if row is None else Notification.from_row(row)
 
 
 class FailureMails(RowTx):
@@ -82,23 +88,24 @@ class FailureMails(RowTx):
         )
         return row["pending"]
 
-    async def due(self, since: datetime, limit: int) -> list[dict[str, Any]]:
+    async def due(self, since: datetime, limit: int) -> list[FailureMail]:
         """Connections with failures not mailed yet whose window (last mail before `since`)
         has ended."""
-        return await self._all(
+        query = (
             select(failure_mails)
             .where(failure_mails.c.pending > 0, failure_mails.c.last_mail_time <= since)
             .limit(limit)
         )
+        return [FailureMail.from_row(row) for row in await self._all(query)]
 
-    async def take(self, row: dict[str, Any], now: datetime, since: datetime) -> bool:
+    async def take(self, due: FailureMail, now: datetime, since: datetime) -> bool:
         """Takes a due mail for sending, unless another process took it (or a failure was
         counted) meanwhile: the condition is evaluated again under the row lock."""
         taken = await self.c.execute(
             update(failure_mails)
             .where(
-                failure_mails.c.connection_id == row["connection_id"],
-                failure_mails.c.pending == row["pending"],
+                failure_mails.c.connection_id == due.connection_id,
+                failure_mails.c.pending == due.pending,
                 failure_mails.c.last_mail_time <= since,
             )
             .values(pending=0, last_mail_time=now)
