@@ -84,10 +84,6 @@ def redact_received(headers: list[Header], query: str) -> Redacted:
     return Redacted(pairs, _redact_query(query, names), list(names))
 
 
-def redact_query(query: str) -> str:
-    return _redact_query(query, {})
-
-
 def _redact_query(query: str, names: dict[str, None]) -> str:
     # Piece by piece on the raw text (as parse_qs splits it), so everything not redacted stays
     # byte for byte what the sender sent.
