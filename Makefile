@@ -31,8 +31,13 @@ gen/.stamp: $(STAMP) $(PROTOS)
 run: setup
 	exec $(VENV)/bin/leadmesh up
 
+# Independent test files run on TEST_JOBS processes (each e2e module keeps its own mesh); the
+# timing-sensitive ones (marked serial) run alone afterwards. Exit status 5 is "no test
+# selected" (PYTEST_ARGS naming only tests of the other kind).
+TEST_JOBS ?= 2
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile -m "not serial" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -m serial $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -118,7 +118,10 @@ def _runner_worker(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="leadmesh", description=__doc__)
+    from cli.retention import OneLineParser
+
+    # Bad input is one line and exit status 2, as a wrong setting is.
+    parser = OneLineParser(prog="leadmesh", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="start the whole mesh on this machine").set_defaults(run=_up)
     status = commands.add_parser("status", help="health of every process (exit 1 if any is down)")
@@ -144,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     worker.add_argument("--count", type=int, default=1, help="workers in this process")
     worker.set_defaults(run=_runner_worker)
-    from cli import keys
+    from cli import keys, retention
 
     keys.add_commands(commands)
+    retention.add_commands(commands)
     args = parser.parse_args(argv)
     from services.kit.db import private_umask
 
@@ -154,9 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     private_umask()
     try:
         return args.run(args)
-    except keys.Refused as refused:
+    except (keys.Refused, retention.Refused) as refused:
         print(f"refused: {refused}", file=sys.stderr)
         return 1
+    except retention.BadInput as bad:
+        print(f"leadmesh: {bad}", file=sys.stderr)
+        return 2
     except InvalidSettings as invalid:
         report_invalid(invalid)
         return 2

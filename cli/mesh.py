@@ -17,11 +17,13 @@ from pydantic_settings import BaseSettings
 
 import gateway
 import services.identity
+import services.retention
 import services.runner
 import services.vault
 from gateway.settings import GatewaySettings
 from services.identity.settings import IdentitySettings
 from services.kit.config import DEFAULT_PORTS, MeshSettings, database_url, load_settings
+from services.retention.settings import RetentionSettings
 from services.runner.settings import RunnerSettings
 from services.vault.settings import VaultSettings
 
@@ -69,6 +71,7 @@ PROCESSES = (
     _service(services.identity, "identity", IdentitySettings),
     _service(services.vault, "vault", VaultSettings),
     _service(services.runner, "runner", RunnerSettings),
+    _service(services.retention, "retention", RetentionSettings),
     Process(
         "gateway",
         gateway,

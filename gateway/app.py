@@ -17,6 +17,8 @@ from gateway.routes import (
     connections,
     consents,
     credentials,
+    deletion,
+    export,
     health,
     hooks,
     me,
@@ -49,7 +51,17 @@ def _v1() -> APIRouter:
     """Every REST resource, under the one version prefix; health, webhooks and the docs are not
     versioned."""
     v1 = APIRouter(prefix=API_PREFIX)
-    for module in (accounts, me, consents, credentials, oauth, connections, activity):
+    for module in (
+        accounts,
+        deletion,
+        me,
+        export,
+        consents,
+        credentials,
+        oauth,
+        connections,
+        activity,
+    ):
         v1.include_router(module.router)
     return v1
 

@@ -1,7 +1,9 @@
 """The gateway's gRPC clients: one mTLS channel per upstream service, opened once per process.
 
 `call` runs one RPC for the acting user (if any) and turns a failed call into `UpstreamError`,
-which `problems` renders as application/problem+json.
+which `problems` renders as application/problem+json. Each service also serves
+`leadmesh.retention.v1.RetentionParticipant` on its one port: `participants` are those stubs, on
+the same channels, for the user's export.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from leadmesh.identity.v1 import identity_pb2_grpc
+from leadmesh.retention.v1 import retention_pb2_grpc
 from leadmesh.runner.v1 import runner_pb2_grpc
 from leadmesh.vault.v1 import vault_pb2_grpc
 
 from gateway.settings import UPSTREAMS, GatewaySettings
-from services.kit.callers import user_metadata
+from services.kit.callers import INSECURE_CALLER_KEY, user_metadata
 from services.kit.errors import RemoteError, from_rpc_error
 from services.kit.grpcclient import open_channel
 
@@ -33,12 +36,28 @@ class UpstreamError(Exception):
 class Upstreams:
     def __init__(self, settings: GatewaySettings) -> None:
         self._settings = settings
+        # The longest a stream may stay silent before the gateway gives up on it.
+        self.idle_timeout = settings.mesh.rpc_timeout
         self._channels = {
             name: open_channel(settings.mesh, name, caller="gateway") for name in UPSTREAMS
         }
         self.identity = identity_pb2_grpc.IdentityServiceStub(self._channels["identity"])
         self.vault = vault_pb2_grpc.VaultServiceStub(self._channels["vault"])
         self.runner = runner_pb2_grpc.RunnerServiceStub(self._channels["runner"])
+        # Every service's retention participant, in UPSTREAMS order (the export's order).
+        self.participants = {
+            name: retention_pb2_grpc.RetentionParticipantStub(channel)
+            for name, channel in self._channels.items()
+        }
+
+    def stream_metadata(self, user_id: str) -> tuple[tuple[str, str], ...]:
+        """Metadata of a server-streaming call for the acting user. The kit's client interceptor
+        (the default deadline, the insecure caller's name) intercepts unary calls only, so a
+        stream names its caller itself when internal traffic is plaintext."""
+        metadata = user_metadata(user_id)
+        if self._settings.mesh.insecure_internal:
+            metadata += ((INSECURE_CALLER_KEY, "gateway"),)
+        return metadata
 
     async def close(self) -> None:
         await asyncio.gather(*(channel.close() for channel in self._channels.values()))

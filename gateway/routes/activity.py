@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query
 from google.protobuf import empty_pb2
 from leadmesh.runner.v1 import runner_pb2
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from gateway.deps import CurrentUser, Services
 from gateway.resources import Paged, PageRequest, listed
@@ -23,6 +23,22 @@ router = APIRouter(tags=["activity"])
 Id = Annotated[str, Path(min_length=1, max_length=64)]
 ConnectionFilter = Annotated[str | None, Query(max_length=64)]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+DetailsPurged = Annotated[
+    bool,
+    Field(
+        description="Execution details (the event, attempts' requests and responses) are kept "
+        "7 days; after that the run stays listed with details_purged true (its event null, its "
+        "attempts an empty list)."
+    ),
+]
+DetailsPurgeTime = Annotated[
+    datetime | None,
+    Field(
+        description="When the run's execution details were purged (RFC 3339); null while "
+        "they are kept."
+    ),
+]
 
 
 class Run(BaseModel):
@@ -39,6 +55,8 @@ class Run(BaseModel):
     # The W3C trace id its delivery continues (32 hex digits), for the operators' traces and
     # logs; null for scheduled runs.
     trace_id: str | None = None
+    details_purged: DetailsPurged
+    details_purge_time: DetailsPurgeTime
 
     @classmethod
     def fields(cls, m: runner_pb2.Run) -> dict[str, Any]:
@@ -54,6 +72,8 @@ class Run(BaseModel):
             "next_attempt_time": timestamp(m.next_attempt_time),
             "error": m.error or None,
             "trace_id": m.trace_id or None,
+            "details_purged": m.details_purged,
+            "details_purge_time": timestamp(m.details_purge_time),
         }
 
 
@@ -81,7 +101,8 @@ class RunDetail(BaseModel):
     connection_id: str
     trigger: Literal["webhook", "schedule", "manual"]
     status: RunStatus
-    # Each attempt, oldest first (the activity stream carries only their count).
+    # Each attempt, oldest first (the activity stream carries only their count); empty once
+    # the execution details are purged (details_purged).
     attempts: list[Attempt]
     attempt_count: int
     create_time: datetime | None
@@ -92,8 +113,36 @@ class RunDetail(BaseModel):
     # The W3C trace id its delivery continues (32 hex digits): the key to its spans and to the
     # log lines of its attempts; null for scheduled runs.
     trace_id: str | None = None
+    details_purged: DetailsPurged
+    details_purge_time: DetailsPurgeTime
     # The event delivered (body, headers, query, received_at), while execution details are kept.
     event: Any = None
+
+    @classmethod
+    def of(cls, reply: runner_pb2.RunDetail) -> RunDetail:
+        fields = Run.fields(reply.run)
+        fields["attempt_count"] = fields.pop("attempts")
+        return cls(
+            **fields,
+            attempts=[
+                Attempt(
+                    number=a.number,
+                    start_time=timestamp(a.start_time),
+                    finish_time=timestamp(a.finish_time),
+                    request=json_value(a.request),
+                    response_status=a.response_status or None,
+                    response_headers=[
+                        Header(name=h.name, value=h.value) for h in a.response_headers
+                    ],
+                    response_body=a.response_body if a.response_status else None,
+                    response_body_encoding=a.response_body_encoding or None,
+                    response_truncated=a.response_truncated,
+                    error=a.error or None,
+                )
+                for a in reply.attempts
+            ],
+            event=json_value(reply.event) if reply.HasField("event") else None,
+        )
 
 
 class WebhookLogEntry(BaseModel):
@@ -184,27 +233,7 @@ async def get_run(run_id: Id, who: CurrentUser, mesh: Services) -> RunDetail:
     reply = await call(
         mesh.runner.GetRun, runner_pb2.GetRunRequest(id=run_id), user_id=who.account_id
     )
-    fields = Run.fields(reply.run)
-    fields["attempt_count"] = fields.pop("attempts")
-    return RunDetail(
-        **fields,
-        attempts=[
-            Attempt(
-                number=a.number,
-                start_time=timestamp(a.start_time),
-                finish_time=timestamp(a.finish_time),
-                request=json_value(a.request),
-                response_status=a.response_status or None,
-                response_headers=[Header(name=h.name, value=h.value) for h in a.response_headers],
-                response_body=a.response_body if a.response_status else None,
-                response_body_encoding=a.response_body_encoding or None,
-                response_truncated=a.response_truncated,
-                error=a.error or None,
-            )
-            for a in reply.attempts
-        ],
-        event=json_value(reply.event) if reply.HasField("event") else None,
-    )
+    return RunDetail.of(reply)
 
 
 @router.get("/webhook-log", response_model=Page[WebhookLogEntry])

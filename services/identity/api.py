@@ -40,6 +40,8 @@ _GATEWAY_METHODS = (
     "RequestPasswordReset",
     "ConfirmPasswordReset",
     "RequestDeletion",
+    # The cancel link of the deletion mail: no acting user (the account is disabled).
+    "CancelDeletion",
 )
 ALLOWED_CALLERS = {
     **{f"/{SERVICE}/{method}": frozenset({"gateway"}) for method in _GATEWAY_METHODS},
@@ -47,6 +49,8 @@ ALLOWED_CALLERS = {
     f"/{SERVICE}/NotifyAccount": frozenset({"runner"}),
     # Each of these stops (or erases) a deleted account's data in its own store.
     f"/{SERVICE}/ListDeletionRequests": frozenset({"runner", "vault", "retention"}),
+    # The last mail to an erased account's address, before identity erases it.
+    f"/{SERVICE}/SendErasureCertificate": frozenset({"retention"}),
 }
 
 
@@ -270,11 +274,30 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         rows, token = await self.deletion.deletion_requests(request.page_size, request.page_token)
         return pb.ListDeletionRequestsResponse(
             deletions=[
-                pb.AccountDeletion(account_id=account_id, request_time=to_timestamp(requested))
+                pb.AccountDeletion(
+                    account_id=account_id,
+                    request_time=to_timestamp(requested),
+                    erase_deadline=to_timestamp(self.deletion.erase_deadline(requested)),
+                    grace_end_time=to_timestamp(self.deletion.grace_end(requested)),
+                )
                 for account_id, requested in rows
             ],
             next_page_token=token,
         )
+
+    async def CancelDeletion(  # noqa: N802
+        self, request: pb.CancelDeletionRequest, context: Context
+    ) -> empty_pb2.Empty:
+        await self.deletion.cancel_deletion(request.token)
+        return empty_pb2.Empty()
+
+    async def SendErasureCertificate(  # noqa: N802
+        self, request: pb.SendErasureCertificateRequest, context: Context
+    ) -> empty_pb2.Empty:
+        await self.deletion.send_erasure_certificate(
+            request.account_id, request.case_id, request.certificate
+        )
+        return empty_pb2.Empty()
 
     async def SendAnnouncement(  # noqa: N802
         self, request: pb.SendAnnouncementRequest, context: Context

@@ -15,7 +15,7 @@ import os
 import smtplib
 import ssl
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
 from email import policy
 from email.message import EmailMessage
@@ -50,6 +50,29 @@ def compose(
         message[name] = value
     message.set_content(body)
     return message
+
+
+class Background:
+    """Mail sent after the answer (a reset link, a deletion confirmation): the caller does not wait
+    for SMTP, and a failure is logged (without the message), never turned into the answer."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task] = set()
+
+    def send(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background mail failed", exc_info=task.exception())
+
+    async def drain(self) -> None:
+        """Waits for the mail still being sent (at shutdown, and in tests)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class Mailer:

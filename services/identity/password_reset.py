@@ -9,14 +9,13 @@ address nor the link is ever logged.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable
 from datetime import datetime, timedelta
 
 from services.identity.accounts import normalize_email
-from services.identity.mail import Mailer, compose
+from services.identity.mail import Background, Mailer, compose
 from services.identity.passwords import PasswordHasher, check_rules
 from services.identity.settings import IdentitySettings
 from services.identity.store import Account, Store
@@ -37,6 +36,7 @@ class PasswordReset:
         throttle: LoginThrottle,
         mailer: Mailer,
         clock: Clock,
+        background: Background | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -44,7 +44,7 @@ class PasswordReset:
         self.throttle = throttle
         self.mailer = mailer
         self.clock = clock
-        self._background: set[asyncio.Task] = set()
+        self.background = background or Background()
 
     async def request_password_reset(self, email: str) -> None:
         """Mails a reset link to an active account's address; silent either way."""
@@ -67,7 +67,7 @@ class PasswordReset:
                     "expire_time": expire,
                 }
             )
-        self._background_send(self._reset_mail(account, token, now))
+        self.background.send(self._reset_mail(account, token, now))
 
     def _reset_mail(self, account: Account, token: str, now: datetime) -> Awaitable[None]:
         minutes = self.settings.reset_token_seconds // 60
@@ -110,17 +110,6 @@ class PasswordReset:
         await self.throttle.forgive(account.email_key)
         log.info("password reset", extra={"account_id": account.id})
 
-    def _background_send(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background work failed", exc_info=task.exception())
-
     async def drain(self) -> None:
         """Waits for the reset mails still being sent (at shutdown, and in tests)."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.background.drain()

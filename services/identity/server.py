@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass
 
 from leadmesh.identity.v1 import identity_pb2_grpc
+from leadmesh.retention.v1 import retention_pb2_grpc
 
 from services.identity import MIGRATIONS
 from services.identity.accounts import Accounts
@@ -19,11 +20,12 @@ from services.identity.api import ALLOWED_CALLERS, SERVICE, IdentityApi
 from services.identity.billing import Billing
 from services.identity.consents import Consents
 from services.identity.deletion import Deletion
-from services.identity.mail import Mailer
+from services.identity.mail import Background, Mailer
 from services.identity.password_change import PasswordChange
 from services.identity.password_reset import PasswordReset
 from services.identity.passwords import PasswordHasher
 from services.identity.reauthentication import Reauthentication
+from services.identity.retention import participant
 from services.identity.sessions import Sessions
 from services.identity.settings import IdentitySettings
 from services.identity.store import Store
@@ -34,6 +36,7 @@ from services.identity.throttle import (
     MemoryCounters,
     RedisCounters,
 )
+from services.kit import retention
 from services.kit.clock import Clock, SystemClock
 from services.kit.config import database_url
 from services.kit.db import create_service_engine, migrate
@@ -93,9 +96,11 @@ class Parts:
     hasher: PasswordHasher
     throttle: LoginThrottle
     mailer: Mailer
+    background: Background
+    retention: retention.Participant
 
     async def close(self) -> None:
-        await self.password_reset.drain()
+        await self.background.drain()
         self.hasher.close()
         await self.throttle.counters.close()
         await self.store.close()
@@ -110,6 +115,7 @@ def build(settings: IdentitySettings, clock: Clock | None = None) -> Parts:
     mailer = Mailer(
         settings.smtp_url.get_secret_value() if settings.smtp_url else None, settings.outbox_dir
     )
+    background = Background()  # mail sent after the answer: reset links, deletion confirmations
     hasher = PasswordHasher(settings.pbkdf2_iterations, settings.hash_threads, settings.hash_nice)
     throttle = LoginThrottle(make_counters(settings, clock), limits(settings))
     accounts = Accounts(store, hasher, clock)
@@ -128,14 +134,16 @@ def build(settings: IdentitySettings, clock: Clock | None = None) -> Parts:
         accounts=accounts,
         sessions=sessions,
         password_change=PasswordChange(accounts, sessions, reauthentication, store, hasher, clock),
-        password_reset=PasswordReset(settings, store, hasher, throttle, mailer, clock),
-        deletion=Deletion(settings, accounts, reauthentication, store, clock),
+        password_reset=PasswordReset(settings, store, hasher, throttle, mailer, clock, background),
+        deletion=Deletion(settings, accounts, reauthentication, store, clock, mailer, background),
         billing=Billing(store, settings.plans, clock),
         consents=consents,
         store=store,
         hasher=hasher,
         throttle=throttle,
         mailer=mailer,
+        background=background,
+        retention=participant(settings, store, throttle, clock),
     )
 
 
@@ -155,15 +163,18 @@ async def start(
         billing=parts.billing,
         consents=parts.consents,
     )
+
+    def register(server) -> None:
+        identity_pb2_grpc.add_IdentityServiceServicer_to_server(api, server)
+        retention_pb2_grpc.add_RetentionParticipantServicer_to_server(parts.retention, server)
+
     running = await start_server(
         name="identity",
         mesh=settings.mesh,
         port=settings.mesh.identity_port if port is None else port,
-        register=lambda server: identity_pb2_grpc.add_IdentityServiceServicer_to_server(
-            api, server
-        ),
-        service_names=[SERVICE],
-        allowed=ALLOWED_CALLERS,
+        register=register,
+        service_names=[SERVICE, retention.SERVICE],
+        allowed={**ALLOWED_CALLERS, **retention.ALLOWED_CALLERS},
     )
     return RunningService(parts, running)
 

@@ -7,13 +7,17 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.kit.config import MeshSettings
 
 # The privacy policy promises at least this many PBKDF2 iterations; the setting may only go up.
 MIN_PBKDF2_ITERATIONS = 200_000
+# Days between the end of the grace period and the erase deadline, at least: retention flags a
+# case at risk 7 days before its deadline, so its execution (retried while a participant is
+# down) has at least that long.
+ERASURE_MARGIN_DAYS = 7
 
 
 class Plan(BaseModel):
@@ -65,6 +69,21 @@ class IdentitySettings(BaseSettings):
 
     # A deleted account is irrevocably removed within this many days (privacy policy: 60).
     erase_after_days: Annotated[int, Field(ge=1, le=60)] = 60
+    # The deletion confirmation's cancel link works this long after the request, and retention
+    # erases nothing before; 0: no cancel link. At most erase_after_days - ERASURE_MARGIN_DAYS.
+    deletion_grace_days: Annotated[int, Field(ge=0)] = 14
+
+    # Retention categories (services/identity/retention.py; DESIGN "Data and retention"): login
+    # history (IP addresses) this many days after the attempt; dead sessions (expired or revoked),
+    # reset links and cancel links this many days after their end; accounting records this many
+    # years (commercial and tax law); mail in var/outbox/ this many days.
+    login_history_days: Annotated[int, Field(ge=1)] = 90
+    expired_session_days: Annotated[int, Field(ge=0)] = 1
+    expired_reset_token_days: Annotated[int, Field(ge=0)] = 1
+    expired_cancel_token_days: Annotated[int, Field(ge=0)] = 1
+    accounting_record_years: Annotated[int, Field(ge=1)] = 10
+    outbox_days: Annotated[int, Field(ge=1)] = 7
+
     plans: dict[str, Plan] = Field(default_factory=lambda: dict(DEFAULT_PLANS))
 
     # Key of the HMAC in unsubscribe links; generated under var/identity/ when not given.
@@ -90,6 +109,16 @@ class IdentitySettings(BaseSettings):
         if "free" not in value or value["free"].amount != 0:
             raise ValueError('plans must include "free" at amount 0')
         return value
+
+    @model_validator(mode="after")
+    def _grace_ends_before_the_deadline(self) -> IdentitySettings:
+        latest = self.erase_after_days - ERASURE_MARGIN_DAYS
+        if self.deletion_grace_days > max(latest, 0):
+            raise ValueError(
+                f"deletion_grace_days is at most erase_after_days - {ERASURE_MARGIN_DAYS} "
+                f"({max(latest, 0)}): retention needs that long to erase before the deadline"
+            )
+        return self
 
     @property
     def var_dir(self) -> Path:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import Table, and_, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -18,6 +18,7 @@ from services.identity.tables import (
     accounting_records,
     accounts,
     consent_events,
+    deletion_cancel_tokens,
     login_attempts,
     reset_tokens,
     sessions,
@@ -156,17 +157,24 @@ class Tx:
         return _build(Session, row) if row else None
 
     async def touch_session(self, session_id: str, last_use: datetime, expire: datetime) -> None:
+        # Never a revoked one: a revocation that landed meanwhile keeps its end.
         await self.c.execute(
             update(sessions)
-            .where(sessions.c.id == session_id)
+            .where(sessions.c.id == session_id, sessions.c.revoke_time.is_(None))
             .values(last_use_time=last_use, expire_time=expire)
         )
+
+    @staticmethod
+    def _revoked(now: datetime) -> dict[str, Any]:
+        """A revoked session ends now: its expire_time (what retention purges by) moves back."""
+        ended = case((sessions.c.expire_time > now, now), else_=sessions.c.expire_time)
+        return {"revoke_time": now, "expire_time": ended}
 
     async def revoke_session_by_token(self, token_hash: str, now: datetime) -> None:
         await self.c.execute(
             update(sessions)
             .where(sessions.c.token_hash == token_hash, sessions.c.revoke_time.is_(None))
-            .values(revoke_time=now)
+            .values(self._revoked(now))
         )
 
     async def revoke_sessions(self, account_id: str, now: datetime, keep: str = "") -> int:
@@ -179,7 +187,7 @@ class Tx:
                 sessions.c.revoke_time.is_(None),
                 sessions.c.expire_time > now,
             )
-            .values(revoke_time=now)
+            .values(self._revoked(now))
         )
         return result.rowcount
 
@@ -256,32 +264,46 @@ class Tx:
         return row.account_id if row else None
 
     async def use_reset_token(self, token_hash: str, now: datetime) -> str | None:
+        return await self._use_token(reset_tokens, token_hash, now)
+
+    async def _use_token(self, table: Table, token_hash: str, now: datetime) -> str | None:
         """Marks a live token used and returns its account id; None if unknown, used or expired.
         The conditional UPDATE makes a token usable once even under concurrent confirmations."""
         row = (
-            await self.c.execute(
-                select(reset_tokens.c.account_id).where(reset_tokens.c.token_hash == token_hash)
-            )
+            await self.c.execute(select(table.c.account_id).where(table.c.token_hash == token_hash))
         ).first()
         if row is None:
             return None
         result = await self.c.execute(
-            update(reset_tokens)
+            update(table)
             .where(
-                reset_tokens.c.token_hash == token_hash,
-                reset_tokens.c.use_time.is_(None),
-                reset_tokens.c.expire_time > now,
+                table.c.token_hash == token_hash,
+                table.c.use_time.is_(None),
+                table.c.expire_time > now,
             )
             .values(use_time=now)
         )
         return row.account_id if result.rowcount == 1 else None
 
     async def void_reset_tokens(self, account_id: str, now: datetime) -> None:
+        await self._void_tokens(reset_tokens, account_id, now)
+
+    async def _void_tokens(self, table: Table, account_id: str, now: datetime) -> None:
         await self.c.execute(
-            update(reset_tokens)
-            .where(reset_tokens.c.account_id == account_id, reset_tokens.c.use_time.is_(None))
+            update(table)
+            .where(table.c.account_id == account_id, table.c.use_time.is_(None))
             .values(use_time=now)
         )
+
+    # deletion cancel links
+    async def add_cancel_token(self, values: dict[str, Any]) -> None:
+        await self.c.execute(insert(deletion_cancel_tokens).values(**values))
+
+    async def use_cancel_token(self, token_hash: str, now: datetime) -> str | None:
+        return await self._use_token(deletion_cancel_tokens, token_hash, now)
+
+    async def void_cancel_tokens(self, account_id: str, now: datetime) -> None:
+        await self._void_tokens(deletion_cancel_tokens, account_id, now)
 
     # accounting
     async def add_accounting_record(self, values: dict[str, Any]) -> None:

@@ -1,9 +1,10 @@
 """Identity's tables (SQLAlchemy Core). Migrations in `migrations/` create exactly these; a test
 compares the two.
 
-Personal data and its categories (retention): accounts (until erasure), sessions and reset tokens
-(1 day after expiry), login attempts with IP addresses (90 days), consent events (with the account),
-accounting records (10 years, detached from an erased account).
+Personal data and its categories (retention.py): accounts (until erasure), sessions, reset and
+cancel tokens (1 day after their end), login attempts with IP addresses (90 days), consent events
+(with the account), accounting records (10 years, detached from an erased account). Each purge
+picks its rows on an index of its time column.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ sessions = Table(
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("create_time", Time, nullable=False),
     Column("last_use_time", Time, nullable=False),
-    Column("expire_time", Time, nullable=False),
+    # The session's end: the rolling idle deadline (never past absolute_expire_time), moved back
+    # to the revocation time when it is revoked; retention purges by it.
+    Column("expire_time", Time, nullable=False, index=True),
     Column("absolute_expire_time", Time, nullable=False),
     Column("revoke_time", Time, nullable=True),
     Column("ip_address", String(64), nullable=False),
@@ -105,7 +108,25 @@ reset_tokens = Table(
         index=True,
     ),
     Column("create_time", Time, nullable=False),
-    Column("expire_time", Time, nullable=False),
+    Column("expire_time", Time, nullable=False, index=True),
+    Column("use_time", Time, nullable=True),
+)
+
+# The single-use cancel links of deletion confirmations (SHA-256 only), valid until the grace
+# period ends.
+deletion_cancel_tokens = Table(
+    "deletion_cancel_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column(
+        "account_id",
+        String(36),
+        ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("create_time", Time, nullable=False),
+    Column("expire_time", Time, nullable=False, index=True),
     Column("use_time", Time, nullable=True),
 )
 
@@ -127,5 +148,5 @@ accounting_records = Table(
     Column("billing_name", String(200), nullable=False),
     Column("billing_address", JSON, nullable=False),
     Column("payment_reference", String(200), nullable=False),
-    Column("record_time", Time, nullable=False),
+    Column("record_time", Time, nullable=False, index=True),
 )

@@ -1,7 +1,8 @@
 """Each service's database: an async engine for the service, Alembic for its schema.
 
 SQLite (the embedded default) gets WAL, `synchronous=FULL` (a commit survives power loss), a busy
-timeout and `BEGIN IMMEDIATE` so concurrent writers queue instead of failing; any SQLAlchemy URL
+timeout, `BEGIN IMMEDIATE` so concurrent writers queue instead of failing, and `secure_delete`
+with incremental auto-vacuum so that what retention deletes leaves the file; any SQLAlchemy URL
 (PostgreSQL in production) works the same. Engines never render bound parameters into errors or
 logs (`hide_parameters`): they may hold secrets.
 
@@ -103,6 +104,12 @@ def _tune_sqlite(engine: Engine) -> None:
         # Let SQLAlchemy, not the driver, open transactions (the driver's would be DEFERRED).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # A new, empty file: incremental auto-vacuum, set before anything is written to it (on
+        # an existing file the pragma would write its header on every connect; `migrate`
+        # converts those once).
+        cursor.execute("PRAGMA page_count")
+        if cursor.fetchone()[0] == 0:
+            cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -110,6 +117,10 @@ def _tune_sqlite(engine: Engine) -> None:
         # included (NORMAL, WAL's usual companion, may roll back the last commits on power loss).
         # Group commit keeps this to one fsync per batch where traffic is heavy.
         cursor.execute("PRAGMA synchronous=FULL")
+        # Deleted means gone from the file: freed content is overwritten with zeros, and free
+        # pages go back to the file system after purges (retention: incremental_vacuum; a new
+        # file takes auto_vacuum above, `migrate` converts an existing one).
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -242,8 +253,24 @@ def migrate(url: str, migrations: Path) -> None:
             config.set_main_option("script_location", str(migrations))
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+        if engine.dialect.name == "sqlite":
+            _incremental_vacuum_on(engine)
     finally:
         engine.dispose()
+
+
+INCREMENTAL = 2
+
+
+def _incremental_vacuum_on(engine: Engine) -> None:
+    """A SQLite file made before retention (auto_vacuum NONE) converted once: the mode takes
+    effect only through a VACUUM, which must run outside any transaction."""
+    with engine.connect() as connection:
+        raw = connection.connection.dbapi_connection
+        if raw.execute("PRAGMA auto_vacuum").fetchone()[0] == INCREMENTAL:
+            return
+        raw.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        raw.execute("VACUUM")
 
 
 def run_alembic_env(target_metadata: MetaData) -> None:

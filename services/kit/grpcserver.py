@@ -8,10 +8,11 @@ are refused, in-flight calls finish within the grace period.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -43,53 +44,81 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         if handler.unary_unary is None:
-            # Streaming: only the open ones (health Watch, reflection); our contracts are unary
-            # and the caller table does not cover streams, so any other is refused outright.
+            # Streaming: the open ones (health Watch, reflection), and server streams our
+            # contracts list in the caller table (exports, progress); any other is refused.
             if details.method.startswith(callers.OPEN_METHOD_PREFIXES):
                 return handler
+            if handler.unary_stream is not None and details.method in self._allowed:
+                return self._guarded_stream(handler, details.method)
             return _refused_stream(handler, details.method)
         behavior, method = handler.unary_unary, details.method
 
         async def guarded(request, context):
-            started, outcome, peer = time.perf_counter(), "OK", None
-            try:
-                peer = callers.peer_name(context, self._insecure)
-                self._authorize(method, peer)
-                callers.check_user_context(context, peer)
-                vetted = callers.vet_caller(peer)  # type: ignore[arg-type] - _authorize: not None
-                try:
-                    return await behavior(request, context)
-                finally:
-                    callers.forget_caller(vetted)
-            except DomainError as error:
-                outcome = error.code.name
-                status = to_grpc_status(error)
-                await context.abort(status.code, status.details, status.trailing_metadata)
-            except asyncio.CancelledError:
-                outcome = "CANCELLED"
-                raise
-            except Exception as error:
-                if isinstance(error, grpc.aio.AbortError):
-                    raise
-                outcome = "INTERNAL"
-                log.exception("unhandled error", extra={"rpc_method": method})
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-            finally:
-                log.info(
-                    "rpc",
-                    extra={
-                        "rpc_method": method,
-                        "peer": peer,
-                        "code": outcome,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    },
-                )
+            async with self._checked(method, context):
+                return await behavior(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+    def _guarded_stream(self, handler, method: str):
+        """A server stream under the same checks and error mapping as a unary call."""
+        behavior = handler.unary_stream
+
+        async def guarded(request, context):
+            async with self._checked(method, context) as logged:
+                async for response in behavior(request, context):
+                    logged["messages"] = logged.get("messages", 0) + 1
+                    yield response
+
+        return grpc.unary_stream_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _checked(self, method: str, context) -> AsyncIterator[dict[str, object]]:
+        """The caller vetted against the method's table for the body of the call; domain errors
+        mapped to their status, anything else INTERNAL; one log line per call (`logged` takes
+        what the body adds to it)."""
+        started, outcome, peer = time.perf_counter(), "OK", None
+        logged: dict[str, object] = {}
+        try:
+            peer = callers.peer_name(context, self._insecure)
+            self._authorize(method, peer)
+            callers.check_user_context(context, peer)
+            vetted = callers.vet_caller(peer)  # type: ignore[arg-type] - _authorize: not None
+            try:
+                yield logged
+            finally:
+                callers.forget_caller(vetted)
+        except DomainError as error:
+            outcome = error.code.name
+            status = to_grpc_status(error)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "CANCELLED"
+            raise
+        except Exception as error:
+            if isinstance(error, grpc.aio.AbortError):
+                raise
+            outcome = "INTERNAL"
+            log.exception("unhandled error", extra={"rpc_method": method})
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        finally:
+            log.info(
+                "rpc",
+                extra={
+                    "rpc_method": method,
+                    "peer": peer,
+                    "code": outcome,
+                    **logged,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )
 
     def _authorize(self, method: str, peer: str | None) -> None:
         if peer is None:

@@ -1,14 +1,15 @@
 """What the owner reads: runs with their attempts, the activity stream, the webhooks log and
-notifications, each newest first, another user's never (NOT_FOUND)."""
+notifications, each newest first, another user's never (NOT_FOUND). A run whose execution
+details were purged (retention) is still read and listed, without its event and attempts."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
 from services.kit.clock import Clock
 from services.kit.errors import NotFound
 from services.runner.connections import next_page, page_args
-from services.runner.model import Attempt, Notification
+from services.runner.model import Attempt, Notification, RunRecord
 from services.runner.store import Store
 
 
@@ -17,14 +18,18 @@ class Activity:
         self.store = store
         self.clock = clock
 
-    async def run(self, user_id: str, run_id: str) -> tuple[dict[str, Any], list[Attempt]]:
+    async def run(self, user_id: str, run_id: str) -> tuple[RunRecord, list[Attempt]]:
         async with self.store.read() as tx:
             run = await tx.runs.get(user_id, run_id)
             if run is None:
                 raise NotFound("RUN_NOT_FOUND", "no such run")
+            if run.details_purge_time is not None:  # purged: no details, whatever is left
+                return replace(run, event=None), []
             return run, await tx.attempts.of_run(run_id)
 
-    async def runs(self, user_id: str, connection_id: str, size: int, token: str):
+    async def runs(
+        self, user_id: str, connection_id: str, size: int, token: str
+    ) -> tuple[list[RunRecord], str]:
         size, after = page_args(size, token)
         async with self.store.read() as tx:
             rows = await tx.runs.page(user_id, connection_id or None, after, size + 1)

@@ -16,7 +16,7 @@ from services.kit.timestamps import json_value, to_timestamp, to_value
 from services.runner.activity import Activity
 from services.runner.connections import Connections
 from services.runner.ingest import Ingest
-from services.runner.model import Attempt, Connection, Notification, WebhookEntry
+from services.runner.model import Attempt, Connection, Notification, RunRecord, WebhookEntry
 from services.runner.suspensions import Suspensions
 from services.runner.tracing import trace_id_of
 
@@ -68,20 +68,22 @@ def connection_pb(row: Connection) -> pb.Connection:
     )
 
 
-def run_pb(row: dict[str, Any]) -> pb.Run:
-    waiting = row["status"] == "queued"
+def run_pb(run: RunRecord) -> pb.Run:
+    waiting = run.status == "queued"
     return pb.Run(
-        id=row["id"],
-        connection_id=row["connection_id"],
-        trigger=row["trigger"],
-        status=row["status"],
-        attempts=row["attempts"],
-        create_time=to_timestamp(row["create_time"]),
-        start_time=to_timestamp(row.get("start_time")),
-        finish_time=to_timestamp(row.get("finish_time")),
-        next_attempt_time=to_timestamp(row["next_attempt_time"] if waiting else None),
-        error=row.get("error") or "",
-        trace_id=trace_id_of(row.get("trace_parent")),
+        id=run.id,
+        connection_id=run.connection_id,
+        trigger=run.trigger,
+        status=run.status,
+        attempts=run.attempts,
+        create_time=to_timestamp(run.create_time),
+        start_time=to_timestamp(run.start_time),
+        finish_time=to_timestamp(run.finish_time),
+        next_attempt_time=to_timestamp(run.next_attempt_time if waiting else None),
+        error=run.error or "",
+        trace_id=trace_id_of(run.trace_parent),
+        details_purged=run.details_purge_time is not None,
+        details_purge_time=to_timestamp(run.details_purge_time),
     )
 
 
@@ -244,8 +246,8 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
     ) -> pb.RunDetail:
         run, attempts = await self.activity.run(acting_user(context), request.id)
         detail = pb.RunDetail(run=run_pb(run), attempts=[attempt_pb(a) for a in attempts])
-        if run["event"] is not None:
-            detail.event.CopyFrom(to_value(run["event"]))
+        if run.event is not None:
+            detail.event.CopyFrom(to_value(run.event))
         return detail
 
     async def ListActivity(  # noqa: N802 - gRPC method names

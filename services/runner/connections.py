@@ -302,9 +302,4 @@ def page_args(page_size: int, token: str) -> tuple[int, int | None]:
 
 def next_page(rows: list[Row], size: int) -> tuple[list[Row], str]:
     more, rows = len(rows) > size, rows[:size]
-    return rows, page_token(str(_seq(rows[-1]))) if more else ""
-
-
-def _seq(row: Any) -> int:
-    # Typed rows (model.py) carry `seq` as an attribute; rows not typed yet are dicts.
-    return row["seq"] if isinstance(row, dict) else row.seq
+    return rows, page_token(str(rows[-1].seq)) if more else ""

@@ -35,7 +35,7 @@ class Delivery:
 
 def log_outcome(delivery: Delivery, outcome: Outcome, now: datetime) -> None:
     run, state = outcome.run, outcome.final or ("retrying" if outcome.attempts else "held")
-    ids = {"run_id": run["id"], "connection_id": outcome.connection_id}
+    ids = {"run_id": run.id, "connection_id": outcome.connection_id}
     last = len(outcome.attempts) - 1
     for index, attempt in enumerate(outcome.attempts):
         # An attempt before the last is a 401 answered by refreshing the OAuth token.
@@ -57,7 +57,7 @@ def log_outcome(delivery: Delivery, outcome: Outcome, now: datetime) -> None:
             "run failed",
             extra={
                 **ids,
-                "attempt": run.get("attempts"),
+                "attempt": run.attempts,
                 "outcome": "failed",
                 "problem": delivery.reason or _last_problem(delivery, outcome),
                 "duration_ms": _ms(delivery.started, now),
@@ -66,7 +66,7 @@ def log_outcome(delivery: Delivery, outcome: Outcome, now: datetime) -> None:
     elif state == "held":
         log.info(
             "run held",
-            extra={**ids, "attempt": run.get("attempts"), "outcome": "held",
+            extra={**ids, "attempt": run.attempts, "outcome": "held",
                    "problem": delivery.reason, "duration_ms": _ms(delivery.started, now)},
         )  # fmt: skip
 

@@ -26,7 +26,7 @@ from services.kit.clock import Clock
 from services.kit.errors import FailedPrecondition, NotFound, ResourceExhausted
 from services.kit.tokens import sha256_hex
 from services.runner import signature
-from services.runner.model import Connection, WebhookEntry
+from services.runner.model import Connection, NewRun, RunRecord, WebhookEntry
 from services.runner.queue import Queue
 from services.runner.redact import header_value, received, redact_received
 from services.runner.settings import RunnerSettings
@@ -123,7 +123,7 @@ class Buckets:
 
 @dataclass
 class Accepted:
-    run: dict[str, Any]
+    run: NewRun
     entry: WebhookEntry
     key_sha256: str
     # A signed webhook's signature, remembered for its window (None: not signed).
@@ -133,14 +133,14 @@ class Accepted:
 
 
 async def _first_run(
-    remembered: Remembered, digest: str, time: datetime, bound: datetime, run: dict[str, Any]
+    remembered: Remembered, digest: str, time: datetime, bound: datetime, run: NewRun
 ) -> str | None:
     """The run an earlier request with `digest` made; None when `run` now holds it."""
-    connection_id = run["connection_id"]
+    connection_id = run.connection_id
     first = await remembered.first_run(connection_id, digest, bound)
     if first:
         return first
-    if await remembered.remember(connection_id, digest, run["id"], time, bound):
+    if await remembered.remember(connection_id, digest, run.id, time, bound):
         return None
     # Another process's request with this digest committed first.
     return await remembered.first_run(connection_id, digest, bound)
@@ -238,7 +238,7 @@ class Ingest:
             id=str(uuid.uuid4()),
             user_id=connection.user_id,
             connection_id=connection.id,
-            run_id=run["id"],
+            run_id=run.id,
             receive_time=now,
             source_ip=source_ip[:64],
             method=method[:16],
@@ -254,8 +254,8 @@ class Ingest:
         )
         if accepted.duplicate_of:
             return accepted.duplicate_of, True
-        await self.queue.push([run["id"]])
-        return run["id"], False
+        await self.queue.push([run.id])
+        return run.id, False
 
     async def _write(self, batch: list[Accepted]) -> list[Accepted]:
         """Many webhooks' log entries and runs in one transaction."""
@@ -291,7 +291,7 @@ class Ingest:
             if first is not None:
                 return first
         if item.key_sha256:
-            taken = item.run["create_time"]
+            taken = item.run.create_time
             first = await _first_run(tx.idempotency_keys, item.key_sha256, taken, since, item.run)
             return first or ""
         return ""
@@ -301,7 +301,7 @@ class Ingest:
             self._next_signature_purge = now + timedelta(seconds=SIGNATURE_PURGE_SECONDS)
             await tx.signatures.forget(now)
 
-    async def manual(self, connection: Connection, payload: Any, trigger: str) -> dict:
+    async def manual(self, connection: Connection, payload: Any, trigger: str) -> RunRecord:
         if connection.user_id in self.suspended:
             raise account_deleted()
         if connection.status != "active":
@@ -311,23 +311,23 @@ class Ingest:
         run = self.new_run(connection, trigger, event, now)
         async with self.store.begin() as tx:
             await tx.runs.add([run])
-        await self.queue.push([run["id"]])
-        return run
+        await self.queue.push([run.id])
+        return run.record()
 
     def new_run(
         self, connection: Connection, trigger: str, event: dict[str, Any], now: datetime
-    ) -> dict[str, Any]:
-        return {
-            "id": str(uuid.uuid4()),
-            "user_id": connection.user_id,
-            "connection_id": connection.id,
-            "trigger": trigger,
-            "status": "queued",
-            "attempts": 0,
-            "max_attempts": connection.max_attempts,
-            "event": event,
-            "create_time": now,
-            "next_attempt_time": now,
-            "push_time": now if self.queue.pushes else None,
-            "trace_parent": current_trace_parent(),
-        }
+    ) -> NewRun:
+        return NewRun(
+            id=str(uuid.uuid4()),
+            user_id=connection.user_id,
+            connection_id=connection.id,
+            trigger=trigger,
+            status="queued",
+            attempts=0,
+            max_attempts=connection.max_attempts,
+            event=event,
+            create_time=now,
+            next_attempt_time=now,
+            push_time=now if self.queue.pushes else None,
+            trace_parent=current_trace_parent(),
+        )

@@ -61,6 +61,83 @@ class Run(_Row):
 
 
 @dataclass(frozen=True)
+class NewRun(_Row):
+    """A run as ingest queues it (`tx.runs.add`): due at once, no attempt used yet."""
+
+    id: str
+    user_id: str
+    connection_id: str
+    trigger: str  # webhook, schedule, manual
+    status: str  # queued
+    attempts: int
+    max_attempts: int
+    event: dict[str, Any]  # body, headers, query, received_at
+    create_time: datetime
+    next_attempt_time: datetime
+    push_time: datetime | None  # when it was pushed to the queue (None: the queue polls)
+    trace_parent: str | None  # the W3C traceparent of the request that queued it
+
+    def record(self) -> RunRecord:
+        """The run as its owner reads it once queued (StartRun's answer)."""
+        return RunRecord.from_row(self.values())
+
+
+@dataclass(frozen=True)
+class RunRecord(_Row):
+    """A run as its owner reads it (`tx.runs.get`, `tx.runs.page`): the activity stream's entry,
+    with its event when read alone (listings leave it out)."""
+
+    id: str
+    user_id: str
+    connection_id: str
+    trigger: str  # webhook, schedule, manual
+    status: str  # queued, running, succeeded, failed, cancelled
+    attempts: int  # used so far
+    max_attempts: int
+    create_time: datetime
+    next_attempt_time: datetime
+    start_time: datetime | None = None
+    finish_time: datetime | None = None
+    error: str | None = None
+    trace_parent: str | None = None
+    event: dict[str, Any] | None = None  # None in listings, and once purged
+    # When retention purged its execution details (the event, its attempts); None while kept.
+    details_purge_time: datetime | None = None
+    seq: int | None = None  # the listing order, once stored
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one delivery changes in its run's row (`tx.runs.finish`), applied only while
+    `worker` still holds it: the run ends (`finish_time`) or goes out again (`next_attempt_time`,
+    status queued); either way its lease is released."""
+
+    id: str
+    worker: str
+    attempts: int  # used, this delivery's included
+    status: str  # succeeded, failed, cancelled; or queued (it goes out again)
+    error: str | None
+    finish_time: datetime | None = None  # the run ended
+    next_attempt_time: datetime | None = None  # the run goes out again then
+
+    def changes(self) -> dict[str, Any]:
+        """The columns it sets: a run that goes out again is pushed anew, an ended run keeps
+        its next attempt time."""
+        values: dict[str, Any] = {
+            "status": self.status,
+            "attempts": self.attempts,
+            "error": self.error,
+            "lease_until": None,
+        }
+        if self.next_attempt_time is None:
+            values["finish_time"] = self.finish_time
+        else:
+            values["next_attempt_time"] = self.next_attempt_time
+            values["push_time"] = None
+        return values
+
+
+@dataclass(frozen=True)
 class WebhookEntry(_Row):
     """One request to a webhook as the webhooks log keeps it, already redacted (`redact.py`)."""
 
@@ -128,10 +205,10 @@ class FailureMail(_Row):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a delivery leaves behind (`recorder.py` writes it): the new values of its run's row
-    (`id`, `worker` and the columns that change), its attempts and its notifications."""
+    """What a delivery leaves behind (`recorder.py` writes it): what changes in its run, its
+    attempts and its notifications."""
 
-    run: Mapping[str, Any]
+    run: RunResult
     connection_id: str
     user_id: str
     attempts: tuple[Attempt, ...] = ()

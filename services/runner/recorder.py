@@ -26,7 +26,7 @@ from datetime import timedelta
 
 from services.kit.batching import GroupCommit
 from services.kit.clock import Clock
-from services.runner.model import Notification, Outcome
+from services.runner.model import Notification, Outcome, RunResult
 from services.runner.store import Store, Tx
 from services.runner.tables import attempts, notifications, runs
 
@@ -127,7 +127,7 @@ class Recorder:
                     log.error(
                         "an outcome could not be stored; its run is recorded as failed",
                         extra={
-                            "run_id": outcome.run["id"],
+                            "run_id": outcome.run.id,
                             "connection_id": outcome.connection_id,
                             "error_type": type(error).__name__,
                         },
@@ -142,16 +142,15 @@ class Recorder:
         return mails, results
 
     def _unstorable(self, outcome: Outcome, error: Exception) -> Outcome:
-        run = {
-            "id": outcome.run["id"],
-            "worker": outcome.run["worker"],
-            "attempts": outcome.run["attempts"],
-            "lease_until": None,
-            "status": "failed",
-            "finish_time": self.clock.now(),
-            "error": f"this run's outcome could not be stored ({type(error).__name__}); "
+        run = RunResult(
+            outcome.run.id,
+            outcome.run.worker,
+            outcome.run.attempts,
+            "failed",
+            f"this run's outcome could not be stored ({type(error).__name__}); "
             "the details of its attempts are not kept",
-        }
+            finish_time=self.clock.now(),
+        )
         return Outcome(run, outcome.connection_id, outcome.user_id, final="failed")
 
     async def _apply(self, tx: Tx, outcomes: list[Outcome]) -> list[Mail]:
@@ -196,9 +195,9 @@ class Recorder:
                 outcome.user_id,
                 outcome.connection_id,
                 "run_failed",
-                f"A run failed after {outcome.run.get('attempts', 0)} attempt(s): "
-                f"{outcome.run.get('error') or 'unknown error'}",
-                run_id=outcome.run["id"],
+                f"A run failed after {outcome.run.attempts} attempt(s): "
+                f"{outcome.run.error or 'unknown error'}",
+                run_id=outcome.run.id,
             )
         ]
         if connection is None or connection.status != "active":
@@ -284,12 +283,9 @@ def _mail(notice: Notification) -> Mail:
 
 
 def _storable(outcome: Outcome) -> Outcome:
-    run = dict(outcome.run)
-    if "error" in run:
-        run["error"] = storable(run["error"], ERROR_CHARS)
     return replace(
         outcome,
-        run=run,
+        run=replace(outcome.run, error=storable(outcome.run.error, ERROR_CHARS)),
         attempts=tuple(
             replace(a, error=storable(a.error, _ATTEMPT_ERROR_CHARS)) for a in outcome.attempts
         ),

@@ -13,6 +13,7 @@ Every function here takes any text a sender can make and never raises.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -27,8 +28,10 @@ _NOT_SECRET = frozenset({"idempotencykey"})
 _ANY_WORD = re.compile("|".join(_WORDS))
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
-    """Whether a header or query parameter of this name may carry a secret."""
+    """Whether a header or query parameter of this name may carry a secret. Names repeat from
+    webhook to webhook: the answer is remembered (bounded, so odd names cannot grow it)."""
     if name.isascii():  # every HTTP header name, and nearly every query name: the fast way
         folded = name.lower().translate(_ASCII_SEPARATORS)
     else:  # NFKC first, so that full-width or ligature spellings fold to the plain word

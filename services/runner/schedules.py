@@ -5,7 +5,7 @@ whose deletion was requested (suspensions.py) has no schedule fire again."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Container
+from collections.abc import Container, Iterable
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -41,6 +41,16 @@ class Schedules:
         if row is not None and row.status == "active" and row.trigger["type"] == "schedule":
             self._add(row)
 
+    def stop(self, connection_ids: Iterable[str]) -> int:
+        """Removes these connections' jobs (a user being erased); returns how many there were.
+        Jobs hold connection ids only, so nothing of the user stays in the scheduler."""
+        stopped = 0
+        for connection_id in connection_ids:
+            if self.scheduler.get_job(connection_id):
+                self.scheduler.remove_job(connection_id)
+                stopped += 1
+        return stopped
+
     def _add(self, row: Connection) -> None:
         trigger = row.trigger
         when = (
@@ -67,14 +77,17 @@ class Schedules:
                 self.scheduler.remove_job(connection_id)
             log.info("schedule of a suspended user stopped", extra={"connection_id": row.id})
             return
-        if row is None or row.status != "active":
+        if row is None:  # deleted (or erased) by another process: this job is done too
+            self.stop([connection_id])
+            return
+        if row.status != "active":
             return
         try:
             run = await self.ingest.manual(row, None, "schedule")
         except Exception:
             log.exception("a scheduled run could not be queued", extra={"connection_id": row.id})
             return
-        log.info("scheduled run queued", extra={"run_id": run["id"], "connection_id": row.id})
+        log.info("scheduled run queued", extra={"run_id": run.id, "connection_id": row.id})
 
     async def close(self) -> None:
         if self.scheduler.running:

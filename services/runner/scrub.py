@@ -83,9 +83,9 @@ _AFTER_AT_END = re.compile(r" \(after \d+ attempts\)\Z")
 def scrub_outcome(outcome: Outcome, secrets: tuple[str, ...]) -> Outcome:
     """The outcome with no secret in anything it records, and errors that fit their column
     with the attempt count kept (cut before it, not through it)."""
-    run = dict(outcome.run)
-    if run.get("error") is not None:
-        run["error"] = _fit(scrub(run["error"], secrets))
+    run = outcome.run
+    if run.error is not None:
+        run = replace(run, error=_fit(scrub(run.error, secrets)))
     return replace(
         outcome,
         run=run,

@@ -13,9 +13,11 @@ import socket
 from dataclasses import dataclass, field
 
 from leadmesh.identity.v1 import identity_pb2_grpc
+from leadmesh.retention.v1 import retention_pb2_grpc
 from leadmesh.runner.v1 import runner_pb2_grpc
 from leadmesh.vault.v1 import vault_pb2_grpc
 
+from services.kit import retention as kit_retention
 from services.kit.clock import Clock, SystemClock
 from services.kit.config import database_url
 from services.kit.db import create_service_engine, migrate
@@ -35,6 +37,7 @@ from services.runner.notify import MailNotices
 from services.runner.outbound import make_client
 from services.runner.queue import DatabaseQueue, Queue, RedisQueue
 from services.runner.recorder import Recorder
+from services.runner.retention import RunnerParticipant
 from services.runner.schedules import Schedules
 from services.runner.settings import RunnerSettings
 from services.runner.store import Store
@@ -189,6 +192,8 @@ class Parts:
     ingest: Ingest
     activity: Activity
     schedules: Schedules
+    # The runner's part in retention (RetentionParticipant).
+    retention: RunnerParticipant
 
     async def close(self) -> None:
         await self.schedules.close()
@@ -202,7 +207,16 @@ def build(settings: RunnerSettings, clock: Clock | None = None) -> Parts:
     ingest = Ingest(settings, core.store, core.queue, core.clock, suspended=suspended)
     schedules = Schedules(core.store, ingest, suspended)
     connections.listeners += [schedules.changed, ingest.forget]
-    return Parts(core, connections, ingest, Activity(core.store, core.clock), schedules)
+    retention = RunnerParticipant(
+        settings,
+        core.store,
+        core.clock,
+        core.suspensions,
+        schedules=schedules,
+        listeners=connections.listeners,
+    )
+    activity = Activity(core.store, core.clock)
+    return Parts(core, connections, ingest, activity, schedules, retention)
 
 
 RunningRunner = RunningService[Parts]
@@ -225,13 +239,18 @@ async def start(
         settings.public_egress_addresses(),
         suspensions=parts.core.suspensions,
     )
+
+    def register(server) -> None:
+        runner_pb2_grpc.add_RunnerServiceServicer_to_server(api, server)
+        retention_pb2_grpc.add_RetentionParticipantServicer_to_server(parts.retention, server)
+
     running = await start_server(
         name="runner",
         mesh=settings.mesh,
         port=settings.mesh.runner_port if port is None else port,
-        register=lambda server: runner_pb2_grpc.add_RunnerServiceServicer_to_server(api, server),
-        service_names=[SERVICE],
-        allowed=ALLOWED_CALLERS,
+        register=register,
+        service_names=[SERVICE, kit_retention.SERVICE],
+        allowed={**ALLOWED_CALLERS, **kit_retention.ALLOWED_CALLERS},
     )
     await parts.schedules.start()
     parts.core.start_reconciler()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.kit.config import CommaList, MeshSettings
@@ -78,11 +78,26 @@ class RunnerSettings(BaseSettings):
     idempotency_hours: Annotated[int, Field(ge=1)] = 24
 
     # Retention categories (DESIGN: webhooks log 7 d, activity 30 d, execution details 7 d,
-    # notifications 7 d).
+    # notifications 7 d; services/runner/retention.py). Idempotency keys live
+    # `idempotency_hours`: exactly as long as they answer a repeat.
     webhook_log_days: Annotated[int, Field(ge=1)] = 7
     activity_days: Annotated[int, Field(ge=1)] = 30
+    # A run's event and its attempts; at most activity_days (details never outlive their run).
     execution_details_days: Annotated[int, Field(ge=1)] = 7
     notification_days: Annotated[int, Field(ge=1)] = 7
+    # A webhook signature is remembered while inside its replay window, and at most this many
+    # days after it left it (ingest forgets most of them sooner on its own).
+    webhook_signature_days: Annotated[int, Field(ge=0)] = 1
+    # An erasure waits this long for deliveries of the user already under way to end (their
+    # outcome would write attempts and notifications after it); past that it fails and the
+    # retention service tries again.
+    erasure_drain_seconds: Annotated[float, Field(gt=0)] = 60.0
+
+    @model_validator(mode="after")
+    def _details_within_activity(self) -> RunnerSettings:
+        if self.execution_details_days > self.activity_days:
+            raise ValueError("execution_details_days must not exceed activity_days")
+        return self
 
     @field_validator("allowed_networks")
     @classmethod

@@ -1,9 +1,11 @@
 """Runner's tables. Each listable table has an increasing `seq` (newest first = highest seq) and
 a public `id`.
 
-Retention categories (each a setting): webhooks log 7 days (`webhook_log`), activity stream 30 days
-(`runs`), execution details 7 days (`attempts`, and the event a run carried: `runs.event`),
-notifications 7 days (`notifications`); idempotency keys live 24 hours.
+Retention categories (each a setting; declared in services/runner/retention.py, where every table
+here must have its place): webhooks log 7 days (`webhook_log`), activity stream 30 days (`runs`),
+execution details 7 days (`attempts`, and the event a run carried: `runs.event`), notifications
+7 days (`notifications`); idempotency keys live 24 hours. The `*_time` indexes are the purges':
+each picks its batch on one, so a purge costs the rows it removes, not the table.
 """
 
 from __future__ import annotations
@@ -65,9 +67,16 @@ runs = Table(
     # The W3C traceparent of the request that queued the run (the webhook's trace), so that its
     # delivery joins that trace; NULL for scheduled runs. Ids only, never data.
     Column("trace_parent", String(64), nullable=True),
+    # When retention purged the run's execution details (its event; its attempts went by their
+    # own age): NULL while they are kept. The run itself stays in the activity stream.
+    Column("details_purge_time", Time, nullable=True),
     Index("ix_runs_user_id_seq", "user_id", "seq"),
     Index("ix_runs_connection_id_seq", "connection_id", "seq"),
     Index("ix_runs_status_next_attempt_time", "status", "next_attempt_time"),
+    # Retention: the activity purge (oldest runs first) and the execution-details purge (oldest
+    # runs whose details are still kept: details_purge_time IS NULL, then by age).
+    Index("ix_runs_create_time", "create_time"),
+    Index("ix_runs_details_purge_time_create_time", "details_purge_time", "create_time"),
 )
 
 attempts = Table(
@@ -87,6 +96,9 @@ attempts = Table(
     Column("response_body_encoding", String(8), nullable=True),
     Column("response_truncated", Boolean, nullable=False),
     Column("error", String(1000), nullable=True),
+    # Retention: the purge by age, and erasure and export by user.
+    Index("ix_attempts_start_time", "start_time"),
+    Index("ix_attempts_user_id_seq", "user_id", "seq"),
 )
 
 webhook_log = Table(
@@ -172,4 +184,6 @@ failure_mails = Table(
     Column("pending", Integer, nullable=False),
     Column("last_message", String(1000), nullable=True),
     Index("ix_failure_mails_pending_last_mail_time", "pending", "last_mail_time"),
+    # Retention: erasure and export by user.
+    Index("ix_failure_mails_user_id", "user_id"),
 )

@@ -28,7 +28,7 @@ from services.runner.credentials import CredentialProblem, Credentials, Outage
 from services.runner.delivery import Templates, body_text, retry_after_seconds
 from services.runner.delivery_log import Delivery, log_outcome
 from services.runner.guard import DestinationRefused, EgressPolicy
-from services.runner.model import Attempt, Connection, Outcome, Run
+from services.runner.model import Attempt, Connection, Outcome, Run, RunResult
 from services.runner.outbound import Outbound, send
 from services.runner.queue import Candidate, Queue
 from services.runner.recorder import Recorder
@@ -336,36 +336,30 @@ class Worker:
         )
 
     # outcomes
-    def _row(self, run: Run, attempts: list, **values: Any) -> dict[str, Any]:
-        return {
-            "id": run.id,
-            "worker": self.name,
-            "attempts": run.attempts + len(attempts),
-            "lease_until": None,
-            **values,
-        }
-
     def _outcome(self, run: Run, attempts: list, decision: policy.Decision) -> Outcome:
         if isinstance(decision, policy.Later):
             return self._later(run, attempts, decision.delay, decision.error, decision.charged)
         return self._final(run, attempts, decision.status, decision.error)
 
-    def _final(self, run, attempts, status: str, error: str | None) -> Outcome:
-        row = self._row(run, attempts, status=status, error=error, finish_time=self.clock.now())
-        return Outcome(row, run.connection_id, run.user_id, tuple(attempts), final=status)
+    def _final(self, run: Run, attempts: list, status: str, error: str | None) -> Outcome:
+        used = run.attempts + len(attempts)
+        result = RunResult(run.id, self.name, used, status, error, finish_time=self.clock.now())
+        return Outcome(result, run.connection_id, run.user_id, tuple(attempts), final=status)
 
-    def _later(self, run, attempts, delay: float, error: str, charge: bool = True) -> Outcome:
+    def _later(
+        self, run: Run, attempts: list, delay: float, error: str, charge: bool = True
+    ) -> Outcome:
         if not charge:
             attempts = []
-        row = self._row(
-            run,
-            attempts,
-            status="queued",
-            error=error,
+        result = RunResult(
+            run.id,
+            self.name,
+            run.attempts + len(attempts),
+            "queued",
+            error,
             next_attempt_time=self.clock.now() + timedelta(seconds=delay),
-            push_time=None,
         )
-        return Outcome(row, run.connection_id, run.user_id, tuple(attempts))
+        return Outcome(result, run.connection_id, run.user_id, tuple(attempts))
 
     def _retry_or_fail(
         self, delivery: Delivery, error: str, retry_after: float | None = None

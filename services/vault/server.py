@@ -7,8 +7,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from leadmesh.identity.v1 import identity_pb2_grpc
+from leadmesh.retention.v1 import retention_pb2_grpc
 from leadmesh.vault.v1 import vault_pb2_grpc
 
+from services.kit import retention
 from services.kit.clock import Clock, SystemClock
 from services.kit.config import database_url
 from services.kit.db import create_service_engine, migrate
@@ -29,6 +31,7 @@ from services.vault.oauth import OAuthProviders, load_providers
 from services.vault.oauth_connect import OAuthConnect
 from services.vault.refresh import Refresher
 from services.vault.resolve import Resolver, Sealed, SealedCredentials
+from services.vault.retention import VaultParticipant
 from services.vault.sealcache import SealedRows
 from services.vault.settings import VaultSettings
 from services.vault.store import Store
@@ -54,6 +57,7 @@ class Parts:
     oauth_connect: OAuthConnect
     admin: KeyAdmin
     suspensions: SuspendedUsers
+    retention: retention.Participant
     _closers: list = field(default_factory=list)
 
     def start_suspension_sync(self) -> None:
@@ -118,6 +122,7 @@ def build(settings: VaultSettings, clock: Clock | None = None) -> Parts:
         ),
         admin=admin,
         suspensions=suspensions,
+        retention=VaultParticipant(settings, store, admin, audit, sealed, clock),
     )
 
 
@@ -160,13 +165,18 @@ async def start(
         parts.admin,
         parts.suspensions,
     )
+
+    def register(server) -> None:
+        vault_pb2_grpc.add_VaultServiceServicer_to_server(api, server)
+        retention_pb2_grpc.add_RetentionParticipantServicer_to_server(parts.retention, server)
+
     running = await start_server(
         name="vault",
         mesh=settings.mesh,
         port=settings.mesh.vault_port if port is None else port,
-        register=lambda server: vault_pb2_grpc.add_VaultServiceServicer_to_server(api, server),
-        service_names=[SERVICE],
-        allowed=ALLOWED_CALLERS,
+        register=register,
+        service_names=[SERVICE, retention.SERVICE],
+        allowed={**ALLOWED_CALLERS, **retention.ALLOWED_CALLERS},
     )
     parts.start_suspension_sync()
     return RunningService(parts, running)

@@ -41,6 +41,10 @@ class VaultSettings(BaseSettings):
     audit_flush_seconds: Annotated[float, Field(ge=0, le=5)] = 0.05
     # Retention category of the audit log (DESIGN: 90 days).
     audit_log_days: Annotated[int, Field(ge=1)] = 90
+    # Retention categories of the vault's short-lived rows (services/vault/retention.py): OAuth
+    # states and refresh leases, kept this many days after they expire (DESIGN: 1 day).
+    expired_oauth_state_days: Annotated[int, Field(ge=0)] = 1
+    expired_lease_days: Annotated[int, Field(ge=0)] = 1
     # How often identity's deletion requests are read, suspending any user whose deletion the
     # vault was not told of directly (and picking up what other vault replicas recorded).
     suspension_reconcile_seconds: Annotated[float, Field(gt=0)] = 30.0

@@ -1,6 +1,7 @@
 """Vault's tables. Secret material exists here only as AES-GCM ciphertext; data keys only wrapped.
 
-Retention: the audit log is a category (90 days); OAuth states and leases live minutes.
+Retention (retention.py): credentials and data keys until erasure (a key erased is every copy of
+the user's secrets shredded), the audit log 90 days, OAuth states and leases a day after expiry.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ oauth_states = Table(
     Column("name", String(200), nullable=False),
     # The PKCE code verifier, sealed under the user's data key.
     Column("verifier", LargeBinary, nullable=False),
-    Column("expire_time", Time, nullable=False),
+    Column("expire_time", Time, nullable=False, index=True),
     Column("use_time", Time, nullable=True),
 )
 
@@ -96,7 +97,7 @@ leases = Table(
     metadata,
     Column("name", String(100), primary_key=True),
     Column("holder", String(64), nullable=False),
-    Column("expire_time", Time, nullable=False),
+    Column("expire_time", Time, nullable=False, index=True),
 )
 
 # Production mode: OAuth client secrets, sealed under the data key of the "system" owner.

@@ -183,6 +183,9 @@ def runner_env(receiver: SharedReceiver) -> dict[str, str]:
         # The fuzzers make connections to hosts that do not answer: do not wait on them long.
         "RUNNER_CONNECT_TIMEOUT_SECONDS": "3",
         "RUNNER_RECONCILE_SECONDS": "0.2",
+        # Identity's deletion requests re-read every second (production: 30 s), so a cancelled
+        # deletion's suspension is lifted within a test's patience.
+        "RUNNER_SUSPENSION_RECONCILE_SECONDS": "1",
         # Redis: a stream of this mesh's own (others share the test database).
         "RUNNER_QUEUE_STREAM": f"leadmesh:e2e:{uuid.uuid4().hex[:8]}:runs",
         "RUNNER_REQUEUE_AFTER_SECONDS": "2",
@@ -212,6 +215,8 @@ def _start_mesh(
         RETENTION_PORT=str(free_port()),
         SMTP_URL=f"smtp://127.0.0.1:{inbox.port}",  # type: ignore[attr-defined]
         IDENTITY_LOCKOUT_WINDOW_SECONDS=str(LOCKOUT_WINDOW_SECONDS),
+        # As RUNNER_SUSPENSION_RECONCILE_SECONDS (runner_env): a lifted suspension within seconds.
+        VAULT_SUSPENSION_RECONCILE_SECONDS="1",
         # Tests play clients at several addresses through X-Forwarded-For from loopback.
         OTEL_BSP_SCHEDULE_DELAY="200",  # export spans every 0.2 s, so tests need not wait long
         GATEWAY_TRUSTED_PROXIES='["127.0.0.1/32", "::1/128"]',
@@ -290,7 +295,7 @@ def mesh_scaled(
 
     names = {
         service: f"lm_e2e_{service}_{uuid.uuid4().hex[:8]}"
-        for service in ("identity", "vault", "runner")
+        for service in ("identity", "vault", "runner", "retention")
     }
     with psycopg.connect(postgres_server, autocommit=True) as admin:
         for name in names.values():

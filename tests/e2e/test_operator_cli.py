@@ -26,6 +26,7 @@ def test_status_reports_every_process_serving(mesh_up: Mesh):
         "identity": "SERVING",
         "vault": "SERVING",
         "runner": "SERVING",
+        "retention": "SERVING",
         "gateway": "SERVING",
     }
     only = mesh_up.leadmesh("status", "--only", "identity")
@@ -61,7 +62,9 @@ def test_config_shows_effective_settings_with_secrets_masked(mesh_up: Mesh):
     assert "canary" not in done.stdout
     header, *lines = done.stdout.splitlines()
     # It says what it describes: the processes `leadmesh up` would start from this environment.
-    assert header.startswith("# settings of identity, vault, runner, gateway as `leadmesh up`")
+    assert header.startswith(
+        "# settings of identity, vault, runner, retention, gateway as `leadmesh up`"
+    )
     shown = dict(line.split("=", 1) for line in lines)
     assert shown["IDENTITY_PORT"] == mesh_up.env["IDENTITY_PORT"]
     assert shown["IDENTITY_PBKDF2_ITERATIONS"] == "210000"

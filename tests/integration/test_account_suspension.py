@@ -1,15 +1,19 @@
 """A deletion request stops the user's processing at once: identity, the vault and the runner as
 real gRPC servers over mTLS on real databases (SQLite, and PostgreSQL for the runner and the
 vault), a real receiver. The runner and the vault are told directly (SuspendUser, as the gateway
-does) or learn it from identity's record (one reconcile pass); another user's work goes on."""
+does) or learn it from identity's record (one reconcile pass); another user's work goes on. A
+cancelled deletion lifts the suspension at the next pass."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
 from pathlib import Path
 
 import grpc
@@ -20,20 +24,24 @@ from leadmesh.runner.v1 import runner_pb2 as rpb
 from leadmesh.runner.v1 import runner_pb2_grpc
 from leadmesh.vault.v1 import vault_pb2 as vpb
 from leadmesh.vault.v1 import vault_pb2_grpc
+from sqlalchemy import update
 
 from services.identity.server import RunningIdentity
 from services.identity.server import migrate_database as migrate_identity
 from services.identity.server import start as start_identity
 from services.kit.callers import user_metadata
 from services.kit.config import MeshSettings
+from services.kit.deletions import LIFT_MARGIN
 from services.kit.errors import from_rpc_error
 from services.kit.grpcclient import open_channel
 from services.runner.server import migrate_database as migrate_runner
 from services.runner.server import run_workers
 from services.runner.server import start as start_runner
+from services.runner.tables import suspended_users as runner_suspended
 from services.vault.server import RunningVault
 from services.vault.server import migrate_database as migrate_vault
 from services.vault.server import start as start_vault
+from services.vault.tables import suspended_users as vault_suspended
 from tests.integration.identity_support import PASSWORD, identity_settings
 from tests.integration.runner_support import RunnerMesh, runner_settings
 from tests.integration.vault_support import API_KEY, vault_settings
@@ -367,3 +375,52 @@ async def test_identity_lists_deletion_requests_oldest_first_a_page_at_a_time(wo
     with pytest.raises(grpc.aio.AioRpcError) as bad:
         await identity.ListDeletionRequests(ipb.ListDeletionRequestsRequest(page_token="wrI"))
     assert reason(bad.value) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN")
+
+
+async def _cancel_token(world: World, user: str) -> str:
+    await world.identity.parts.deletion.drain()
+    email = (await world.identity.parts.accounts.account(user)).email
+    for path in world.identity.parts.settings.outbox_dir.glob("*.eml"):
+        message = message_from_bytes(path.read_bytes(), policy=policy.default)
+        if message["To"] == email:
+            return re.search(r"token=([A-Za-z0-9_\-]+)", message.get_content()).group(1)
+    raise AssertionError("no deletion mail")
+
+
+async def _older(store, table, by: timedelta) -> None:
+    """As if the suspensions were recorded `by` ago: past the lifting margin."""
+    async with store.begin() as tx:
+        await tx.c.execute(update(table).values(suspend_time=datetime.now(UTC) - by))
+
+
+async def test_a_cancelled_deletion_lifts_the_suspension_in_the_runner_and_the_vault(
+    world: World, receiver: Receiver
+):
+    rm = world.rm
+    a, b = await world.account("a"), await world.account("b")
+    made_a = await rm.connection(a, receiver.https_url("/a"), trigger="webhook")
+    credential_a = await rm.credential(a, "api_key", API_KEY)
+    await world.request_deletion(a)
+    await world.request_deletion(b)
+    runner, vault = rm.runner.parts.core.suspensions, world.vault.parts.suspensions
+    identity_for_runner = world.dial("identity", "runner")
+    identity_for_vault = world.dial("identity", "vault")
+    assert await runner.reconcile(identity_for_runner) == 2
+    assert await vault.reconcile(identity_for_vault) == 2
+    assert await hook_refused(rm, made_a.webhook_token) == DELETED
+
+    # The owner opens the cancel link of the confirmation mail (the gateway's call).
+    await world.dial("identity", "gateway").CancelDeletion(
+        ipb.CancelDeletionRequest(token=await _cancel_token(world, a))
+    )
+    margin = LIFT_MARGIN + timedelta(seconds=1)
+    await _older(rm.runner.parts.core.store, runner_suspended, margin)
+    await _older(world.vault.parts.store, vault_suspended, margin)
+    await runner.reconcile(identity_for_runner)
+    await vault.reconcile(identity_for_vault)
+
+    assert a not in runner.users and a not in vault.users
+    assert b in runner.users and b in vault.users  # still being deleted
+    assert (await world.resolve(a, credential_a)).secret["key"] == API_KEY["key"]
+    run = (await rm.hook(made_a.webhook_token, {"lead": "kept"})).run_id
+    assert (await rm.detail(a, run)).run.status == "queued"  # accepted again, not cancelled

@@ -20,13 +20,35 @@ async def test_sqlite_connections_are_durable_and_wait_for_each_other(tmp_path: 
         async with engine.connect() as connection:
             pragmas = {
                 name: (await connection.execute(text(f"PRAGMA {name}"))).scalar()
-                for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")
-            }
+                for name in (
+                    "journal_mode", "synchronous", "busy_timeout", "foreign_keys",
+                    "secure_delete", "auto_vacuum",
+                )
+            }  # fmt: skip
     finally:
         await engine.dispose()
     # synchronous 2 = FULL: a commit is on disk before the caller hears of it, power loss included.
+    # secure_delete: deleted rows are overwritten; auto_vacuum 2 = INCREMENTAL (retention).
     assert pragmas == {"journal_mode": "wal", "synchronous": 2, "busy_timeout": 10000,
-                       "foreign_keys": 1}  # fmt: skip
+                       "foreign_keys": 1, "secure_delete": 1, "auto_vacuum": 2}  # fmt: skip
+
+
+def test_migrate_converts_a_file_made_without_incremental_vacuum(tmp_path: Path):
+    """A database made before retention (auto_vacuum NONE) gives space back after a migration."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.execute("CREATE TABLE filler (x TEXT)")
+        old.executemany("INSERT INTO filler VALUES (?)", [("x" * 1000,)] * 200)
+    assert sqlite3.connect(path).execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    migrate(f"sqlite:///{path}", MIGRATIONS)
+    converted = sqlite3.connect(path)
+    try:
+        assert converted.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+        assert converted.execute("SELECT count(*) FROM filler").fetchone()[0] == 200
+    finally:
+        converted.close()
 
 
 async def test_a_sqlite_database_and_its_journals_are_private_under_the_usual_umask(tmp_path: Path):

@@ -53,11 +53,18 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def redis_client(redis_server: str) -> Iterator:
-    """A client of the test database (15); its calls here are brief, so synchronous."""
+def chaos_redis(redis_server: str) -> str:
+    """A Redis database of this module's own (14; the other tests share 15): it FLUSHes it, and
+    test modules may run at the same time (pytest-xdist)."""
+    return redis_server.rsplit("/", 1)[0] + "/14"
+
+
+@pytest.fixture
+def redis_client(chaos_redis: str) -> Iterator:
+    """A client of the module's database; its calls here are brief, so synchronous."""
     from redis import Redis
 
-    client = Redis.from_url(redis_server)
+    client = Redis.from_url(chaos_redis)
     client.delete(STREAM)  # whatever an earlier run left there
     yield client
     client.delete(STREAM)
@@ -277,7 +284,7 @@ async def test_a_worker_killed_mid_load_loses_nothing(
     receiver: Receiver,
     queue: str,
 ) -> None:
-    redis_url = request.getfixturevalue("redis_server") if queue == "redis" else None
+    redis_url = request.getfixturevalue("chaos_redis") if queue == "redis" else None
     redis = request.getfixturevalue("redis_client") if redis_url else None
     url = backend_url(request, tmp_path, "postgres" if queue == "redis" else queue)
     workers: list[WorkerProcess] = []
@@ -352,7 +359,7 @@ async def test_redis_flushed_mid_load_loses_nothing(
     mesh: MeshSettings,
     receiver: Receiver,
     database_url: str,
-    redis_server: str,
+    chaos_redis: str,
     redis_client,
 ) -> None:
     # Slower deliveries than webhooks arrive: a backlog waits on the stream when it goes.
@@ -362,7 +369,7 @@ async def test_redis_flushed_mid_load_loses_nothing(
         mesh.pki_dir,
         database_url,
         ca_file=str(receiver.ca_file),
-        redis_url=redis_server,
+        redis_url=chaos_redis,
         queue_stream=STREAM,
         workers=1,
         concurrency=8,
@@ -373,8 +380,8 @@ async def test_redis_flushed_mid_load_loses_nothing(
         load = Load(rm, made.webhook_token, 300)
         load.start()
         await wait_until(lambda: len(deliveries(receiver)) >= 30, "30 deliveries")
-        # FLUSHDB on the test database only (never FLUSHALL), the stream's length read in the
-        # same transaction: how many queued entries the flush destroyed.
+        # FLUSHDB on the module's own database only (never FLUSHALL), the stream's length read in
+        # the same transaction: how many queued entries the flush destroyed.
         lost = flushes = 0
         while not lost and flushes < 5:
             await wait_until(lambda: redis_client.xlen(STREAM) > 0, "entries on the stream")

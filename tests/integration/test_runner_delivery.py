@@ -5,6 +5,7 @@ authlib OAuth server, SSRF refusals, and egress bound to a fixed source address.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -156,7 +157,7 @@ async def test_mapping_keeps_json_types_and_leaves_missing_fields_empty(rm, rece
     }
     assert request.headers["x-lead-source"] == "form-7"
     # 42 stays an integer on the wire, not 42.0.
-    assert b'"n":42,' in request.body
+    assert re.search(rb'"n":42[,}]', request.body)
 
 
 async def test_retries_with_backoff_then_success(rm, receiver):

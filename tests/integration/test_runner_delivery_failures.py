@@ -21,7 +21,7 @@ from leadmesh.runner.v1 import runner_pb2 as rpb
 from services.kit.callers import user_metadata
 from services.kit.config import MeshSettings
 from services.kit.logs import JsonFormatter
-from services.runner.model import Attempt, Outcome
+from services.runner.model import Attempt, Outcome, RunResult
 from services.runner.recorder import Recorder
 from services.vault.datakeys import sealed_columns
 from services.vault.server import start as start_vault
@@ -112,8 +112,7 @@ async def test_an_outcome_that_cannot_be_stored_is_recorded_as_failed_alone(
         recorder = Recorder(core.store, core.clock, pause_after=5)
 
         def succeeded(user: str, start_time) -> Outcome:
-            row = {"id": runs[user], "worker": "w-test", "attempts": 1, "lease_until": None,
-                   "status": "succeeded", "error": None, "finish_time": now}  # fmt: skip
+            row = RunResult(runs[user], "w-test", 1, "succeeded", None, finish_time=now)
             attempt = Attempt(run_id=runs[user], user_id=user, number=1,
                               start_time=start_time, finish_time=now, request={},
                               response_status=200, response_headers=[], response_body="",

@@ -78,6 +78,8 @@ async def ticker(holds: list[float]) -> None:
         holds.append(time.perf_counter() - started - 0.005)
 
 
+# It measures how long the event loop is held: alone, not beside another test process.
+@pytest.mark.serial
 async def test_another_users_webhooks_stay_fast_while_a_large_render_runs(
     rm, receiver, frozen_heap
 ):

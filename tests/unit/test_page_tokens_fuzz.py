@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import example, given
@@ -95,7 +96,7 @@ def test_the_vault_list_reads_an_aware_time_and_a_uuid_or_refuses(token: str):
 
 @given(st.integers(min_value=1, max_value=2**63 - 1))
 def test_every_token_a_service_issues_reads_back(n: int):
-    assert page_args(5, next_page([{"seq": n}] * 6, 5)[1]) == (5, n)
+    assert page_args(5, next_page([SimpleNamespace(seq=n)] * 6, 5)[1]) == (5, n)
     assert _decode_page_token(_encode_page_token(n)) == n
     row = {"create_time": datetime.fromtimestamp(n % 2**33, UTC), "id": str(uuid.UUID(int=n))}
     assert _decode_token(_encode_token(row)) == (row["create_time"], row["id"])

@@ -15,7 +15,8 @@ from services.kit.db import Store as KitStore
 from services.runner.store import remembered
 from services.runner.store.attempts import Attempts
 from services.runner.store.connections import Connections
-from services.runner.store.notifications import FailureMails, Notifications
+from services.runner.store.failure_mails import FailureMails
+from services.runner.store.notifications import Notifications
 from services.runner.store.runs import Runs
 from services.runner.store.webhook_log import WebhookLog
 

@@ -5,12 +5,11 @@ that worker still holds it."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 
 from services.kit.db import RowTx, row_dict
-from services.runner.model import Run
+from services.runner.model import NewRun, Run, RunRecord, RunResult
 from services.runner.store.paging import page
 from services.runner.tables import runs
 
@@ -18,22 +17,25 @@ from services.runner.tables import runs
 _RUN_WORK = [runs.c.id, runs.c.user_id, runs.c.connection_id, runs.c.trigger, runs.c.attempts,
              runs.c.max_attempts, runs.c.event, runs.c.create_time,
              runs.c.trace_parent]  # fmt: skip
+# What the owner reads of a run in a listing: all but the event (execution details, read alone).
+_LISTED = [c for c in runs.c if c.name != "event"]
 
 
 class Runs(RowTx):
-    async def add(self, values: list[dict[str, Any]]) -> None:
-        await self.c.execute(insert(runs), values)
+    async def add(self, added: list[NewRun]) -> None:
+        await self.c.execute(insert(runs), [run.values() for run in added])
 
-    async def get(self, user_id: str, run_id: str) -> dict[str, Any] | None:
-        return await self._one(select(runs).where(runs.c.id == run_id, runs.c.user_id == user_id))
+    async def get(self, user_id: str, run_id: str) -> RunRecord | None:
+        row = await self._one(select(runs).where(runs.c.id == run_id, runs.c.user_id == user_id))
+        return None if row is None else RunRecord.from_row(row)
 
     async def page(
         self, user_id: str, connection_id: str | None, after: int | None, size: int
-    ) -> list[dict[str, Any]]:
-        query = select(*[c for c in runs.c if c.name != "event"]).where(runs.c.user_id == user_id)
+    ) -> list[RunRecord]:
+        query = select(*_LISTED).where(runs.c.user_id == user_id)
         if connection_id:
             query = query.where(runs.c.connection_id == connection_id)
-        return await self._all(page(runs, query, after, size))
+        return [RunRecord.from_row(row) for row in await self._all(page(runs, query, after, size))]
 
     async def due(self, now: datetime, limit: int) -> list[str]:
         """Queued runs whose time has come and running runs whose worker went silent."""
@@ -120,17 +122,19 @@ class Runs(RowTx):
             .values(lease_until=until)
         )
 
-    async def finish(self, results: list[dict[str, Any]]) -> None:
-        """Each result: id, worker, and the run's new values (status, attempts, error, …); a run
-        is changed only while `worker` still holds it. One executemany per shape of change."""
-        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    async def finish(self, results: list[RunResult]) -> None:
+        """Each result changes its run only while its worker still holds it. One executemany
+        per shape of change (a run that ends, a run that goes out again)."""
+        shapes: dict[tuple[str, ...], list[dict[str, object]]] = {}
         for result in results:
-            shapes.setdefault(tuple(sorted(result)), []).append(result)
+            changes = result.changes()
+            params = {f"v_{k}": v for k, v in changes.items()}
+            params["v_id"], params["v_worker"] = result.id, result.worker
+            shapes.setdefault(tuple(sorted(changes)), []).append(params)
         for shape, rows in shapes.items():
-            values = {k: bindparam(f"v_{k}") for k in shape if k not in ("id", "worker")}
             statement = (
                 update(runs)
                 .where(runs.c.id == bindparam("v_id"), runs.c.worker == bindparam("v_worker"))
-                .values(**values)
+                .values(**{k: bindparam(f"v_{k}") for k in shape})
             )
-            await self.c.execute(statement, [{f"v_{k}": v for k, v in r.items()} for r in rows])
+            await self.c.execute(statement, rows)

@@ -1,0 +1,127 @@
+"""One purge run of one category: its lease taken, the participant's `Purge` called until nothing
+expired is left (or nothing more gets deleted), and one ledger row written, whatever happened.
+
+A run whose lease another replica holds is skipped, not recorded: that replica's run is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import grpc
+
+from services.kit.clock import Clock
+from services.retention.leases import Leases
+from services.retention.ledger import Entry, Ledger
+from services.retention.participants import Participants
+
+log = logging.getLogger("leadmesh.retention")
+
+
+@dataclass(frozen=True)
+class Progress:
+    participant: str
+    category: str
+    rows_deleted: int
+    rows_still_expired: int
+    done: bool = False
+    outcome: str = ""  # ok, failed, skipped, dry_run (when done)
+    error: str = ""
+
+
+OnProgress = Callable[[Progress], Awaitable[None]]
+
+
+def job_name(participant: str, category: str) -> str:
+    return f"purge:{participant}:{category}"
+
+
+class Purges:
+    def __init__(
+        self,
+        participants: Participants,
+        ledger: Ledger,
+        leases: Leases,
+        clock: Clock,
+        batch_size: int,
+    ) -> None:
+        self.participants = participants
+        self.ledger = ledger
+        self.leases = leases
+        self.clock = clock
+        self.batch_size = batch_size
+        # Set when the service stops: a run ends after its current call (recorded as it stands).
+        self.stopping = False
+
+    async def run(
+        self,
+        participant: str,
+        category: str,
+        max_age: timedelta,
+        *,
+        as_of: datetime | None = None,
+        trigger: str = "scheduled",
+        dry_run: bool = False,
+        progress: OnProgress | None = None,
+    ) -> Progress:
+        """The run's last progress (`done`, with its outcome)."""
+        async with self.leases.try_hold(job_name(participant, category)) as held:
+            if not held:
+                final = Progress(participant, category, 0, 0, True, "skipped")
+                if progress is not None:
+                    await progress(final)
+                return final
+            return await self._run(
+                participant, category, max_age, as_of, trigger, dry_run, progress
+            )
+
+    async def _run(self, participant, category, max_age, as_of, trigger, dry_run, progress):
+        client = self.participants[participant]
+        started = self.clock.now()
+        cutoff = (as_of or started) - max_age
+        deleted, remaining, error = 0, 0, ""
+        try:
+            while True:
+                reply = await client.purge(category, cutoff, self.batch_size, dry_run)
+                deleted += reply.rows_deleted
+                remaining = reply.rows_still_expired
+                if progress is not None and not dry_run:
+                    await progress(Progress(participant, category, deleted, remaining))
+                if dry_run or remaining <= 0 or reply.rows_deleted <= 0 or self.stopping:
+                    break
+        except grpc.aio.AioRpcError as failure:
+            error = f"{failure.code().name}: {failure.details() or ''}".strip()
+        except Exception as failure:  # a local participant's error; never a row's content
+            log.exception("purge failed", extra={"participant": participant, "category": category})
+            error = type(failure).__name__
+        outcome = "failed" if error else "dry_run" if dry_run else "ok"
+        await self.ledger.record(
+            Entry(
+                participant=participant,
+                category=category,
+                cutoff=cutoff,
+                rows_deleted=deleted,
+                start_time=started,
+                end_time=self.clock.now(),
+                outcome=outcome,
+                error=error,
+                trigger=trigger,
+            )
+        )
+        log.info(
+            "purge run",
+            extra={
+                "participant": participant,
+                "category": category,
+                "rows_deleted": deleted,
+                "outcome": outcome,
+                "trigger": trigger,
+            },
+        )
+        final = Progress(participant, category, deleted, remaining, True, outcome, error)
+        if progress is not None:
+            await progress(final)
+        return final
