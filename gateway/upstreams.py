@@ -20,7 +20,7 @@ from leadmesh.runner.v1 import runner_pb2_grpc
 from leadmesh.vault.v1 import vault_pb2_grpc
 
 from gateway.settings import UPSTREAMS, GatewaySettings
-from services.kit.callers import INSECURE_CALLER_KEY, user_metadata
+from services.kit.callers import user_metadata
 from services.kit.errors import RemoteError, from_rpc_error
 from services.kit.grpcclient import open_channel
 
@@ -49,15 +49,6 @@ class Upstreams:
             name: retention_pb2_grpc.RetentionParticipantStub(channel)
             for name, channel in self._channels.items()
         }
-
-    def stream_metadata(self, user_id: str) -> tuple[tuple[str, str], ...]:
-        """Metadata of a server-streaming call for the acting user. The kit's client interceptor
-        (the default deadline, the insecure caller's name) intercepts unary calls only, so a
-        stream names its caller itself when internal traffic is plaintext."""
-        metadata = user_metadata(user_id)
-        if self._settings.mesh.insecure_internal:
-            metadata += ((INSECURE_CALLER_KEY, "gateway"),)
-        return metadata
 
     async def close(self) -> None:
         await asyncio.gather(*(channel.close() for channel in self._channels.values()))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +37,7 @@ from starlette.background import BackgroundTask
 from gateway.auth import clock
 from gateway.deps import CurrentUser, Services
 from gateway.upstreams import UpstreamError, Upstreams
+from services.kit.callers import user_metadata
 from services.kit.errors import RemoteError, from_rpc_error
 
 log = logging.getLogger("leadmesh.gateway")
@@ -146,7 +146,7 @@ async def open_exports(mesh: Upstreams, user_id: str) -> list[Source]:
     """Every participant's stream, each having answered its first record, or UpstreamError
     (rendered as a problem) with every stream cancelled."""
     request = retention_pb2.ExportSubjectRequest(user_id=user_id)
-    metadata = mesh.stream_metadata(user_id)
+    metadata = user_metadata(user_id)
     streams = {
         name: stub.ExportSubject(request, metadata=metadata)
         for name, stub in mesh.participants.items()
@@ -235,7 +235,7 @@ async def document(
                     seen.add(section)
                 else:
                     parts.append(",")
-                text = _record(source.service, record.json)
+                text = record.json  # compact, strict JSON: the kit's participant writes it
                 parts.append(text)
                 size += len(text)
                 if size >= CHUNK_BYTES:
@@ -254,26 +254,3 @@ async def document(
         raise  # the transfer ends without its last chunk: the download itself fails
     finally:
         await _cancel(sources)
-
-
-def _record(service: str, text: str) -> str:
-    """One record, checked to be JSON and written compactly; NaN and infinities (which JSON has
-    not) as strings, so the document stays JSON for every parser."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        raise ExportInterrupted(service, "MALFORMED_RECORD") from None
-    try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
-    except ValueError:
-        return json.dumps(_finite(value), separators=(",", ":"), allow_nan=False)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return json.dumps(value)  # "NaN", "Infinity", "-Infinity"
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value

@@ -30,13 +30,32 @@ class DefaultDeadline(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(details, request)
 
 
+class StreamCallerName(grpc.aio.UnaryStreamClientInterceptor):
+    """Server streams carry the same caller metadata as unary calls, but no default deadline: an
+    export or a purge's progress lasts as long as its work (callers give their own)."""
+
+    def __init__(self, extra_metadata: tuple[tuple[str, str], ...]) -> None:
+        self._extra = extra_metadata
+
+    async def intercept_unary_stream(self, continuation, details, request):
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), *self._extra)
+        details = grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+        return await continuation(details, request)
+
+
 def open_channel(mesh: MeshSettings, service: str, *, caller: str) -> grpc.aio.Channel:
     """A channel from `caller` (a mesh name) to `service`, dialled at `mesh.addr(service)`."""
     target = mesh.addr(service)
     extra: tuple[tuple[str, str], ...] = ()
     if mesh.insecure_internal:
         extra = ((callers.INSECURE_CALLER_KEY, caller),)
-    interceptors = [*aio_client_interceptors(), DefaultDeadline(mesh.rpc_timeout, extra)]
+    interceptors = [
+        *aio_client_interceptors(),
+        DefaultDeadline(mesh.rpc_timeout, extra),
+        StreamCallerName(extra),
+    ]
     # A restarted peer is dialled again within seconds (gRPC's default backoff grows to 2 min).
     backoff = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 3000)]
     if mesh.insecure_internal:

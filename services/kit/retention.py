@@ -23,6 +23,7 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -146,9 +147,6 @@ class FileCategory:
 
 Category = TableCategory | ColumnCategory | FileCategory
 
-# The user's data the declared tables cannot show (a service's own sections), as (section, record).
-ExtraExport = Callable[[str], AsyncIterator[tuple[str, dict[str, Any]]]]
-
 
 def days(setting: int) -> timedelta:
     return timedelta(days=setting)
@@ -170,7 +168,6 @@ class Participant(retention_pb2_grpc.RetentionParticipantServicer):
         *,
         before_erase: Callable[[str], Awaitable[None]] | None = None,
         after_erase: Callable[[str], Awaitable[None]] | None = None,
-        extra_export: ExtraExport | None = None,
     ) -> None:
         names = [c.name for c in categories]
         if len(set(names)) != len(names):
@@ -181,7 +178,6 @@ class Participant(retention_pb2_grpc.RetentionParticipantServicer):
         self.clock = clock
         self._before_erase = before_erase
         self._after_erase = after_erase
-        self._extra_export = extra_export
         self._sqlite = database.engine.dialect.name == "sqlite"
 
     # --- RPCs ------------------------------------------------------------------------------
@@ -198,7 +194,7 @@ class Participant(retention_pb2_grpc.RetentionParticipantServicer):
     async def Purge(  # noqa: N802 - gRPC method name
         self, request: pb.PurgeRequest, context: grpc.aio.ServicerContext
     ) -> pb.PurgeResponse:
-        category = self._category(request.category)
+        category = self.category(request.category)
         if category.max_age is None:
             raise FailedPrecondition(
                 "NOT_PURGEABLE", f"{category.name} is kept until erasure, not by age"
@@ -246,7 +242,7 @@ class Participant(retention_pb2_grpc.RetentionParticipantServicer):
             raise InvalidArgument("USER_ID_MISSING", "name the user to export", field="user_id")
         batch, size = pb.ExportBatch(), 0
         async for section, record in self.export(user_id):
-            text = json.dumps(record, default=_json_default)
+            text = _json_text(record)
             batch.records.append(pb.ExportRecord(section=section, json=text))
             size += len(text)
             if len(batch.records) >= EXPORT_BATCH_RECORDS or size >= EXPORT_BATCH_BYTES:
@@ -350,15 +346,11 @@ class Participant(retention_pb2_grpc.RetentionParticipantServicer):
 
     async def export(self, user_id: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         for category in self.categories.values():
-            if not isinstance(category, TableCategory) or not category.export_section:
-                continue
-            if category.user_column is None:
+            exported = isinstance(category, TableCategory) and category.export_section
+            if not exported or category.user_column is None:
                 continue
             async for record in self._export_rows(category, user_id):
                 yield category.export_section, record
-        if self._extra_export is not None:
-            async for section, record in self._extra_export(user_id):
-                yield section, record
 
     async def _export_rows(
         self, category: TableCategory, user_id: str
@@ -426,7 +418,8 @@ class Participant(retention_pb2_grpc.RetentionParticipantServicer):
             await cursor.close()
             return value
 
-    def _category(self, name: str) -> Category:
+    def category(self, name: str) -> Category:
+        """A declared category by name; NotFound UNKNOWN_CATEGORY otherwise."""
         try:
             return self.categories[name]
         except KeyError:
@@ -611,3 +604,22 @@ def _json_default(value: Any) -> Any:
     if plain is value:
         return str(value)
     return plain
+
+
+def _json_text(record: dict[str, Any]) -> str:
+    """One record as compact, strict JSON, spliced as it is into the gateway's export: NaN and
+    infinities (which JSON has not) written as strings."""
+    try:
+        return json.dumps(record, default=_json_default, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(record), default=_json_default, separators=(",", ":"))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return json.dumps(value)  # "NaN", "Infinity", "-Infinity"
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

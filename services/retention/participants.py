@@ -97,7 +97,7 @@ class Local:
     async def purge(
         self, category: str, cutoff: datetime, batch_size: int, dry_run: bool
     ) -> pb.PurgeResponse:
-        found = self.participant._category(category)  # noqa: SLF001 - the same check as Purge
+        found = self.participant.category(category)  # the same check as Purge
         deleted, remaining, batches = await self.participant.purge(
             found, cutoff, batch_size, dry_run=dry_run
         )

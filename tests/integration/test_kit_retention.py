@@ -299,3 +299,17 @@ async def test_served_over_grpc_only_retention_purges_and_the_gateway_exports_it
             assert error.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         await running.stop(grace=0.5)
+
+
+def test_an_exported_record_is_strict_json_the_gateway_splices_as_it_is():
+    from services.kit.retention import _json_text
+
+    text = _json_text({"x": float("nan"), "y": [float("-inf"), 1.5], "t": NOW})
+
+    def refuse(constant: str):
+        raise ValueError(constant)
+
+    assert json.loads(text, parse_constant=refuse) == {
+        "x": "NaN", "y": ["-Infinity", 1.5], "t": NOW.isoformat()
+    }  # fmt: skip
+    assert " " not in text

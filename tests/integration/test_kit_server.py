@@ -56,3 +56,34 @@ async def test_streams_follow_the_caller_table_and_health_watch_is_open(mesh: Me
             watch.cancel()
     finally:
         await running.stop(grace=0.5)
+
+
+async def test_a_stream_names_its_caller_over_plaintext_internal_traffic(mesh: MeshSettings):
+    """LEADMESH_INSECURE_INTERNAL: no certificate, the channel names its caller in metadata, for
+    server streams as for unary calls (the kit's client interceptors, not each caller)."""
+    plain = mesh.model_copy(update={"insecure_internal": True})
+
+    async def numbers(_request, _context):
+        yield b"1"
+
+    def register(server: grpc.aio.Server) -> None:
+        handler = grpc.unary_stream_rpc_method_handler(
+            numbers, request_deserializer=bytes, response_serializer=bytes
+        )
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("test.Streams", {"Count": handler})]
+        )
+
+    running = await start_server(
+        name="identity", mesh=plain, port=0, register=register, service_names=[],
+        allowed={"/test.Streams/Count": frozenset({"gateway"})},
+    )  # fmt: skip
+    there = plain.model_copy(update={"identity_addr": f"127.0.0.1:{running.port}"})
+    try:
+        async with open_channel(there, "identity", caller="gateway") as channel:
+            stream = channel.unary_stream(
+                "/test.Streams/Count", request_serializer=bytes, response_deserializer=bytes
+            )
+            assert [item async for item in stream(b"")] == [b"1"]
+    finally:
+        await running.stop(grace=0.5)
