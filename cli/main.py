@@ -45,26 +45,6 @@ def _show(value: object) -> str:
     return str(value)
 
 
-def _status(args: argparse.Namespace) -> int:
-    from cli.probes import gateway_health, grpc_health
-    from gateway.settings import GatewaySettings
-    from services.kit.config import MeshSettings
-
-    mesh, gateway, healthy = load_settings(MeshSettings), load_settings(GatewaySettings), True
-    for process in PROCESSES:
-        if args.only and process.name not in args.only:
-            continue
-        if process.grpc:
-            state = grpc_health(mesh, process.name)
-        else:
-            code, body = gateway_health(gateway, "/readyz")
-            state = body.get("status", "") if code else "UNAVAILABLE"
-            state = {"ready": "SERVING", "not ready": "NOT_SERVING"}.get(state, state)
-        healthy &= state == "SERVING"
-        print(f"{process.name:<10} {state}")
-    return 0 if healthy else 1
-
-
 def _migrate(_args: argparse.Namespace) -> int:
     from cli.mesh import check_settings
     from cli.supervisor import prepare
@@ -124,9 +104,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="leadmesh", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="start the whole mesh on this machine").set_defaults(run=_up)
-    status = commands.add_parser("status", help="health of every process (exit 1 if any is down)")
-    status.add_argument("--only", action="append", metavar="PROCESS", help="check just these")
-    status.set_defaults(run=_status)
     commands.add_parser("config", help="the effective configuration, secrets masked").set_defaults(
         run=_config
     )
@@ -147,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     worker.add_argument("--count", type=int, default=1, help="workers in this process")
     worker.set_defaults(run=_runner_worker)
-    from cli import keys, retention
+    from cli import keys, retention, status, trace
 
+    status.add_commands(commands)
+    trace.add_commands(commands)
     keys.add_commands(commands)
     retention.add_commands(commands)
     args = parser.parse_args(argv)

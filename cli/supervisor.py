@@ -206,6 +206,10 @@ def _print_banner(mesh: MeshSettings, gateway: GatewaySettings) -> None:
     for process in PROCESSES:
         if process.grpc:
             lines.append(f"  {process.name:<16} {mesh.addr(process.name)} (gRPC, mTLS)")
+    lines.append("  metrics          Prometheus text format; OTLP beside the traces")
+    for process in PROCESSES:
+        port = mesh.metrics_port(process.name)
+        lines.append(f"    {process.name:<14} http://{mesh.host}:{port}/metrics")
     lines += [
         f"  mail outbox      {var / 'outbox'} (set SMTP_URL to send)",
         f"  traces           {var / 'traces'} (set OTEL_EXPORTER_OTLP_ENDPOINT to export)",

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.auth import CSRF_HEADER, SESSION_COOKIE, csrf_matches
 from gateway.docs import ASSETS, DOCS_PATHS
 from gateway.docs import DOCS_CSP as _DOCS_CSP
+from services.kit.metrics import histogram
 
 log = logging.getLogger("leadmesh.gateway.access")
 
@@ -44,9 +45,17 @@ async def _send_problem(send: Send, status: int, code: str, detail: str, title: 
     await send({"type": "http.response.body", "body": body})
 
 
+def route_template(scope: Scope) -> str | None:
+    """The matched route's whole template (`/v1/connections/{connection_id}`), or None. FastAPI
+    keeps the route as its router declared it (`/connections/{connection_id}`) in scope["route"]
+    and the template with every prefix in its effective route context."""
+    context = (scope.get("fastapi") or {}).get("effective_route_context")
+    return getattr(context, "path", None) or getattr(scope.get("route"), "path", None)
+
+
 class AccessLog:
     """One line per request: method, route template (never the raw path: it may hold tokens),
-    status and duration."""
+    status and duration; and the same in the request metrics."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -65,16 +74,36 @@ class AccessLog:
         try:
             await self.app(scope, receive, capture)
         finally:
-            route = scope.get("route")
+            seconds = time.perf_counter() - started
+            template = route_template(scope)
             log.info(
                 "request",
                 extra={
                     "method": scope["method"],
-                    "route": getattr(route, "path", None) or "(unmatched)",
+                    "route": template or "(unmatched)",
                     "status": status or 500,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "duration_ms": round(seconds * 1000, 2),
                 },
             )
+            _record_request(scope["method"], template, status or 500, seconds)
+
+
+# http.server.request.duration as the HTTP semantic conventions name it. Labels: a known method
+# (else _OTHER), the route template (none for an unmatched path: a raw path may hold a token)
+# and the status: a bounded set.
+_request_duration = histogram("http.server.request.duration")
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
+                      "CONNECT"))  # fmt: skip
+
+
+def _record_request(method: str, template: str | None, status: int, seconds: float) -> None:
+    labels: dict[str, str | int] = {
+        "http.request.method": method if method in _METHODS else "_OTHER",
+        "http.response.status_code": status,
+    }
+    if template:
+        labels["http.route"] = template
+    _request_duration.record(seconds, labels)
 
 
 # API answers are data, never a document to render: nothing may load or frame them.

@@ -7,12 +7,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from gateway.deps import Services
+from services.kit.grpcserver import package_version
 
 router = APIRouter(tags=["health"])
 
 
 class Health(BaseModel):
     status: str
+    # The leadmesh release this process runs (`leadmesh status` shows it).
+    version: str
 
 
 class Readiness(BaseModel):
@@ -22,7 +25,7 @@ class Readiness(BaseModel):
 
 @router.get("/healthz", response_model=Health)
 async def healthz() -> Health:
-    return Health(status="ok")
+    return Health(status="ok", version=package_version())
 
 
 @router.get(

@@ -21,11 +21,13 @@ from services.identity.store import Account, LoginAttempt, Session, Store, Tx
 from services.identity.throttle import LoginThrottle
 from services.kit.clock import Clock
 from services.kit.errors import (
+    DomainError,
     InvalidArgument,
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
 )
+from services.kit.metrics import counter
 from services.kit.tokens import (
     cursor_number,
     invalid_page_token,
@@ -44,6 +46,17 @@ class SignedIn:
     account: Account
 
 
+# Logins by outcome (success, invalid_credentials, disabled, throttled) and the throttle's holds
+# by rule: never the address, the account or the client's IP.
+_logins = counter("leadmesh.logins")
+_throttled = counter("leadmesh.logins.throttled")
+_LOGIN_OUTCOMES = {
+    "INVALID_CREDENTIALS": "invalid_credentials",
+    "ACCOUNT_DISABLED": "disabled",
+    "LOGIN_THROTTLED": "throttled",
+}
+
+
 class Sessions:
     def __init__(
         self,
@@ -60,6 +73,15 @@ class Sessions:
         self.clock = clock
 
     async def login(self, email: str, password: str, ip: str, user_agent: str) -> SignedIn:
+        try:
+            signed_in = await self._login(email, password, ip, user_agent)
+        except DomainError as error:
+            _logins.add(1, {"outcome": _LOGIN_OUTCOMES.get(error.reason, "refused")})
+            raise
+        _logins.add(1, {"outcome": "success"})
+        return signed_in
+
+    async def _login(self, email: str, password: str, ip: str, user_agent: str) -> SignedIn:
         try:
             _, key = normalize_email(email)
         except InvalidArgument:
@@ -93,6 +115,7 @@ class Sessions:
             if account:
                 await self._record(account.id, ip, user_agent, "throttled")
             log.info("login throttled", extra={"rule": hold.rule})
+            _throttled.add(1, {"rule": hold.rule})
             raise ResourceExhausted(
                 "LOGIN_THROTTLED",
                 "too many failed logins; try again later",

@@ -13,7 +13,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AliasChoices,
@@ -54,6 +54,22 @@ class MeshSettings(BaseSettings):
     redis_url: SecretStr | None = Field(None, validation_alias="REDIS_URL")
     log_level: str = Field("INFO", validation_alias="LEADMESH_LOG_LEVEL")
     otlp_endpoint: str | None = Field(None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    # How spans and metrics travel to that endpoint (the OpenTelemetry standard's values).
+    otlp_protocol: Literal["grpc", "http/protobuf"] = Field(
+        "http/protobuf", validation_alias="OTEL_EXPORTER_OTLP_PROTOCOL"
+    )
+    # OpenTelemetry's own switch: no spans, no metrics, no /metrics endpoint.
+    sdk_disabled: bool = Field(False, validation_alias="OTEL_SDK_DISABLED")
+    # Where each process serves GET /metrics (plain HTTP on LEADMESH_HOST; 0: a free port). Each
+    # runner-worker process takes the first free port from RUNNER_WORKER_METRICS_PORT up.
+    gateway_metrics_port: int = Field(9464, ge=0, validation_alias="GATEWAY_METRICS_PORT")
+    identity_metrics_port: int = Field(9465, ge=0, validation_alias="IDENTITY_METRICS_PORT")
+    vault_metrics_port: int = Field(9466, ge=0, validation_alias="VAULT_METRICS_PORT")
+    runner_metrics_port: int = Field(9467, ge=0, validation_alias="RUNNER_METRICS_PORT")
+    retention_metrics_port: int = Field(9468, ge=0, validation_alias="RETENTION_METRICS_PORT")
+    runner_worker_metrics_port: int = Field(
+        9470, ge=0, validation_alias="RUNNER_WORKER_METRICS_PORT"
+    )
     # Without an OTLP endpoint, spans go to var/traces/<service>.jsonl: that file is rotated past
     # this size (or once a day), and rotated files older than the days or beyond the count of
     # newest kept per service are deleted.
@@ -91,6 +107,10 @@ class MeshSettings(BaseSettings):
 
     def port(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))
+
+    def metrics_port(self, process: str) -> int:
+        """The metrics port of `process` (gateway, identity, …, runner-worker)."""
+        return int(getattr(self, f"{process.replace('-', '_')}_metrics_port"))
 
     def addr(self, service: str) -> str:
         return getattr(self, f"{service}_addr") or f"{self.host}:{self.port(service)}"

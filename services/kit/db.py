@@ -182,23 +182,76 @@ def service_metadata() -> MetaData:
     )
 
 
+# SQLite's own default: a commit that leaves the log this long (in pages) checkpoints it.
+AUTOCHECKPOINT_PAGES = 1000
+
+
 class Database:
     """A service's engine with its two kinds of transaction: `write()` and `read()`.
 
     On SQLite, writers of one process queue on an asyncio lock rather than on the file lock, whose
     busy handler sleeps in growing steps (tens of milliseconds under contention); readers take no
     lock at all (WAL). Elsewhere both are plain transactions.
+
+    SQLite checkpoints its log inside the commit that makes it pass AUTOCHECKPOINT_PAGES: that
+    caller waits for the copy into the database file and its fsyncs. A retention purge writes
+    thousands of pages a batch; while it runs (`checkpoints_paused`) the service's `write()`
+    commits leave checkpoints to it, and it runs them (`checkpoint`) outside the writers' lock,
+    alongside them. (The vault's audit appender, which never writes during a purge of its own
+    tables' size, keeps SQLite's default.)
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sqlite = engine.dialect.name == "sqlite"
         self._writers = asyncio.Lock()
+        self._paused = 0
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         async with self.writing(), self.engine.begin() as connection:
+            if self._sqlite:
+                await self._autocheckpoint(connection, 0 if self._paused else AUTOCHECKPOINT_PAGES)
             yield connection
+
+    @staticmethod
+    async def _autocheckpoint(connection: AsyncConnection, pages: int) -> None:
+        """The connection's autocheckpoint set, straight through the driver (no span), only when
+        it changes (`info` lives with the pooled connection)."""
+        if connection.info.get("autocheckpoint", AUTOCHECKPOINT_PAGES) == pages:
+            return
+        sqlite = (await connection.get_raw_connection()).driver_connection
+        await (await sqlite.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")).close()
+        connection.info["autocheckpoint"] = pages
+
+    @asynccontextmanager
+    async def checkpoints_paused(self) -> AsyncIterator[None]:
+        """SQLite: this process's `write()` commits do not checkpoint meanwhile; the caller
+        runs `checkpoint()` often enough to keep the log short."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+
+    async def checkpoint(self) -> tuple[int, int]:
+        """SQLite: a PASSIVE checkpoint outside the writers' lock (writers go on meanwhile), then
+        one in their turn for what they committed during it, so that the next writer starts the
+        log again from its beginning. (pages in the log, pages checkpointed)."""
+        if not self._sqlite:
+            return 0, 0
+        await self._pragma_row("wal_checkpoint(PASSIVE)")
+        async with self.writing():
+            _, log, done = await self._pragma_row("wal_checkpoint(PASSIVE)")
+        return log, done
+
+    async def _pragma_row(self, pragma: str) -> tuple:
+        async with self.engine.connect() as connection:
+            sqlite = (await connection.get_raw_connection()).driver_connection
+            cursor = await sqlite.execute(f"PRAGMA {pragma}")
+            row = await cursor.fetchone()
+            await cursor.close()
+            return tuple(row)
 
     @asynccontextmanager
     async def writing(self) -> AsyncIterator[None]:

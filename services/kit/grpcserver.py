@@ -1,4 +1,5 @@
-"""The one way a service serves gRPC: mTLS, health, reflection, caller checks, errors, spans.
+"""The one way a service serves gRPC: mTLS, health, reflection, caller checks, errors, spans and
+the RPC metrics.
 
 `start_server` binds (port 0 in tests) and returns the running server with its bound port;
 `serve_forever` runs until SIGTERM/SIGINT and stops gracefully: health turns NOT_SERVING, new calls
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import signal
 import time
@@ -24,6 +26,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from services.kit import callers
 from services.kit.config import MeshSettings
 from services.kit.errors import DomainError, PermissionDenied, to_grpc_status
+from services.kit.metrics import histogram
 from services.kit.pki import load_mesh_certificate
 
 log = logging.getLogger("leadmesh.grpc")
@@ -104,11 +107,13 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             raise
         except Exception as error:
             if isinstance(error, grpc.aio.AbortError):
+                outcome = _aborted_code(context)
                 raise
             outcome = "INTERNAL"
             log.exception("unhandled error", extra={"rpc_method": method})
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         finally:
+            _record_rpc(method, outcome, time.perf_counter() - started)
             log.info(
                 "rpc",
                 extra={
@@ -129,6 +134,31 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             raise PermissionDenied(
                 "CALLER_NOT_ALLOWED", f"{peer} may not call {method.rsplit('/', 1)[-1]}"
             )
+
+
+# rpc.server.duration as the RPC semantic conventions name it; the labels are the method of a
+# handler that exists (an unknown method never reaches here) and its status: a bounded set.
+_rpc_duration = histogram("rpc.server.duration")
+
+
+def _record_rpc(method: str, outcome: str, seconds: float) -> None:
+    service, _, name = method.lstrip("/").rpartition("/")
+    code = grpc.StatusCode[outcome].value[0] if outcome in grpc.StatusCode.__members__ else 2
+    _rpc_duration.record(
+        seconds * 1000,
+        {
+            "rpc.system": "grpc",
+            "rpc.service": service,
+            "rpc.method": name,
+            "rpc.grpc.status_code": code,
+        },
+    )
+
+
+def _aborted_code(context) -> str:
+    """The status a servicer aborted with (context.abort), by name."""
+    code = context.code() if hasattr(context, "code") else None
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
 def _refused_stream(handler, method: str):
@@ -168,6 +198,31 @@ class TracingExceptStreams(grpc.aio.ServerInterceptor):
         if details.method.startswith(_UNTRACED):
             return await continuation(details)
         return await self._inner.intercept_service(continuation, details)
+
+
+# What `leadmesh status` shows as the process's version: the package it runs, which may differ from
+# the operator's own after an upgrade that restarted nothing.
+VERSION_KEY = "leadmesh-version"
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("leadmesh")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class VersionedHealth(health.aio.HealthServicer):
+    """The library's health servicer; its Check answer names this process's version in the
+    initial metadata (`leadmesh-version`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._version = ((VERSION_KEY, package_version()),)
+
+    async def Check(self, request, context):  # noqa: N802 - gRPC method name
+        await context.send_initial_metadata(self._version)
+        return await super().Check(request, context)
 
 
 @dataclass
@@ -218,7 +273,7 @@ async def start_server(
         options=[("grpc.so_reuseport", 0)],
     )
     register(server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = VersionedHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server

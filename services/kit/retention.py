@@ -35,13 +35,15 @@ from typing import Any
 import grpc
 from leadmesh.retention.v1 import retention_pb2 as pb
 from leadmesh.retention.v1 import retention_pb2_grpc
-from sqlalchemy import Column, ColumnElement, Table, and_, func, select, tuple_
+from sqlalchemy import Column, ColumnElement, Table, and_, func, select, true, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.kit import callers
 from services.kit.clock import Clock, as_utc
+from services.kit.db import AUTOCHECKPOINT_PAGES as AUTOCHECKPOINT
 from services.kit.db import Database
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.kit.partitions import DailyPartitions, purge_days
 from services.kit.timestamps import put_timestamp
 
 log = logging.getLogger("leadmesh.retention")
@@ -56,13 +58,29 @@ ALLOWED_CALLERS = {
 }
 
 DEFAULT_BATCH, MAX_BATCH = 1000, 10_000
+# SQLite: a purge batch's rows follow its time: up to the caller's batch size, as many as take
+# about this long in the writers' turn (the service's writers wait up to one batch; fewer, longer
+# batches cost less per row: each touches about a page per row of every random-key index,
+# whatever its size). A call's first batch is its category's last size (DEFAULT_BATCH at first).
+# PostgreSQL's writers never wait for a purge batch: there it is the caller's size.
+BATCH_SECONDS = 0.05
+# Fewer rows a batch cost more each than they spare the writers' wait.
+MIN_BATCH = 100
 # A Purge call returns after about this long; the caller calls again while rows remain.
 PURGE_CALL_SECONDS = 2.0
 EXPORT_PAGE = 500
 EXPORT_BATCH_RECORDS, EXPORT_BATCH_BYTES = 500, 256 * 1024
 CHECKPOINT_TRIES = 5
-# Free pages given back per step at a purge's end (8 MiB of 4 KiB pages).
-VACUUM_PAGES = 2048
+# SQLite: a purge checkpoints the log (outside the writers' lock) after about this long of
+# batches. Longer copies a page that many batches rewrite (random-key index pages) once instead of
+# once each; shorter keeps each checkpoint's burst of writes to the disk, which the service's
+# durable commits queue behind, and the log, short.
+CHECKPOINT_SECONDS = 0.5
+# Free pages given back per step at a purge's end (4 MiB of 4 KiB pages: a step holds the
+# writers' lock for some tens of milliseconds, as a batch does).
+VACUUM_PAGES = 1024
+# SQLite: page cache of the connection a purge batch runs on, while it runs (KiB).
+PURGE_CACHE_KIB = 32 * 1024
 
 KEPT_UNTIL_ERASURE = "kept while the account exists; erased with it"
 
@@ -89,6 +107,9 @@ class TableCategory:
     # Which expired rows a purge may take (e.g. runs that have ended: a run still queued keeps
     # its row until it ends; it shows as LATE meanwhile). None: every expired row.
     only: ColumnElement[bool] | None = None
+    # Range-partitioned by UTC day on `time_column` (PostgreSQL): whole expired days are dropped
+    # (services/kit/partitions.py) before the batches take the rest.
+    partitions: DailyPartitions | None = None
 
     @property
     def kind(self) -> str:
@@ -168,6 +189,7 @@ class Participant(retention_pb2_grpc.RetentionParticipantServicer):
         *,
         before_erase: Callable[[str], Awaitable[None]] | None = None,
         after_erase: Callable[[str], Awaitable[None]] | None = None,
+        batch_seconds: float = BATCH_SECONDS,
     ) -> None:
         names = [c.name for c in categories]
         if len(set(names)) != len(names):
@@ -179,6 +201,9 @@ class Participant(retention_pb2_grpc.RetentionParticipantServicer):
         self._before_erase = before_erase
         self._after_erase = after_erase
         self._sqlite = database.engine.dialect.name == "sqlite"
+        self.batch_seconds = batch_seconds
+        # Per category, the rows of its last purge batch (`_next_batch`), for the next call.
+        self._batch_rows: dict[str, int] = {}
 
     # --- RPCs ------------------------------------------------------------------------------
 
@@ -281,19 +306,43 @@ class Participant(retention_pb2_grpc.RetentionParticipantServicer):
         or PURGE_CALL_SECONDS have passed."""
         if isinstance(category, FileCategory):
             return _purge_files(category, cutoff, batch_size, dry_run)
+        if getattr(category, "partitions", None) and not dry_run and not self._sqlite:
+            # A call that drops whole days reports them alone; the next one batches the rest (a
+            # day whose drop was deferred, its table busy, included: the batches never wait).
+            days = await purge_days(self.database, category, cutoff, self.clock.now())
+            if days.partitions:
+                async with self.database.read() as connection:
+                    return days.rows, await _expired(connection, category, cutoff), days.partitions
         if dry_run:
             async with self.database.read() as connection:
                 return 0, await _expired(connection, category, cutoff), 0
         deleted = batches = 0
         started = time.monotonic()
-        while True:
-            async with self._purge_transaction() as connection:
-                count = await _purge_batch(connection, category, cutoff, batch_size, self.clock)
-            deleted += count
-            batches += 1
-            if count < batch_size or time.monotonic() - started > PURGE_CALL_SECONDS:
-                break
-            await asyncio.sleep(0)  # let the service's other requests in between batches
+        rows = batch_size
+        if self._sqlite:
+            rows = min(batch_size, self._batch_rows.get(category.name, DEFAULT_BATCH))
+        # SQLite: the batches leave checkpoints to the purge, which runs them every
+        # CHECKPOINT_SECONDS and at the call's end, outside the writers' lock.
+        checkpointed = started
+        async with self.database.checkpoints_paused(), self._purge_connection() as held:
+            while True:
+                async with self._purge_transaction(held) as connection:
+                    began = time.monotonic()  # in the writers' turn
+                    count = await _purge_batch(connection, category, cutoff, rows, self.clock)
+                took = time.monotonic() - began
+                deleted += count
+                batches += 1
+                if count < rows or time.monotonic() - started > PURGE_CALL_SECONDS:
+                    break
+                if held is not None:  # SQLite: the service's writers wait for each batch
+                    rows = _next_batch(rows, took, batch_size, self.batch_seconds)
+                    self._batch_rows[category.name] = rows
+                if time.monotonic() - checkpointed > CHECKPOINT_SECONDS:
+                    await self.database.checkpoint()
+                    checkpointed = time.monotonic()
+                await asyncio.sleep(0)  # let the service's other requests in between batches
+        if deleted:
+            await self.database.checkpoint()
         async with self.database.read() as connection:
             remaining = await _expired(connection, category, cutoff)
         if deleted:
@@ -301,23 +350,52 @@ class Participant(retention_pb2_grpc.RetentionParticipantServicer):
         return deleted, remaining, batches
 
     @asynccontextmanager
-    async def _purge_transaction(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction for one purge batch. On SQLite it commits without waiting for the
-        disk (synchronous NORMAL: in WAL mode a commit may be lost to a power cut, never
-        corrupted): a batch lost is simply purged again, and the service's own writers, which
-        queue behind each batch, wait a commit instead of a commit and an fsync."""
-        if not self._sqlite:
+    async def _purge_transaction(
+        self, held: AsyncConnection | None
+    ) -> AsyncIterator[AsyncConnection]:
+        """A write transaction for one purge batch: on SQLite on the call's `held` connection, in
+        the writers' turn; elsewhere a plain one."""
+        if held is None:
             async with self.database.write() as connection:
                 yield connection
             return
-        async with self.database.writing(), self.database.engine.connect() as connection:
+        async with self.database.writing(), held.begin():
+            yield held
+
+    @asynccontextmanager
+    async def _purge_connection(self) -> AsyncIterator[AsyncConnection | None]:
+        """SQLite: one pooled connection for a purge call's batches (each batch then waits for
+        the writers' turn only, not for a connection to be set up in it), set for them while it
+        is held:
+
+        - commits without an fsync (synchronous NORMAL: in WAL mode a commit may be lost to a
+          power cut, never corrupted): a batch lost is simply purged again, and the service's
+          own writers, which queue behind each batch, wait a commit instead of a commit and an
+          fsync;
+        - no checkpoint inside its commits (the purge runs them outside the writers' lock:
+          `Database.checkpoint`);
+        - a page cache that holds a batch's pages: a batch of random-key index entries dirties
+          about a page per row, which SQLite's 2 MiB default spills to the log mid-batch.
+
+        None elsewhere."""
+        if not self._sqlite:
+            yield None
+            return
+        async with self.database.engine.connect() as connection:
             sqlite = (await connection.get_raw_connection()).driver_connection
-            await sqlite.execute("PRAGMA synchronous=NORMAL")
+            await sqlite.executescript(
+                "PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0;"
+                f" PRAGMA cache_size=-{PURGE_CACHE_KIB};"
+            )
             try:
-                async with connection.begin():
-                    yield connection
+                yield connection
             finally:
-                await sqlite.execute("PRAGMA synchronous=FULL")
+                # As `Database.write` left it, and SQLite's default cache (-2000: 2 MiB).
+                pages = connection.info.get("autocheckpoint", AUTOCHECKPOINT)
+                await sqlite.executescript(
+                    "PRAGMA synchronous=FULL;"
+                    f" PRAGMA wal_autocheckpoint={pages}; PRAGMA cache_size=-2000;"
+                )
 
     async def erase(self, user_id: str) -> dict[str, tuple[int, int, str]]:
         """{category: (rows erased, rows kept, why kept)} for one user, every category that is
@@ -381,21 +459,25 @@ class Participant(retention_pb2_grpc.RetentionParticipantServicer):
         (`rebuild`, a VACUUM: writes wait meanwhile), so none of the user's bytes survive; a purge
         does not (its payloads are what sealing makes unreadable).
 
-        Between the calls of one long purge (`truncate` False) only a PASSIVE checkpoint runs: it
-        never makes the service's writers wait. At a purge's end the free pages go back
-        VACUUM_PAGES at a time, each step its own turn of the writers' lock, then the log is
-        truncated; a reader still open elsewhere holds that back: it is tried again briefly,
-        then left to the next purge (and SQLite's own checkpoints) with a warning."""
+        Between the calls of one long purge (`truncate` False) nothing more runs: each call ends
+        with a checkpoint, outside the writers' lock. At a purge's end the free pages go back
+        VACUUM_PAGES at a time, each step its own turn of the writers' lock, then a checkpoint
+        outside it, then the log is truncated; a reader still open elsewhere holds that back: it
+        is tried again briefly, then left to the next purge (and SQLite's own checkpoints) with
+        a warning."""
         if not self._sqlite:
             return
         if not truncate:
-            await self._sqlite_script("PRAGMA wal_checkpoint(PASSIVE);")
-            return
+            return  # each call ends with a checkpoint (purge)
         if rebuild:
             await self._sqlite_script("VACUUM;")
-        while await self._sqlite_pragma("freelist_count"):
-            await self._sqlite_script(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
-            await asyncio.sleep(0)  # the service's writers go between the steps
+        async with self.database.checkpoints_paused(), self._purge_connection() as held:
+            sqlite = (await held.get_raw_connection()).driver_connection  # type: ignore[union-attr]
+            while await self._sqlite_pragma("freelist_count"):
+                async with self.database.writing():
+                    await sqlite.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
+                await asyncio.sleep(0)  # the service's writers go between the steps
+            await self.database.checkpoint()  # so that truncating the log copies next to nothing
         for attempt in range(CHECKPOINT_TRIES):
             if not await self._sqlite_pragma("wal_checkpoint(TRUNCATE)"):
                 return
@@ -429,6 +511,16 @@ class Participant(retention_pb2_grpc.RetentionParticipantServicer):
 # --- tables ------------------------------------------------------------------------------------
 
 
+def _next_batch(rows: int, took: float, most: int, target: float) -> int:
+    """The next batch's rows after `rows` took `took` seconds: at most doubled while well under
+    `target`, cut in proportion when over it; MIN_BATCH (or `most`, if fewer) to `most`."""
+    if took > target:
+        return max(min(most, MIN_BATCH), min(most, int(rows * target / took)))
+    if took < target / 2:
+        return min(most, rows * 2)
+    return min(most, rows)
+
+
 def _age_column(category: TableCategory | ColumnCategory) -> Column:
     return category.table.c[category.time_column]  # type: ignore[index]
 
@@ -441,7 +533,7 @@ def _pending(category: TableCategory | ColumnCategory) -> ColumnElement[bool] | 
 
 
 def _expired_rows(
-    category: TableCategory | ColumnCategory, cutoff: datetime
+    category: TableCategory | ColumnCategory, cutoff: datetime, *, sqlite: bool
 ) -> list[ColumnElement[bool]]:
     """What a purge at this cutoff takes: expired, not cleared yet, and allowed (`only`)."""
     conditions = [_age_column(category) < cutoff]
@@ -449,7 +541,10 @@ def _expired_rows(
     if pending is not None:
         conditions.append(pending)
     if category.only is not None:
-        conditions.append(category.only)
+        # `(…) IS 1` on SQLite: a condition no index can serve, so the batch is picked on the
+        # time index. Without statistics SQLite prefers an index on `only`'s column (the runs'
+        # status index: every ended run), reading and sorting the whole table for each batch.
+        conditions.append(category.only.is_(true()) if sqlite else category.only)
     return conditions
 
 
@@ -473,7 +568,8 @@ async def _table_counts(
 async def _expired(
     connection: AsyncConnection, category: TableCategory | ColumnCategory, cutoff: datetime
 ) -> int:
-    query = select(func.count()).select_from(category.table).where(*_expired_rows(category, cutoff))
+    expired = _expired_rows(category, cutoff, sqlite=connection.dialect.name == "sqlite")
+    query = select(func.count()).select_from(category.table).where(*expired)
     return (await connection.execute(query)).scalar_one()
 
 
@@ -490,8 +586,9 @@ async def _purge_batch(
     (over the whole table for composite keys), ten times slower per batch."""
     age, table = _age_column(category), category.table
     keys = list(table.primary_key.columns)
-    expired = _expired_rows(category, cutoff)
-    if connection.dialect.name == "sqlite":
+    sqlite = connection.dialect.name == "sqlite"
+    expired = _expired_rows(category, cutoff, sqlite=sqlite)
+    if sqlite:
         # SQLite runs `key IN (SELECT … LIMIT n)` on the time index as it is written (twice the
         # rows per second of the range below, which costs it a second statement per batch).
         oldest = select(*keys).where(*expired).order_by(age).limit(batch_size)

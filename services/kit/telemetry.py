@@ -1,4 +1,5 @@
-"""OpenTelemetry for a process: traces exported with OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set,
+"""OpenTelemetry for a process (its metrics: `metrics.py`): traces exported with OTLP
+(OTEL_EXPORTER_OTLP_PROTOCOL grpc or http/protobuf) when OTEL_EXPORTER_OTLP_ENDPOINT is set,
 otherwise as OTLP-JSON lines under `var/traces/<service>.jsonl` (one ExportTraceServiceRequest a
 line, ids in hex as the OTLP/JSON encoding wants), rotated by size and age
 (`<service>.<UTC time>-<pid>.jsonl`) and deleted past `LEADMESH_TRACES_KEEP_DAYS` or
@@ -9,23 +10,33 @@ traces worth reading."""
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import json
 import os
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.resources import (
+    SERVICE_INSTANCE_ID,
+    SERVICE_NAME,
+    SERVICE_VERSION,
+    Resource,
+)
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import StatusCode
 
 from services.kit.clock import Clock, SystemClock
 from services.kit.config import MeshSettings
+from services.kit.metrics import Metrics, setup_metrics
 
 # A live file is rotated at least this often, so that the age limit deletes old spans even in a
 # file that grows slowly.
@@ -217,14 +228,41 @@ def _any(value) -> dict:
     return {"stringValue": str(value)}
 
 
-def setup_telemetry(service: str, mesh: MeshSettings) -> TracerProvider:
-    """Installs the global tracer provider for this process and returns it (to flush at exit)."""
-    resource = Resource.create({SERVICE_NAME: service})
+@dataclass
+class Telemetry:
+    """A process's tracer provider and metrics: `shutdown()` at exit flushes both."""
+
+    tracer_provider: TracerProvider
+    metrics: Metrics
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics.port
+
+    def shutdown(self) -> None:
+        self.metrics.shutdown()
+        self.tracer_provider.shutdown()
+
+
+def resource_of(service: str) -> Resource:
+    """service.name, its version and this process's instance id (OTEL_RESOURCE_ATTRIBUTES adds
+    to them)."""
+    try:
+        version = importlib.metadata.version("leadmesh")
+    except importlib.metadata.PackageNotFoundError:
+        version = "0"
+    return Resource.create(
+        {SERVICE_NAME: service, SERVICE_VERSION: version, SERVICE_INSTANCE_ID: str(uuid.uuid4())}
+    )
+
+
+def setup_telemetry(service: str, mesh: MeshSettings) -> Telemetry:
+    """Installs the global tracer and meter providers for this process (metrics served on the
+    process's `<NAME>_METRICS_PORT` when it has one) and returns them, to flush at exit."""
+    resource = resource_of(service)
     provider = TracerProvider(resource=resource)
     if mesh.otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        exporter: SpanExporter = OTLPSpanExporter()
+        exporter: SpanExporter = _otlp_span_exporter(mesh)
     else:
         exporter = OtlpJsonFileExporter(
             mesh.var_dir / "traces" / f"{service}.jsonl",
@@ -235,7 +273,39 @@ def setup_telemetry(service: str, mesh: MeshSettings) -> TracerProvider:
         )
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    return provider
+    return Telemetry(provider, _serve_metrics(service, resource, mesh))
+
+
+def _otlp_span_exporter(mesh: MeshSettings) -> SpanExporter:
+    if mesh.otlp_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]
+            OTLPSpanExporter,
+        )
+    return OTLPSpanExporter()
+
+
+# Runner workers scale by count on one machine: each takes the first free port from its setting.
+_WORKER_PORTS_TRIED = 100
+
+
+def _serve_metrics(service: str, resource: Resource, mesh: MeshSettings) -> Metrics:
+    setting = f"{service.replace('-', '_')}_metrics_port"
+    if setting not in MeshSettings.model_fields:
+        return Metrics(None, None)  # a benchmark's stand-in process: no metrics of its own
+    first = mesh.metrics_port(service)
+    tries = _WORKER_PORTS_TRIED if service == "runner-worker" and first else 1
+    for port in range(first, first + tries):
+        try:
+            return setup_metrics(resource, mesh, port)
+        except OSError as error:
+            failure = error
+    variable = setting.upper()
+    raise SystemExit(
+        f"leadmesh: {service} cannot serve metrics on {mesh.host}:{first} ({failure.strerror}); "
+        f"set {variable} to a free port"
+    )
 
 
 def instrument_engine(engine) -> None:
@@ -244,6 +314,9 @@ def instrument_engine(engine) -> None:
 
     # The instrumentation declares SQLAlchemy < 2.1 but only uses the cursor-execute events,
     # which 2.1 keeps; without skipping the check it silently instruments nothing.
+    # Its connection-pool metrics are labelled with the database's address or file: not ours.
     SQLAlchemyInstrumentor().instrument(
-        engine=getattr(engine, "sync_engine", engine), skip_dep_check=True
+        engine=getattr(engine, "sync_engine", engine),
+        skip_dep_check=True,
+        meter_provider=NoOpMeterProvider(),
     )

@@ -16,7 +16,8 @@ from typing import Any
 import grpc
 from leadmesh.retention.v1 import retention_pb2 as pb
 
-from services.kit.clock import as_utc
+from services.kit.clock import Clock, SystemClock, as_utc
+from services.kit.metrics import gauge
 from services.retention.erasure import Erasures
 from services.retention.ledger import Ledger
 from services.retention.participants import Participants, max_age
@@ -24,6 +25,12 @@ from services.retention.store import Store
 
 OK, LATE, UNREACHABLE = "OK", "LATE", "UNREACHABLE"
 LIST_TIMEOUT_SECONDS = 5.0
+
+
+Reading = tuple[float, dict[str, str]]
+_reported: Compliance | None = None
+gauge("leadmesh.retention.compliant", lambda: _reported.gauges()[0] if _reported else [])
+gauge("leadmesh.retention.oldest_age", lambda: _reported.gauges()[1] if _reported else [])
 
 
 @dataclass
@@ -50,6 +57,7 @@ class Compliance:
         store: Store,
         interval: timedelta,
         known: dict[str, list[pb.Policy]],
+        clock: Clock | None = None,
     ) -> None:
         self.participants = participants
         self.ledger = ledger
@@ -58,6 +66,24 @@ class Compliance:
         self.interval = interval
         # The policies each participant listed last (the schedule keeps them).
         self.known = known
+        self.clock = clock or SystemClock()
+        global _reported
+        _reported = self
+
+    def gauges(self) -> tuple[list[Reading], list[Reading]]:
+        """(compliant 1 or 0, oldest row's age in seconds) per category, from the policies as
+        last listed: what `leadmesh.retention.compliant` and `.oldest_age` show between lists."""
+        now = self.clock.now()
+        compliant: list[Reading] = []
+        ages: list[Reading] = []
+        for name, policies in list(self.known.items()):
+            for policy in policies:
+                labels = {"category": policy.category, "owner": name}
+                compliant.append((1.0 if self.state(policy, now) == OK else 0.0, labels))
+                if policy.HasField("oldest_time"):
+                    oldest = as_utc(policy.oldest_time.ToDatetime())
+                    ages.append((max(0.0, (now - oldest).total_seconds()), labels))
+        return compliant, ages
 
     async def status(self, as_of: datetime) -> Status:
         names = self.participants.names()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import secrets
-import threading
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from services.kit.ids import time_ordered_id
 from services.kit.tokens import invalid_page_token, page_cursor, page_token
 from services.retention.store import Store
 
@@ -29,33 +27,12 @@ class Entry:
     trigger: str  # scheduled, operator
 
 
-_last = [0, 0]  # (milliseconds, sequence) of the newest id this process made
-_lock = threading.Lock()
-
-
-def ordered_id() -> str:
-    """A UUIDv7 (RFC 9562: Unix milliseconds, then a sequence within the millisecond, then random
-    bits): the ledger lists newest first by start time, and entries of one instant (a rehearsal
-    then the purge it rehearsed) by the order they were written."""
-    with _lock:
-        millis = time.time_ns() // 1_000_000
-        if millis <= _last[0]:
-            millis, sequence = _last[0], _last[1] + 1
-            if sequence >= 1 << 12:  # 4096 ids in one millisecond: borrow the next one
-                millis, sequence = millis + 1, 0
-        else:
-            sequence = 0
-        _last[:] = [millis, sequence]
-    value = (millis << 80) | (0x7 << 76) | (sequence << 64) | (0b10 << 62) | secrets.randbits(62)
-    return str(uuid.UUID(int=value))
-
-
 class Ledger:
     def __init__(self, store: Store) -> None:
         self.store = store
 
     async def record(self, entry: Entry) -> str:
-        entry_id = ordered_id()
+        entry_id = time_ordered_id()
         async with self.store.begin() as tx:
             await tx.add_ledger_entry({"id": entry_id, **entry.__dict__})
         return entry_id

@@ -14,11 +14,14 @@ from datetime import datetime, timedelta
 import grpc
 
 from services.kit.clock import Clock
+from services.kit.metrics import counter
 from services.retention.leases import Leases
 from services.retention.ledger import Entry, Ledger
 from services.retention.participants import Participants
 
 log = logging.getLogger("leadmesh.retention")
+# Rows deleted, by category and the service owning it (a fixed set each declares).
+_purged = counter("leadmesh.retention.purged")
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,8 @@ class Purges:
             log.exception("purge failed", extra={"participant": participant, "category": category})
             error = type(failure).__name__
         outcome = "failed" if error else "dry_run" if dry_run else "ok"
+        if deleted and not dry_run:
+            _purged.add(deleted, {"category": category, "owner": participant})
         await self.ledger.record(
             Entry(
                 participant=participant,

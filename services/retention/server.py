@@ -90,6 +90,7 @@ def build(settings: RetentionSettings, clock: Clock | None = None) -> Parts:
         store,
         timedelta(seconds=settings.purge_interval_seconds),
         schedule.policies,
+        clock,
     )
     return Parts(
         settings=settings,

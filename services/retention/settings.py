@@ -21,8 +21,9 @@ class RetentionSettings(BaseSettings):
     participants: CommaList = ["identity", "vault", "runner"]
     # Each category's purge runs this often; a row older than its max age plus this is LATE.
     purge_interval_seconds: Annotated[float, Field(gt=0)] = 3600.0
-    # Rows per purge batch (one short transaction each, in the participant).
-    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    # Most rows per purge batch, one short transaction each (SQLite participants size their
+    # batches to about 50 ms of writing, up to this; PostgreSQL's writers never wait for one).
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 10_000
     # How often the participants' categories are listed again (a participant that was down at
     # start gets its jobs once it answers).
     discover_seconds: Annotated[float, Field(gt=0)] = 60.0

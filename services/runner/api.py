@@ -1,5 +1,6 @@
 """The gRPC face of the runner. Who may call what is `ALLOWED_CALLERS`: the gateway, for the
-acting user, anonymously for webhooks, and to suspend a user whose deletion was requested."""
+acting user, anonymously for webhooks, and to suspend a user whose deletion was requested; the
+operator, for the queue's state and a run's trace id (no user's data)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,17 @@ from services.runner.activity import Activity
 from services.runner.connections import Connections
 from services.runner.ingest import Ingest
 from services.runner.model import Attempt, Connection, Notification, RunRecord, WebhookEntry
+from services.runner.operations import Operations
 from services.runner.suspensions import Suspensions
 from services.runner.tracing import trace_id_of
 
 Context = grpc.aio.ServicerContext
 SERVICE = pb.DESCRIPTOR.services_by_name["RunnerService"].full_name
+_OPERATOR_METHODS = ("GetQueueStatus", "GetRunTrace")
 ALLOWED_CALLERS: dict[str, frozenset[str]] = {
-    f"/{SERVICE}/{method.name}": frozenset({"gateway"})
+    f"/{SERVICE}/{method.name}": frozenset(
+        {"operator"} if method.name in _OPERATOR_METHODS else {"gateway"}
+    )
     for method in pb.DESCRIPTOR.services_by_name["RunnerService"].methods
 }
 
@@ -157,7 +162,9 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
         egress: list[str],
         *,
         suspensions: Suspensions,
+        operations: Operations,
     ) -> None:
+        self.operations = operations
         self.connections = connections
         self.ingest = ingest
         self.activity = activity
@@ -293,3 +300,25 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
             raise InvalidArgument("USER_ID_REQUIRED", "name the user", field="user_id")
         cancelled = await self.suspensions.suspend([request.user_id])
         return pb.SuspendUserResponse(cancelled_run_count=cancelled)
+
+    async def GetQueueStatus(  # noqa: N802 - gRPC method names
+        self, request: pb.GetQueueStatusRequest, context: Context
+    ) -> pb.QueueStatus:
+        backlog, now = await self.operations.backlog()
+        return pb.QueueStatus(
+            pending_runs=backlog.pending,
+            due_runs=backlog.due,
+            oldest_pending_create_time=to_timestamp(backlog.oldest_create_time),
+            read_time=to_timestamp(now),
+        )
+
+    async def GetRunTrace(  # noqa: N802 - gRPC method names
+        self, request: pb.GetRunTraceRequest, context: Context
+    ) -> pb.RunTrace:
+        run = await self.operations.run(request.run_id)
+        return pb.RunTrace(
+            run_id=run.id,
+            trace_id=trace_id_of(run.trace_parent),
+            status=run.status,
+            create_time=to_timestamp(run.create_time),
+        )

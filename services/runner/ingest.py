@@ -14,7 +14,6 @@ import base64
 import json
 import math
 import time
-import uuid
 from collections.abc import Container
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,9 @@ from urllib.parse import parse_qs
 
 from services.kit.batching import GroupCommit
 from services.kit.clock import Clock
-from services.kit.errors import FailedPrecondition, NotFound, ResourceExhausted
+from services.kit.errors import DomainError, FailedPrecondition, NotFound, ResourceExhausted
+from services.kit.ids import time_ordered_id
+from services.kit.metrics import counter
 from services.kit.tokens import sha256_hex
 from services.runner import signature
 from services.runner.model import Connection, NewRun, RunRecord, WebhookEntry
@@ -34,6 +35,10 @@ from services.runner.store import Store, Tx
 from services.runner.store.remembered import Remembered
 from services.runner.suspensions import account_deleted
 from services.runner.tracing import current_trace_parent
+
+# Refusals are labelled by the error's reason (WEBHOOK_NOT_FOUND, RATE_LIMITED, …): a fixed set.
+_accepted = counter("leadmesh.webhooks.accepted")
+_refused = counter("leadmesh.webhooks.refused")
 
 SIGNATURE_HEADER = signature.SIGNATURE_HEADER
 IDEMPOTENCY_HEADER = "idempotency-key"
@@ -197,6 +202,23 @@ class Ingest:
         source_ip: str,
     ) -> tuple[str, bool]:
         """(run id, whether an earlier request with the same Idempotency-Key made it)."""
+        try:
+            run_id, duplicate = await self._webhook(token, method, headers, query, body, source_ip)
+        except DomainError as error:
+            _refused.add(1, {"reason": error.reason})
+            raise
+        _accepted.add(1, {"duplicate": duplicate})
+        return run_id, duplicate
+
+    async def _webhook(
+        self,
+        token: str,
+        method: str,
+        headers: list[tuple[str, str]],
+        query: str,
+        body: bytes,
+        source_ip: str,
+    ) -> tuple[str, bool]:
         if not token or len(token) > 200:
             raise NotFound("WEBHOOK_NOT_FOUND", "no webhook has this address")
         connection = await self._connection(token)
@@ -235,7 +257,7 @@ class Ingest:
         }
         run = self.new_run(connection, "webhook", event, now)
         entry = WebhookEntry(
-            id=str(uuid.uuid4()),
+            id=time_ordered_id(now),
             user_id=connection.user_id,
             connection_id=connection.id,
             run_id=run.id,
@@ -318,7 +340,7 @@ class Ingest:
         self, connection: Connection, trigger: str, event: dict[str, Any], now: datetime
     ) -> NewRun:
         return NewRun(
-            id=str(uuid.uuid4()),
+            id=time_ordered_id(now),
             user_id=connection.user_id,
             connection_id=connection.id,
             trigger=trigger,

@@ -107,6 +107,16 @@ class RunRecord(_Row):
 
 
 @dataclass(frozen=True)
+class Backlog:
+    """The runs not finished (queued or running), those due now, and the oldest one's creation
+    time (None when none is pending): what the operator reads as the queue."""
+
+    pending: int
+    due: int
+    oldest_create_time: datetime | None
+
+
+@dataclass(frozen=True)
 class RunResult:
     """What one delivery changes in its run's row (`tx.runs.finish`), applied only while
     `worker` still holds it: the run ends (`finish_time`) or goes out again (`next_attempt_time`,

@@ -19,12 +19,13 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from opentelemetry import trace
 
 from services.kit.clock import Clock
+from services.kit.metrics import gauge
 from services.kit.telemetry import untraced
 from services.runner.store import Store
 
@@ -41,6 +42,44 @@ def _found(started_ns: int, candidates: list[Candidate]) -> list[Candidate]:
         span.set_attribute("leadmesh.runs", len(candidates))
         span.end()
     return candidates
+
+
+class Backlog:
+    """The queue as operators read it (`leadmesh.queue.depth`, `leadmesh.queue.oldest_age`):
+    runs not finished and the oldest one's age, counted by the process that reconciles (the
+    runner's API) at most once a second; the gauges read the last count, never the database."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self._counted: tuple[int, datetime | None] | None = None
+        self._next = 0.0
+
+    async def refresh(self) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + 1.0
+        with untraced():
+            async with self.store.read() as tx:
+                found = await tx.runs.backlog(self.clock.now())
+        self._counted = (found.pending, found.oldest_create_time)
+        global _backlog
+        _backlog = self  # this process reconciles: it is the one that reports the queue
+
+    def depth(self) -> list[tuple[float, dict[str, str]]]:
+        return [] if self._counted is None else [(self._counted[0], {})]
+
+    def oldest_age(self) -> list[tuple[float, dict[str, str]]]:
+        if self._counted is None:
+            return []
+        oldest = self._counted[1]
+        age = 0.0 if oldest is None else (self.clock.now() - oldest).total_seconds()
+        return [(max(0.0, age), {})]
+
+
+_backlog: Backlog | None = None
+gauge("leadmesh.queue.depth", lambda: _backlog.depth() if _backlog else [])
+gauge("leadmesh.queue.oldest_age", lambda: _backlog.oldest_age() if _backlog else [])
 
 
 @dataclass(frozen=True)
@@ -71,6 +110,7 @@ class DatabaseQueue:
     def __init__(self, store: Store, clock: Clock) -> None:
         self.store = store
         self.clock = clock
+        self.backlog = Backlog(store, clock)
         self._wake = asyncio.Event()
 
     async def push(self, run_ids: list[str]) -> None:
@@ -97,6 +137,7 @@ class DatabaseQueue:
     async def reconcile(self) -> int:
         """Nothing to repair: the database is the queue. Wakes workers for due retries."""
         self._wake.set()
+        await self.backlog.refresh()
         return 0
 
     async def close(self) -> None:
@@ -125,6 +166,7 @@ class RedisQueue:
         self.marker = f"{stream}:reconciled"
         self.store = store
         self.clock = clock
+        self.backlog = Backlog(store, clock)
         self.lease_ms = int(lease_seconds * 1000)
         self.requeue_after = timedelta(seconds=requeue_after_seconds)
         self._group_ready = False
@@ -222,6 +264,7 @@ class RedisQueue:
             await self.push(ids)
             async with self.store.begin() as tx:
                 await tx.runs.mark_pushed(ids, now)
+        await self.backlog.refresh()
         return len(ids)
 
     async def close(self) -> None:

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from services.kit.batching import GroupCommit
 from services.kit.clock import Clock
+from services.kit.ids import time_ordered_id
 from services.runner.model import Notification, Outcome, RunResult
 from services.runner.store import Store, Tx
 from services.runner.tables import attempts, notifications, runs
@@ -265,15 +265,16 @@ class Recorder:
         run_id: str | None = None,
         credential_id: str | None = None,
     ) -> Notification:
+        now = self.clock.now()
         return Notification(
-            id=str(uuid.uuid4()),
+            id=time_ordered_id(now),
             user_id=user_id,
             connection_id=connection_id,
             kind=kind,
             message=storable(message, _MESSAGE_CHARS) or "",
             run_id=run_id,
             credential_id=credential_id,
-            create_time=self.clock.now(),
+            create_time=now,
             read_time=None,
         )
 

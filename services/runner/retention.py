@@ -26,6 +26,7 @@ from sqlalchemy import Table, delete, func, select, tuple_
 from services.kit import retention as kit
 from services.kit.clock import Clock
 from services.kit.errors import Unavailable
+from services.kit.partitions import DailyPartitions, make_ahead
 from services.kit.retention import Category, ColumnCategory, Participant, TableCategory, days
 from services.runner.schedules import Schedules
 from services.runner.settings import RunnerSettings
@@ -65,6 +66,8 @@ _ENDED = runs.c.status.in_(("succeeded", "failed", "cancelled"))
 def categories(settings: RunnerSettings) -> list[Category]:
     """Every runner category, in erasure order (children before the rows they point to)."""
     details = days(settings.execution_details_days)
+    # PostgreSQL: these three tables are partitioned by day (tables.PARTITIONED_BY).
+    daily = DailyPartitions(days_ahead=settings.partition_days_ahead)
     return [
         TableCategory(
             name="attempt_details",
@@ -75,6 +78,7 @@ def categories(settings: RunnerSettings) -> list[Category]:
             time_column="start_time",
             user_column="user_id",
             export_section="attempts",
+            partitions=daily,
         ),
         ColumnCategory(
             name="execution_details",
@@ -98,6 +102,7 @@ def categories(settings: RunnerSettings) -> list[Category]:
             time_column="receive_time",
             user_column="user_id",
             export_section="webhook_log",
+            partitions=daily,
         ),
         TableCategory(
             name="notifications",
@@ -137,6 +142,7 @@ def categories(settings: RunnerSettings) -> list[Category]:
             user_column="user_id",
             export_section="runs",
             only=_ENDED,
+            partitions=daily,
         ),
         TableCategory(
             name="failure_mails",
@@ -201,6 +207,24 @@ class RunnerParticipant(Participant):
         self.listeners = list(listeners)
         # Per erasure under way: the user's connection ids and what went by them.
         self._erasing: dict[str, tuple[list[str], dict[str, tuple[int, int, str]]]] = {}
+
+    async def make_partitions(self) -> int:
+        """PostgreSQL: today's partition and the days ahead of each partitioned table, those
+        missing made (at start; every purge of their category does it again); how many."""
+        if self.database.engine.dialect.name != "postgresql":
+            return 0
+        made, today = 0, self.clock.now().date()
+        for category in self.categories.values():
+            if isinstance(category, TableCategory) and category.partitions is not None:
+                assert category.time_column is not None
+                made += await make_ahead(
+                    self.database,
+                    category.table,
+                    category.time_column,
+                    today,
+                    category.partitions.days_ahead,
+                )
+        return made
 
     async def erase(self, user_id: str) -> dict[str, tuple[int, int, str]]:
         try:

@@ -34,6 +34,7 @@ from services.runner.credentials import Credentials
 from services.runner.guard import EgressPolicy
 from services.runner.ingest import Ingest
 from services.runner.notify import MailNotices
+from services.runner.operations import Operations
 from services.runner.outbound import make_client
 from services.runner.queue import DatabaseQueue, Queue, RedisQueue
 from services.runner.recorder import Recorder
@@ -238,6 +239,7 @@ async def start(
         parts.activity,
         settings.public_egress_addresses(),
         suspensions=parts.core.suspensions,
+        operations=Operations(parts.core.store, parts.core.clock),
     )
 
     def register(server) -> None:
@@ -253,6 +255,8 @@ async def start(
         allowed={**ALLOWED_CALLERS, **kit_retention.ALLOWED_CALLERS},
     )
     await parts.schedules.start()
+    # PostgreSQL: today's partitions and the days ahead (every purge makes them too).
+    await parts.retention.make_partitions()
     parts.core.start_reconciler()
     parts.core.start_suspension_sync(identity=True)
     parts.core.start_workers(settings.workers, worker_prefix())

@@ -88,6 +88,10 @@ class RunnerSettings(BaseSettings):
     # A webhook signature is remembered while inside its replay window, and at most this many
     # days after it left it (ingest forgets most of them sooner on its own).
     webhook_signature_days: Annotated[int, Field(ge=0)] = 1
+    # PostgreSQL: runs, attempts and webhook_log are partitioned by UTC day; today's partition and
+    # this many days ahead are made at start and at every purge (rows past them go to the
+    # DEFAULT partition: kept, purged in batches instead of dropped with their day).
+    partition_days_ahead: Annotated[int, Field(ge=1, le=366)] = 7
     # An erasure waits this long for deliveries of the user already under way to end (their
     # outcome would write attempts and notifications after it); past that it fails and the
     # retention service tries again.

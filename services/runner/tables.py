@@ -6,15 +6,29 @@ here must have its place): webhooks log 7 days (`webhook_log`), activity stream 
 execution details 7 days (`attempts`, and the event a run carried: `runs.event`), notifications
 7 days (`notifications`); idempotency keys live 24 hours. The `*_time` indexes are the purges':
 each picks its batch on one, so a purge costs the rows it removes, not the table.
+
+On PostgreSQL, `runs`, `attempts` and `webhook_log` are range-partitioned by UTC day on their
+retention time (PARTITIONED_BY; migration 0007, services/kit/partitions.py), so a purge drops whole
+expired days. A unique key of a partitioned table must hold its partition key, so there the
+primary keys are (seq, time) and `id` a plain index `ix_<table>_id`; seq stays unique by its
+sequence, ids are UUIDs, and nothing relies on a unique violation of either. What is written here
+is what both dialects share (SQLite keeps `seq` alone and `uq_<table>_id`); `postgresql_only`
+names the difference for schema comparisons.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import JSON, Boolean, Column, Index, Integer, String, Table, Text
 
 from services.kit.db import Serial, Time, service_metadata
 
 metadata = service_metadata()
+
+# PostgreSQL: the tables partitioned by day, and on which column (each category's time column).
+PARTITIONED_BY = {"runs": "create_time", "attempts": "start_time", "webhook_log": "receive_time"}
 
 connections = Table(
     "connections",
@@ -77,6 +91,7 @@ runs = Table(
     # runs whose details are still kept: details_purge_time IS NULL, then by age).
     Index("ix_runs_create_time", "create_time"),
     Index("ix_runs_details_purge_time_create_time", "details_purge_time", "create_time"),
+    postgresql_partition_by="RANGE (create_time)",
 )
 
 attempts = Table(
@@ -99,6 +114,7 @@ attempts = Table(
     # Retention: the purge by age, and erasure and export by user.
     Index("ix_attempts_start_time", "start_time"),
     Index("ix_attempts_user_id_seq", "user_id", "seq"),
+    postgresql_partition_by="RANGE (start_time)",
 )
 
 webhook_log = Table(
@@ -122,6 +138,7 @@ webhook_log = Table(
     Column("redacted", JSON, nullable=True),
     Index("ix_webhook_log_user_id_seq", "user_id", "seq"),
     Index("ix_webhook_log_connection_id_seq", "connection_id", "seq"),
+    postgresql_partition_by="RANGE (receive_time)",
 )
 
 notifications = Table(
@@ -187,3 +204,22 @@ failure_mails = Table(
     # Retention: erasure and export by user.
     Index("ix_failure_mails_user_id", "user_id"),
 )
+
+
+def postgresql_only(dialect: str) -> Callable[..., bool]:
+    """An Alembic `include_object` for comparing this metadata with a database of `dialect`: on
+    PostgreSQL, a partitioned table's `uq_<table>_id` is the plain index `ix_<table>_id`."""
+    partitioned = dialect == "postgresql"
+
+    def include(obj: Any, name: str | None, kind: str, reflected: bool, _compare_to: Any) -> bool:
+        if not partitioned or getattr(obj, "table", None) is None:
+            return True
+        if obj.table.name not in PARTITIONED_BY:
+            return True
+        if kind == "unique_constraint" and not reflected:
+            return name != f"uq_{obj.table.name}_id"
+        if kind == "index" and reflected:
+            return name != f"ix_{obj.table.name}_id"
+        return True
+
+    return include

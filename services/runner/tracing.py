@@ -6,6 +6,9 @@ continues that trace, so one trace leads from the third party's webhook through 
 the runner to the call to the user's API (and the vault, when it is asked). Scheduled runs start
 a trace of their own.
 
+Each HTTP call of a delivery carries the run's id (`leadmesh.run_id`, an id, never data): the key
+by which `leadmesh trace` finds a scheduled run's traces, which no request started.
+
 HTTP client spans follow the semantic conventions but carry no URL path or query (either may hold
 a key or a token) and no error message (it may quote the destination): method, scheme, host, port,
 status and the error's type only.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import httpx
 from opentelemetry import context as otel_context
@@ -25,6 +29,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _tracer = trace.get_tracer("leadmesh.runner")
+RUN_ID = "leadmesh.run_id"
+_delivering: ContextVar[str | None] = ContextVar("leadmesh_delivering", default=None)
 
 
 def current_trace_parent() -> str | None:
@@ -47,14 +53,17 @@ def trace_id_of(trace_parent: str | None) -> str:
 
 
 @contextmanager
-def continuing(trace_parent: str | None) -> Iterator[None]:
-    """The block runs in the trace `trace_parent` names (in no trace for None)."""
+def continuing(trace_parent: str | None, run_id: str | None = None) -> Iterator[None]:
+    """The block runs in the trace `trace_parent` names (in no trace for None), delivering
+    `run_id` (which its HTTP calls name)."""
     token = otel_context.attach(
         _PROPAGATOR.extract({"traceparent": trace_parent} if trace_parent else {})
     )
+    run = _delivering.set(run_id)
     try:
         yield
     finally:
+        _delivering.reset(run)
         otel_context.detach(token)
 
 
@@ -67,6 +76,9 @@ def http_call(method: str, url: httpx.URL) -> Iterator[Span]:
         "server.address": url.host,
         "server.port": url.port or (443 if url.scheme == "https" else 80),
     }
+    run_id = _delivering.get()
+    if run_id:
+        attributes[RUN_ID] = run_id
     with _tracer.start_as_current_span(
         method,
         kind=SpanKind.CLIENT,

@@ -23,6 +23,7 @@ import httpx
 import sniffio
 
 from services.kit.clock import Clock
+from services.kit.metrics import counter
 from services.runner import policy
 from services.runner.credentials import CredentialProblem, Credentials, Outage
 from services.runner.delivery import Templates, body_text, retry_after_seconds
@@ -40,6 +41,17 @@ from services.runner.template import TemplateError
 from services.runner.tracing import continuing
 
 log = logging.getLogger("leadmesh.runner.worker")
+
+
+# By outcome (succeeded, failed: the run's last word; retrying; held: the vault away, nothing
+# sent) and the attempt's number (at most a connection's max_attempts, 20).
+_deliveries = counter("leadmesh.deliveries")
+
+
+def _count_delivery(run: Run, outcome: Outcome) -> None:
+    ended = outcome.final or ("retrying" if outcome.attempts else "held")
+    number = outcome.attempts[-1].number if outcome.attempts else run.attempts
+    _deliveries.add(1, {"outcome": ended, "attempt": str(number)})
 
 
 class Worker:
@@ -148,7 +160,8 @@ class Worker:
     async def _deliver(self, run: Run, connection: Connection | None) -> None:
         self._in_flight.add(run.id)
         try:
-            with continuing(run.trace_parent):  # the trace of the request that queued it
+            # The trace of the request that queued it; its HTTP calls name the run.
+            with continuing(run.trace_parent, run.id):
                 await self._deliver_and_record(run, connection)
         finally:
             self._in_flight.discard(run.id)
@@ -161,6 +174,7 @@ class Worker:
             outcome = self._crashed(delivery, error)
         outcome = scrub_outcome(outcome, delivery.secrets)
         log_outcome(delivery, outcome, self.clock.now())
+        _count_delivery(run, outcome)
         try:
             await self.recorder.record(outcome)
         except Exception:

@@ -29,6 +29,7 @@ from typing import NamedTuple
 from services.kit.appender import Appender
 from services.kit.clock import Clock
 from services.kit.errors import Unavailable
+from services.kit.metrics import counter, gauge
 from services.vault.store import Store
 from services.vault.tables import audit_events
 
@@ -67,10 +68,18 @@ class _Queued:
     done: asyncio.Future | None = None  # set once committed (callers that wait)
 
 
+# Back-pressure: what is queued and unwritten (the newest audit log's, one per process), and the
+# resolves that had to wait for their commit because the queue was full.
+_waits = counter("leadmesh.vault.audit.waits")
+_latest: list[AuditLog] = []
+gauge("leadmesh.vault.audit.pending", lambda: [(len(audit._queue), {}) for audit in _latest[-1:]])
+
+
 class AuditLog:
     def __init__(
         self, store: Store, clock: Clock, flush_seconds: float = 0.05, max_queued: int = MAX_QUEUED
     ) -> None:
+        _latest[:] = [self]
         self._store = store
         self._max_queued = max_queued
         self._appender = Appender(store.database, [audit_events], "vault-audit")
@@ -94,6 +103,7 @@ class AuditLog:
                     "AUDIT_UNAVAILABLE", "the audit log cannot be written; resolving is held"
                 )
             if len(self._queue) >= self._max_queued:
+                _waits.add(1)
                 await self._enqueue_and_wait(_Queued(event, self._clock.now()))
                 return
             # The request path only queues; the row is built when the batch is written.

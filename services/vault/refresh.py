@@ -13,6 +13,7 @@ from typing import Any
 
 from services.kit.clock import Clock
 from services.kit.errors import DomainError, FailedPrecondition, Unavailable
+from services.kit.metrics import counter
 from services.vault.audit import AuditLog, Event
 from services.vault.credentials import ACTIVE, NEEDS_RECONNECT
 from services.vault.datakeys import DataKeys, sealed_columns
@@ -29,6 +30,11 @@ from services.vault.resolve import (
 from services.vault.store import Store
 
 log = logging.getLogger("leadmesh.vault")
+
+
+# Calls to a provider's token endpoint: refreshed, refused (invalid_grant), unreachable, or none
+# made for want of a refresh token.
+_refreshes = counter("leadmesh.vault.refreshes")
 
 
 class Refresher:
@@ -99,9 +105,11 @@ class Refresher:
                 return current
             refresh_token = current.secret.get("refresh_token")
             if not refresh_token:
+                _refreshes.add(1, {"outcome": "no_refresh_token"})
                 await self._mark_reconnect(credential_id)
                 raise needs_reconnect()
             secret = await self._new_tokens(current, refresh_token, credential_id)
+            _refreshes.add(1, {"outcome": "refreshed"})
             await self._store(user_id, credential_id, secret)
             log.info("credential refreshed", extra={"credential_id": credential_id})
             return await self.opened.open(user_id, credential_id, fresh=True)
@@ -113,10 +121,12 @@ class Refresher:
         try:
             tokens = await self.providers.refresh(current.credential["provider"], refresh_token)
         except InvalidGrant:
+            _refreshes.add(1, {"outcome": "refused"})
             await self._mark_reconnect(credential_id)
             log.info("refresh token refused", extra={"credential_id": credential_id})
             raise needs_reconnect() from None
         except ProviderUnreachable:
+            _refreshes.add(1, {"outcome": "unreachable"})
             raise Unavailable(
                 "OAUTH_PROVIDER_UNAVAILABLE", "the provider's token endpoint did not answer"
             ) from None

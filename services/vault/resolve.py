@@ -18,6 +18,7 @@ from google.protobuf import struct_pb2
 
 from services.kit.clock import Clock
 from services.kit.errors import DataLoss, DomainError, FailedPrecondition
+from services.kit.metrics import counter
 from services.vault import kinds
 from services.vault.audit import AuditLog, Event
 from services.vault.credentials import NEEDS_RECONNECT, canonical_id, not_found
@@ -150,6 +151,10 @@ class SealedCredentials:
 Renew = Callable[[str, str, Resolved], Awaitable[Resolved]]
 
 
+# By the credential's kind (oauth2, api_key, login) and "ok" or the refusal's reason.
+_resolves = counter("leadmesh.vault.resolves")
+
+
 class Resolver:
     def __init__(
         self,
@@ -171,6 +176,17 @@ class Resolver:
         self.suspended = suspended
 
     async def resolve(
+        self, caller: str, user_id: str, credential_id: str, connection_id: str
+    ) -> Resolved:
+        try:
+            resolved = await self._resolve(caller, user_id, credential_id, connection_id)
+        except DomainError as error:
+            _resolves.add(1, {"kind": "unknown", "outcome": error.reason})
+            raise
+        _resolves.add(1, {"kind": resolved.credential["kind"], "outcome": "ok"})
+        return resolved
+
+    async def _resolve(
         self, caller: str, user_id: str, credential_id: str, connection_id: str
     ) -> Resolved:
         user_id, credential_id, connection_id = runner_ids(user_id, credential_id, connection_id)

@@ -96,6 +96,15 @@ class Mesh:
             timeout=120,
         )
 
+    def metrics_ports(self) -> dict[str, int]:
+        """{process: the port of its GET /metrics} (runner workers run inside the runner)."""
+        names = ("gateway", "identity", "vault", "runner", "retention")
+        return {name: int(self.env[f"{name.upper()}_METRICS_PORT"]) for name in names}
+
+    def scrape(self, process: str) -> httpx.Response:
+        port = self.metrics_ports()[process]
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+
     def client(self, **kwargs) -> httpx.Client:
         context = ssl.create_default_context(cafile=str(self.tls_cert))
         return httpx.Client(base_url=self.base_url, verify=context, timeout=30, **kwargs)
@@ -197,6 +206,9 @@ def runner_env(receiver: SharedReceiver) -> dict[str, str]:
     }
 
 
+METRICS_PORT_NAMES = ("GATEWAY", "IDENTITY", "VAULT", "RUNNER", "RETENTION", "RUNNER_WORKER")
+
+
 def _start_mesh(
     var: Path, inbox: Inbox, oauth_provider: OAuthServer, extra: dict[str, str]
 ) -> Iterator[Mesh]:
@@ -213,6 +225,8 @@ def _start_mesh(
         VAULT_PORT=str(free_port()),
         RUNNER_PORT=str(free_port()),
         RETENTION_PORT=str(free_port()),
+        # Two meshes run at once (pytest-xdist): never the default metrics ports.
+        **{f"{name}_METRICS_PORT": str(free_port()) for name in METRICS_PORT_NAMES},
         SMTP_URL=f"smtp://127.0.0.1:{inbox.port}",  # type: ignore[attr-defined]
         IDENTITY_LOCKOUT_WINDOW_SECONDS=str(LOCKOUT_WINDOW_SECONDS),
         # As RUNNER_SUSPENSION_RECONCILE_SECONDS (runner_env): a lifted suspension within seconds.

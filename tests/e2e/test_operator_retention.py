@@ -46,8 +46,8 @@ def _json(mesh: Mesh, *args: str):
 
 
 def test_up_starts_retention_and_status_shows_every_category(mesh: Mesh):
-    states = dict(line.split() for line in mesh.leadmesh("status").stdout.splitlines())
-    assert states["retention"] == "SERVING"
+    rows = [line.split() for line in mesh.leadmesh("status").stdout.splitlines()[1:6]]
+    assert {row[0]: row[1] for row in rows}["retention"] == "SERVING"
 
     table = mesh.leadmesh("retention", "status")
     assert table.returncode == 0, table.stderr

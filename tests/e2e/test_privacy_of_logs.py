@@ -1,5 +1,6 @@
-"""Secrets and personal data never reach logs or spans: known values go through every identity
-flow, then every log line and exported span of every process is searched for them."""
+"""Secrets and personal data never reach logs, spans or metrics: known values go through every
+identity flow, then every log line, exported span and `GET /metrics` answer of every process is
+searched for them (the metrics exported by OTLP: tests/e2e/test_metrics.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def test_no_password_token_or_email_in_logs_or_spans(api: httpx.Client, mesh_up:
     signed = api.post("/v1/sessions", json={"email": address, "password": password})
     session_token, csrf = api.cookies["lm_session"], signed.json()["csrf_token"]
     api.headers["X-CSRF-Token"] = csrf
-    api.get("/v1/me")
+    user_id = api.get("/v1/me").json()["id"]
     # Letters, not long digit runs: those may be refused as card numbers.
     billing_name = f"Canary Billing {uuid.uuid4().hex[:10]}"
     street = f"Canary Street {uuid.uuid4().hex[:10]}"
@@ -56,9 +57,11 @@ def test_no_password_token_or_email_in_logs_or_spans(api: httpx.Client, mesh_up:
     time.sleep(1.5)  # spans are exported in batches (every 0.2 s here)
     traces = sorted((mesh_up.var_dir / "traces").glob("*.jsonl"))
     assert {p.stem for p in traces} >= {"gateway", "identity"}
-    corpus = "".join(mesh_up.output) + "".join(p.read_text() for p in traces)
+    corpus = "".join(mesh_up.output) + "".join(p.read_text() for p in traces) + _metrics(mesh_up)
     assert '"service": "identity"' in corpus and '"service": "gateway"' in corpus  # logs seen
+    assert "leadmesh_logins_total{" in corpus  # the metrics are seen
     secrets = (password, new_password, session_token, csrf, reset_token, address, billing_name)
+    assert user_id not in _metrics(mesh_up), "a user id is a label of some metric"
     for secret in (*secrets, street, "pi_canary_reference", "4111 1111 1111 1111"):
         assert secret not in corpus, f"{secret[:12]}… leaked into logs or spans"
     assert address.split("@")[0] not in corpus
@@ -71,6 +74,7 @@ def test_no_webhook_token_signing_secret_or_credential_in_logs_or_spans(
     import hmac
 
     register_and_login(api)
+    user_id = api.get("/v1/me").json()["id"]
     key = f"sk_canary_delivery_{uuid.uuid4().hex}"
     credential = api.post(
         "/v1/credentials",
@@ -124,13 +128,23 @@ def test_no_webhook_token_signing_secret_or_credential_in_logs_or_spans(
     time.sleep(1.5)  # spans are exported in batches (every 0.2 s here)
     traces = sorted((mesh_up.var_dir / "traces").glob("*.jsonl"))
     assert {p.stem for p in traces} >= {"gateway", "runner"}
-    corpus = "".join(mesh_up.output) + "".join(p.read_text() for p in traces)
+    metrics = _metrics(mesh_up)
+    corpus = "".join(mesh_up.output) + "".join(p.read_text() for p in traces) + metrics
     assert '"service": "runner"' in corpus  # the runner's logs are seen
+    assert "leadmesh_webhooks_refused_total{" in metrics and "leadmesh_deliveries_total{" in metrics
+    assert user_id not in metrics and target not in metrics, "a metric names a user or a path"
     tokens = [u.rsplit("/", 1)[1] for u in (first_url, url)]
     for secret in (*tokens, signing_secret, key, third_party, lead_email):
         assert secret not in corpus, f"{secret[:12]}… leaked:\n" + "\n".join(
             line.replace(secret, "<SECRET>")[:400] for line in corpus.splitlines() if secret in line
         )
+
+
+def _metrics(mesh: Mesh) -> str:
+    """What every process answers at GET /metrics."""
+    answers = [mesh.scrape(process) for process in mesh.metrics_ports()]
+    assert all(answer.status_code == 200 for answer in answers)
+    return "".join(answer.text for answer in answers)
 
 
 def test_var_and_every_database_are_the_operators_alone(mesh_up: Mesh, api: httpx.Client):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import socket
 import ssl
@@ -99,7 +100,8 @@ def test_outdated_tls_is_refused(mesh_up: Mesh, version: ssl.TLSVersion):
 
 
 def test_health_and_readiness(api: httpx.Client):
-    assert api.get("/healthz").json() == {"status": "ok"}
+    version = importlib.metadata.version("leadmesh")
+    assert api.get("/healthz").json() == {"status": "ok", "version": version}
     ready = api.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["upstreams"] == {

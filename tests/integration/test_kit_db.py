@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from services.kit.db import create_service_engine, migrate
+from services.kit.db import AUTOCHECKPOINT_PAGES, Database, create_service_engine, migrate
 
 MIGRATIONS = Path(__file__).parents[2] / "services" / "runner" / "migrations"
 
@@ -78,3 +78,28 @@ async def test_a_sqlite_database_and_its_journals_are_private_under_the_usual_um
         assert stat.S_IMODE(older.parent.stat().st_mode) == 0o700
     finally:
         os.umask(old_umask)
+
+
+async def test_while_checkpoints_are_paused_commits_leave_the_log_to_whoever_paused_them(
+    tmp_path: Path,
+):
+    """SQLite checkpoints inside the commit that makes its log long (the caller waits for the
+    copy and its fsyncs); a purge pauses that for the service's writes and checkpoints itself,
+    outside the writers' turn."""
+    database = Database(create_service_engine(f"sqlite:///{tmp_path / 'svc' / 'svc.db'}"))
+    page = "x" * 4000
+    try:
+        async with database.write() as connection:
+            await connection.execute(text("CREATE TABLE t (x TEXT)"))
+        async with database.checkpoints_paused():
+            for _ in range(30):  # 30 commits of 100 pages: SQLite's own would checkpoint at 1000
+                async with database.write() as connection:
+                    paused = (await connection.execute(text("PRAGMA wal_autocheckpoint"))).scalar()
+                    await connection.execute(text("INSERT INTO t VALUES (:x)"), [{"x": page}] * 100)
+            log, done = await database.checkpoint()
+        async with database.write() as connection:
+            again = (await connection.execute(text("PRAGMA wal_autocheckpoint"))).scalar()
+    finally:
+        await database.dispose()
+    assert paused == 0 and again == AUTOCHECKPOINT_PAGES == 1000
+    assert log >= 3000 and done == log  # nothing checkpointed meanwhile; all of it now

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from leadmesh.retention.v1 import retention_pb2 as pb
 from leadmesh.retention.v1 import retention_pb2_grpc
-from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, Text, select
+from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, Text, event, select
 
 from services.kit import callers
 from services.kit.clock import SettableClock
@@ -237,14 +237,94 @@ async def test_a_purge_gives_pages_back_and_empties_the_log(tmp_path: Path):
             ]
             for c in pooled:  # deferred transactions: eight may be open at once
                 await c.execution_options(**{READ_ONLY: True})
-            synchronous = [(await c.exec_driver_sql("PRAGMA synchronous")).scalar() for c in pooled]
+            settings = [
+                [(await c.exec_driver_sql(f"PRAGMA {name}")).scalar() for name in SETTINGS]
+                for c in pooled
+            ]
         wal = os.path.getsize(f"{path}-wal")  # noqa: ASYNC240 - a test reading its own file
     finally:
         await participant.database.dispose()
     assert deleted == 60
     assert free_pages == 0 and after < pages / 2
-    assert synchronous == [2] * 8  # every pooled connection commits durably again (FULL)
+    # Every pooled connection commits durably again (FULL), checkpoints as SQLite does by
+    # default, and has its default cache.
+    assert settings == [[2, 1000, -2000]] * 8
     assert wal == 0  # truncated: no older page images of the deleted rows
+
+
+SETTINGS = ("synchronous", "wal_autocheckpoint", "cache_size")
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("status", String(16), nullable=False, index=True),
+    Column("create_time", Time, nullable=False, index=True),
+)
+
+
+async def test_a_sqlite_purge_picks_its_batches_on_the_time_index_not_on_its_condition(
+    tmp_path: Path,
+):
+    """Without statistics SQLite would serve `status IN (…)` from the status index (every ended
+    job): the whole table read and sorted for each batch, whatever is expired."""
+    path, participant = await _sqlite_participant(tmp_path)
+    ended = TableCategory(
+        "jobs", "jobs", "contract", jobs, timedelta(days=30), time_column="create_time",
+        only=jobs.c.status.in_(("succeeded", "failed")),
+    )  # fmt: skip
+    statements: list[tuple[str, tuple]] = []
+
+    def seen(_conn, _cursor, statement, parameters, _context, _many) -> None:
+        if statement.startswith(("DELETE", "SELECT count")):
+            statements.append((statement, parameters))
+
+    engine = participant.database.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        await _add(participant, jobs, [
+            {"status": status, "create_time": NOW - timedelta(days=age)}
+            for age in (40, 35, 1) for status in ("succeeded", "queued")
+        ])  # fmt: skip
+        assert (await participant.purge(ended, NOW - timedelta(days=30), 10))[:2] == (2, 0)
+        plans = []
+        async with participant.database.read() as connection:
+            for statement, parameters in statements:
+                rows = await connection.exec_driver_sql(
+                    f"EXPLAIN QUERY PLAN {statement}", parameters
+                )
+                plans.append(" / ".join(row[3] for row in rows))
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+        await participant.database.dispose()
+    assert plans and all("ix_jobs_create_time" in plan for plan in plans), plans
+    assert not any("ix_jobs_status" in plan for plan in plans), plans
+
+
+async def test_sqlite_purge_batches_follow_their_time_up_to_the_batch_size(tmp_path: Path):
+    path, participant = await _sqlite_participant(tmp_path)
+    category = participant.categories["events"]
+    cutoff = NOW - timedelta(days=30)
+    hasty = Participant(
+        "runner", participant.database, list(participant.categories.values()),
+        SettableClock(NOW), batch_seconds=0.0,
+    )  # fmt: skip
+    patient = Participant(
+        "runner", participant.database, list(participant.categories.values()),
+        SettableClock(NOW), batch_seconds=60.0,
+    )  # fmt: skip
+    try:
+        await _add(participant, events, [_aged(40) for _ in range(1000)])
+        # Each batch over its time: the next one smaller (500, then MIN_BATCH rows at a time,
+        # then one that finds none).
+        assert await hasty.purge(category, cutoff, 500) == (1000, 0, 7)
+        await _add(participant, events, [_aged(40) for _ in range(2500)])
+        # Well within it: doubled from the first (1000) up to the caller's batch size.
+        assert await patient.purge(category, cutoff, 10_000) == (2500, 0, 2)
+        await _add(participant, events, [_aged(40) for _ in range(2500)])
+        assert await patient.purge(category, cutoff, 1500) == (2500, 0, 2)
+    finally:
+        await participant.database.dispose()
 
 
 async def test_served_over_grpc_only_retention_purges_and_the_gateway_exports_its_user(

@@ -232,6 +232,7 @@ def start_worker(
         RUNNER_BACKOFF_BASE_SECONDS="0.05",
         RUNNER_BACKOFF_CAP_SECONDS="0.5",
         RUNNER_CONCURRENCY="16",
+        RUNNER_WORKER_METRICS_PORT="0",  # tests run side by side: never the default ports
     )
     if redis_url:
         env["REDIS_URL"] = redis_url

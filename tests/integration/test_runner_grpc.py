@@ -28,6 +28,7 @@ from tests.integration.runner_support import runner_mesh, runner_settings
 
 SERVICE = pb.DESCRIPTOR.services_by_name["RunnerService"]
 METHODS = [m.name for m in SERVICE.methods]
+OPERATOR_METHODS = ["GetQueueStatus", "GetRunTrace"]
 A, B = "user-a", "user-b"
 URL = "https://api.example.com/leads"
 
@@ -50,8 +51,35 @@ def test_the_table_names_every_rpc():
 async def test_only_the_gateway_may_call(rm, caller: str):
     stub = rm.dial("runner", caller)
     for method in METHODS:
+        if method in OPERATOR_METHODS:
+            continue
         outcome = await call(stub, SERVICE, method)
         assert refused(outcome, grpc.StatusCode.PERMISSION_DENIED), (caller, method, outcome)
+
+
+@pytest.mark.parametrize("caller", ["gateway", "identity", "vault", "runner", "retention"])
+async def test_only_the_operator_may_read_the_queue_and_a_runs_trace(rm, caller: str):
+    stub = rm.dial("runner", caller)
+    for method in OPERATOR_METHODS:
+        outcome = await call(stub, SERVICE, method)
+        assert refused(outcome, grpc.StatusCode.PERMISSION_DENIED), (caller, method, outcome)
+
+
+async def test_the_operator_reads_the_queue_and_a_runs_trace_of_any_user(rm):
+    operator = rm.dial("runner", "operator")
+    empty = await operator.GetQueueStatus(pb.GetQueueStatusRequest())
+    assert (empty.pending_runs, empty.due_runs) == (0, 0)
+    assert not empty.HasField("oldest_pending_create_time")
+    made = await rm.connection(A, URL, trigger="webhook")
+    run_id = await rm.run(A, made.connection.id, {"x": 1})  # no workers: it stays queued
+    queued = await operator.GetQueueStatus(pb.GetQueueStatusRequest())
+    assert (queued.pending_runs, queued.due_runs) == (1, 1)
+    assert queued.oldest_pending_create_time.ToDatetime() <= queued.read_time.ToDatetime()
+    found = await operator.GetRunTrace(pb.GetRunTraceRequest(run_id=run_id))
+    assert (found.run_id, found.status) == (run_id, "queued")
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await operator.GetRunTrace(pb.GetRunTraceRequest(run_id="no-such-run"))
+    assert from_rpc_error(unknown.value).reason == "RUN_NOT_FOUND"
 
 
 async def test_user_b_never_reaches_user_a_resources(rm):

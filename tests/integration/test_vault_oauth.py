@@ -287,6 +287,7 @@ async def test_two_vault_processes_spend_a_refresh_token_once(
         VAULT_DATABASE_URL=database_url,
         VAULT_MASTER_KEYS=keys,
         VAULT_OAUTH_PROVIDERS=providers(oauth),
+        VAULT_METRICS_PORT="0",  # two vaults (and other tests) at once: a free port each
     )
     env.pop("REDIS_URL", None)  # the lease is the database's row
     processes = [

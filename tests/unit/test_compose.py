@@ -3,6 +3,7 @@ database, Redis and the collector, with health checks that the command line real
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -68,3 +69,60 @@ def test_every_service_database_is_created():
                 f"{process.name.upper()}_DATABASE_URL"
             ]
             assert url.rsplit("/", 1)[1] in created, process.name
+
+
+def test_the_collector_turns_metrics_into_prometheus_which_prometheus_scrapes():
+    compose = _compose()
+    mount = compose["services"]["otel-collector"]["volumes"][0].split(":")[0]
+    collector = yaml.safe_load((ROOT / mount).read_text())
+    metrics = collector["service"]["pipelines"]["metrics"]
+    assert metrics["receivers"] == ["otlp"] and metrics["exporters"] == ["prometheus"]
+    exporter_port = collector["exporters"]["prometheus"]["endpoint"].rsplit(":", 1)[1]
+    config = compose["services"]["prometheus"]["volumes"][0].split(":")
+    assert config[1] == "/etc/prometheus/prometheus.yml"
+    scraped = yaml.safe_load((ROOT / config[0]).read_text())["scrape_configs"]
+    targets = [t for job in scraped for group in job["static_configs"] for t in group["targets"]]
+    assert f"otel-collector:{exporter_port}" in targets
+
+
+def _grafana_mounts() -> dict[str, Path]:
+    volumes = _compose()["services"]["grafana"]["volumes"]
+    return {inside: ROOT / here for here, inside, _ro in (v.split(":") for v in volumes)}
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard():
+    mounts = _grafana_mounts()
+    provisioning = mounts["/etc/grafana/provisioning"]
+    [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())[
+        "datasources"
+    ]
+    assert source["url"] == "http://prometheus:9090" and source["type"] == "prometheus"
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "leadmesh.yaml").read_text())[
+        "providers"
+    ]
+    assert mounts[provider["options"]["path"]].joinpath("leadmesh.json").is_file()
+    panels = json.loads((mounts[provider["options"]["path"]] / "leadmesh.json").read_text())[
+        "panels"
+    ]
+    assert all(t["datasource"]["uid"] == source["uid"] for p in panels for t in p["targets"])
+
+
+# A series name in PromQL, by the endings OpenTelemetry's Prometheus names of ours have.
+_ENDINGS = "_total|_seconds|_milliseconds|_depth|_pending|_compliant"
+_SERIES_IN_EXPR = re.compile(rf"\b([a-z_]+(?:{_ENDINGS})(?:_bucket|_count|_sum)?)\b")
+
+
+def test_the_dashboard_shows_every_series_and_queries_only_what_the_code_emits():
+    from services.kit.metrics import SERIES
+
+    emitted = {series.prometheus: name for name, series in SERIES.items()}
+    path = _grafana_mounts()["/var/lib/grafana/dashboards"] / "leadmesh.json"
+    dashboard = json.loads(path.read_text())
+    queried = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for found in _SERIES_IN_EXPR.findall(target["expr"]):
+                queried.add(re.sub(r"_(bucket|count|sum)$", "", found))
+    assert queried, "no series found in the dashboard's queries"
+    assert queried <= set(emitted), f"queried but never emitted: {queried - set(emitted)}"
+    assert set(emitted) <= queried, f"emitted but not shown: {set(emitted) - queried}"

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 
+from services.kit.clock import as_utc
 from services.kit.db import RowTx, row_dict
-from services.runner.model import NewRun, Run, RunRecord, RunResult
+from services.runner.model import Backlog, NewRun, Run, RunRecord, RunResult
 from services.runner.store.paging import page
 from services.runner.tables import runs
 
@@ -28,6 +29,24 @@ class Runs(RowTx):
     async def get(self, user_id: str, run_id: str) -> RunRecord | None:
         row = await self._one(select(runs).where(runs.c.id == run_id, runs.c.user_id == user_id))
         return None if row is None else RunRecord.from_row(row)
+
+    async def any_owner(self, run_id: str) -> RunRecord | None:
+        """For the operator: the run whoever owns it (its event left out)."""
+        row = await self._one(select(*_LISTED).where(runs.c.id == run_id))
+        return None if row is None else RunRecord.from_row(row)
+
+    async def backlog(self, now: datetime) -> Backlog:
+        """Runs not finished, those of them due now, and the oldest one's creation time (UTC:
+        SQLite's min() of a time column comes back without its zone)."""
+        pending = runs.c.status.in_(("queued", "running"))
+        due = and_(runs.c.status == "queued", runs.c.next_attempt_time <= now)
+        query = select(
+            func.count(),
+            func.coalesce(func.sum(case((due, 1), else_=0)), 0),
+            func.min(runs.c.create_time),
+        ).where(pending)
+        count, due_count, oldest = (await self.c.execute(query)).one()
+        return Backlog(int(count), int(due_count), None if oldest is None else as_utc(oldest))
 
     async def page(
         self, user_id: str, connection_id: str | None, after: int | None, size: int
