@@ -49,6 +49,7 @@ bench: setup
 	$(PY) bench/vault.py
 	$(PY) bench/ingest.py
 	$(PY) bench/deliver.py
+	$(PY) bench/tracing.py
 
 # Refreshes requirements.lock: pyproject.toml's dependencies resolved in a throwaway venv (never
 # .venv), keeping every version the lock already pins, so a new dependency brings its own without

@@ -35,6 +35,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from leadmesh.retention.v1 import retention_pb2 as rpb
 from leadmesh.retention.v1 import retention_pb2_grpc
 from leadmesh.runner.v1 import runner_pb2 as pb
@@ -238,15 +239,19 @@ class Runner:
         self.retention = retention_pb2_grpc.RetentionParticipantStub(self.channels[1])
 
     async def ready(self) -> None:
+        # Health, not ListPolicies: counting 2 million rows takes longer than a probe.
+        health = health_pb2_grpc.HealthStub(self.channels[1])
         deadline = time.monotonic() + 60
         while True:
             try:
-                await self.retention.ListPolicies(rpb.ListPoliciesRequest(), timeout=2)
-                return
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
             except grpc.aio.AioRpcError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise SystemExit("the runner did not come up") from None
-                await asyncio.sleep(0.2)
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise SystemExit("the runner did not come up")
+            await asyncio.sleep(0.2)
 
     async def stop(self) -> None:
         for channel in self.channels:

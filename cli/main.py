@@ -83,12 +83,37 @@ def _announce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _up(_args: argparse.Namespace) -> int:
+def _up(args: argparse.Namespace) -> int:
     from cli.mesh import check_settings
     from cli.supervisor import RestartPolicy, up
 
+    if args.profile != "scale":
+        check_settings(RestartPolicy)
+        return up()
+    import os
+
+    from cli import scale
+    from services.kit.config import MeshSettings
+
+    check_settings(RestartPolicy, scale.ScaleSettings)
+    # Both stores checked (and the missing databases made) before anything else is touched.
+    plan = scale.plan(load_settings(scale.ScaleSettings), load_settings(MeshSettings))
+    # Every process `up` starts, and its own migrations, read these like any other setting.
+    os.environ.update(plan.environment)
     check_settings(RestartPolicy)
-    return up()
+    return up(plan.processes, plan.stores)
+
+
+UP_PROFILES = """profiles:
+  default  every service on a SQLite file under var/, counters in memory, delivery inside
+           the runner (no other server needed)
+  scale    as scaled out, on this machine: every service on a PostgreSQL database of its own
+           on LEADMESH_POSTGRES_URL's server (LEADMESH_DATABASE_PREFIX + service name, created
+           when missing, migrated), Redis at REDIS_URL (queue, counters, locks), and
+           LEADMESH_RUNNER_WORKER_PROCESSES (2) runner-worker processes doing every delivery
+           (the runner runs with RUNNER_WORKERS=0), each on its own metrics port from
+           RUNNER_WORKER_METRICS_PORT up. A missing or unreachable store stops it before
+           anything starts, naming the setting."""
 
 
 def _runner_worker(args: argparse.Namespace) -> int:
@@ -103,7 +128,21 @@ def main(argv: list[str] | None = None) -> int:
     # Bad input is one line and exit status 2, as a wrong setting is.
     parser = OneLineParser(prog="leadmesh", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("up", help="start the whole mesh on this machine").set_defaults(run=_up)
+    start = commands.add_parser(
+        "up",
+        help="start the whole mesh on this machine",
+        description="Prepare var/, migrate, start every process, wait until each serves, print "
+        "where the mesh listens; Ctrl-C or SIGTERM stops them all.",
+        epilog=UP_PROFILES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    start.add_argument(
+        "--profile",
+        choices=["default", "scale"],
+        default="default",
+        help="default: SQLite, no Redis; scale: PostgreSQL, Redis, runner-worker processes",
+    )
+    start.set_defaults(run=_up)
     commands.add_parser("config", help="the effective configuration, secrets masked").set_defaults(
         run=_config
     )

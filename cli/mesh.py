@@ -15,6 +15,7 @@ from types import ModuleType
 
 from pydantic_settings import BaseSettings
 
+import cli
 import gateway
 import services.identity
 import services.retention
@@ -35,17 +36,27 @@ class Process:
     # migrates every database before it starts anything.
     entry_point: ModuleType
     settings_class: type[BaseSettings]
-    # The variable naming the port it listens on, and the port without it.
+    # The variable naming the port it listens on, and the port without it (a runner worker
+    # listens only for metrics: the first free port from there).
     port_setting: str
     default_port: int
     # Its Alembic history (the launcher migrates it), or None for a process without a database.
     migrations: Path | None = None
     grpc: bool = True
+    # A runner worker serves nothing to probe: it is up once it has stayed alive a moment.
+    listens: bool = True
+    # What follows `python -m <entry_point>`, and settings of this process's own.
+    args: tuple[str, ...] = ()
+    environment: tuple[tuple[str, str], ...] = ()
 
     @property
     def module(self) -> str:
         """What `python -m` is given to serve this process."""
         return self.entry_point.__name__
+
+    @property
+    def command(self) -> list[str]:
+        return ["-m", self.module, *self.args]
 
     def settings(self) -> BaseSettings:
         """This process's settings from the environment; InvalidSettings names a wrong variable."""
@@ -89,6 +100,30 @@ def runner_workers(argv: list[str]) -> int:
     from services.runner.worker_process import main
 
     return main(argv)
+
+
+def runner_worker_processes(count: int, mesh: MeshSettings) -> tuple[Process, ...]:
+    """`leadmesh runner-worker` processes `runner-worker-1` … `-<count>`, for `leadmesh up` to
+    start after the mesh: the i-th serves metrics from RUNNER_WORKER_METRICS_PORT + i - 1 (the
+    first free port from there; 0: any free port)."""
+    base = mesh.runner_worker_metrics_port
+    processes = []
+    for i in range(1, count + 1):
+        port = base + i - 1 if base else 0
+        processes.append(
+            Process(
+                f"runner-worker-{i}",
+                cli,
+                RunnerSettings,
+                port_setting="RUNNER_WORKER_METRICS_PORT",
+                default_port=port,
+                grpc=False,
+                listens=False,
+                args=("runner-worker", "--count", "1"),
+                environment=(("RUNNER_WORKER_METRICS_PORT", str(port)),),
+            )
+        )
+    return tuple(processes)
 
 
 def check_settings(*others: type[BaseSettings]) -> None:

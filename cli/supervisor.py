@@ -6,6 +6,9 @@ recent crash (`LEADMESH_RESTART_BACKOFF_SECONDS`, capped at `LEADMESH_RESTART_BA
 one that crashed `LEADMESH_RESTART_LIMIT` times within `LEADMESH_RESTART_WINDOW_SECONDS` is broken,
 not unlucky, and the whole mesh stops with a non-zero status. A process that dies while the mesh
 is starting stops it at once: that is a configuration to fix, not a crash to outwait.
+
+`--profile scale` (cli/scale.py) adds `runner-worker` processes, started last; each start and
+restart prints the process's pid, so an operator (or a test) can find one.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from services.kit.pki import ensure_mesh_pki
 STOP_GRACE_SECONDS = 15.0
 START_TIMEOUT_SECONDS = 60.0
 POLL_SECONDS = 0.2
+# A process that serves nothing to probe (a runner worker) is up once alive this long: a wrong
+# setting or an unreachable store ends it well within.
+SETTLE_SECONDS = 3.0
 
 
 class RestartPolicy(BaseSettings):
@@ -76,10 +82,17 @@ def _serving(process: Process, mesh: MeshSettings, gateway: GatewaySettings) -> 
 
 
 class Supervisor:
-    def __init__(self, mesh: MeshSettings, policy: RestartPolicy | None = None) -> None:
+    def __init__(
+        self,
+        mesh: MeshSettings,
+        policy: RestartPolicy | None = None,
+        processes: tuple[Process, ...] = PROCESSES,
+    ) -> None:
         self.mesh = mesh
         self.policy = policy or RestartPolicy()
+        self.processes = processes
         self.children: dict[str, subprocess.Popen] = {}
+        self._started_at: dict[str, float] = {}
         self.stopping = False
         # Per process: monotonic times of its recent crashes, and when a pending restart is due.
         self._crashes: dict[str, deque[float]] = {}
@@ -87,9 +100,11 @@ class Supervisor:
 
     def start(self, process: Process) -> None:
         env = dict(os.environ, LEADMESH_VAR_DIR=str(self.mesh.var_dir.resolve()))
+        env.update(process.environment)
         self.children[process.name] = subprocess.Popen(  # noqa: S603 - our own module
-            [sys.executable, "-m", process.module], env=env
+            [sys.executable, *process.command], env=env
         )
+        self._started_at[process.name] = time.monotonic()
 
     def wait_until_serving(self, process: Process, gateway: GatewaySettings) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -97,7 +112,10 @@ class Supervisor:
             child = self.children[process.name]
             if child.poll() is not None:
                 raise RuntimeError(f"{process.name} exited with status {child.returncode}")
-            if _serving(process, self.mesh, gateway):
+            if not process.listens:
+                if time.monotonic() - self._started_at[process.name] >= SETTLE_SECONDS:
+                    return
+            elif _serving(process, self.mesh, gateway):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{process.name} did not serve within {START_TIMEOUT_SECONDS}s")
@@ -108,7 +126,7 @@ class Supervisor:
         that crashed too often (the mesh is to stop), or None when asked to stop."""
         while not self.stopping:
             now = time.monotonic()
-            for process in PROCESSES:
+            for process in self.processes:
                 child = self.children.get(process.name)
                 if process.name in self._restart_at:
                     if now >= self._restart_at[process.name]:
@@ -160,14 +178,16 @@ class Supervisor:
                 child.wait()
 
 
-def up() -> int:
+def up(processes: tuple[Process, ...] = PROCESSES, stores: list[str] | None = None) -> int:
+    """Runs the mesh until asked to stop; `processes` beyond the default (runner workers) and
+    `stores` (banner lines naming where the data lives) come from a profile."""
     # An invalid setting is InvalidSettings: `leadmesh` reports it in one line (exit status 2).
     mesh = load_settings(MeshSettings)
     gateway = load_settings(GatewaySettings)
     policy = load_settings(RestartPolicy)
     print(f"leadmesh: preparing {mesh.var_dir.resolve()}", flush=True)
     prepare(mesh)
-    supervisor = Supervisor(mesh, policy)
+    supervisor = Supervisor(mesh, policy, processes)
 
     def request_stop(_signum, _frame) -> None:
         supervisor.stopping = True
@@ -176,11 +196,19 @@ def up() -> int:
     signal.signal(signal.SIGTERM, request_stop)
     status = 0
     try:
-        for process in PROCESSES:
+        for process in (p for p in processes if p.listens):
             supervisor.start(process)
             supervisor.wait_until_serving(process, gateway)
+        # Processes that serve nothing start together and settle together.
+        quiet = [p for p in processes if not p.listens]
+        for process in quiet:
+            supervisor.start(process)
+            pid = supervisor.children[process.name].pid
+            print(f"leadmesh: {process.name} started (pid {pid})", flush=True)
+        for process in quiet:
+            supervisor.wait_until_serving(process, gateway)
         if not supervisor.stopping:
-            _print_banner(mesh, gateway)
+            _print_banner(mesh, gateway, supervisor, stores or [])
             if supervisor.watch() is not None:
                 status = 1
     except RuntimeError as error:
@@ -193,7 +221,9 @@ def up() -> int:
     return status
 
 
-def _print_banner(mesh: MeshSettings, gateway: GatewaySettings) -> None:
+def _print_banner(
+    mesh: MeshSettings, gateway: GatewaySettings, supervisor: Supervisor, stores: list[str]
+) -> None:
     public = mesh.public_url.rstrip("/")
     var = Path(mesh.var_dir).resolve()
     lines = [
@@ -206,10 +236,22 @@ def _print_banner(mesh: MeshSettings, gateway: GatewaySettings) -> None:
     for process in PROCESSES:
         if process.grpc:
             lines.append(f"  {process.name:<16} {mesh.addr(process.name)} (gRPC, mTLS)")
+    workers = [p for p in supervisor.processes if not p.listens]
+    for process in workers:
+        pid = supervisor.children[process.name].pid
+        lines.append(f"  {process.name:<16} pid {pid} (delivery only)")
+    lines += stores
     lines.append("  metrics          Prometheus text format; OTLP beside the traces")
     for process in PROCESSES:
         port = mesh.metrics_port(process.name)
         lines.append(f"    {process.name:<14} http://{mesh.host}:{port}/metrics")
+    for process in workers:
+        where = (
+            f"port {process.default_port} or the next free"
+            if process.default_port
+            else "a free port"
+        )
+        lines.append(f"    {process.name:<14} {where} (GET /metrics)")
     lines += [
         f"  mail outbox      {var / 'outbox'} (set SMTP_URL to send)",
         f"  traces           {var / 'traces'} (set OTEL_EXPORTER_OTLP_ENDPOINT to export)",

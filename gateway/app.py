@@ -38,13 +38,18 @@ the `csrf_token` of the sign-in answer, in the `X-CSRF-Token` header (security s
 try operations here: sign in with POST /v1/sessions, then enter its `csrf_token` under Authorize.
 """
 
-# Span attributes that may carry a raw URL or query string (tokens travel in some of them).
-_URL_ATTRIBUTES = ("http.url", "http.target", "url.full", "url.query")
+# Span attributes that may carry a raw URL, path or query (a webhook's token is its path, and
+# tokens travel in queries) or the caller's address (personal data): the route template
+# (`http.route`, and the span's name) says which endpoint it was. Old names and stable ones.
+_REDACTED_ATTRIBUTES = (
+    "http.url", "http.target", "url.full", "url.path", "url.query",
+    "net.peer.ip", "client.address",
+)  # fmt: skip
 
 
 def _scrub_span(span, _scope) -> None:
     if span and span.is_recording():
-        for name in _URL_ATTRIBUTES:
+        for name in _REDACTED_ATTRIBUTES:
             span.set_attribute(name, "[redacted]")
 
 

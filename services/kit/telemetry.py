@@ -5,7 +5,15 @@ line, ids in hex as the OTLP/JSON encoding wants), rotated by size and age
 (`<service>.<UTC time>-<pid>.jsonl`) and deleted past `LEADMESH_TRACES_KEEP_DAYS` or
 `LEADMESH_TRACES_KEEP_FILES`. Span attributes carry ids, never e-mail addresses, passwords or
 secrets. Background polls that find nothing run `untraced()`: a span per idle poll buries the
-traces worth reading."""
+traces worth reading.
+
+Configured by OpenTelemetry's own variables only: OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
+win over our defaults (the process's name, the package version, a random instance id);
+OTEL_TRACES_SAMPLER/_ARG are read by the SDK's TracerProvider (parent-based always-on when unset);
+OTEL_SDK_DISABLED=true exports nothing. Instrumentations write the stable HTTP and database
+semantic conventions (OTEL_SEMCONV_STABILITY_OPT_IN defaults to `http,database`), and gRPC
+spans are named `{rpc.service}/{rpc.method}` as the RPC conventions write it (without the
+instrumentation's leading slash)."""
 
 from __future__ import annotations
 
@@ -28,9 +36,10 @@ from opentelemetry.sdk.resources import (
     SERVICE_INSTANCE_ID,
     SERVICE_NAME,
     SERVICE_VERSION,
+    OTELResourceDetector,
     Resource,
 )
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import StatusCode
 
@@ -245,22 +254,41 @@ class Telemetry:
 
 
 def resource_of(service: str) -> Resource:
-    """service.name, its version and this process's instance id (OTEL_RESOURCE_ATTRIBUTES adds
-    to them)."""
+    """service.name, its version and this process's instance id; OTEL_SERVICE_NAME and
+    OTEL_RESOURCE_ATTRIBUTES (the operator's word) win over each of them."""
     try:
         version = importlib.metadata.version("leadmesh")
     except importlib.metadata.PackageNotFoundError:
         version = "0"
-    return Resource.create(
-        {SERVICE_NAME: service, SERVICE_VERSION: version, SERVICE_INSTANCE_ID: str(uuid.uuid4())}
-    )
+    ours = {SERVICE_NAME: service, SERVICE_VERSION: version, SERVICE_INSTANCE_ID: str(uuid.uuid4())}
+    # Resource.create merges the given attributes over the environment's: ours would win.
+    return Resource.create(ours).merge(OTELResourceDetector().detect())
+
+
+# The standard's switch, defaulted to the stable conventions (http.request.method, url.scheme,
+# http.response.status_code, db.query.text…) rather than the instrumentations' old names.
+SEMCONV_OPT_IN = "OTEL_SEMCONV_STABILITY_OPT_IN"
+
+
+class RpcSpanNames(SpanProcessor):
+    """gRPC spans named `leadmesh.vault.v1.VaultService/ResolveCredential`, as the RPC semantic
+    conventions write it; the instrumentation names them by the path, with a leading slash."""
+
+    def on_start(self, span: Span, parent_context=None) -> None:
+        if span.name.startswith("/") and (span.attributes or {}).get("rpc.system") == "grpc":
+            span.update_name(span.name[1:])
 
 
 def setup_telemetry(service: str, mesh: MeshSettings) -> Telemetry:
     """Installs the global tracer and meter providers for this process (metrics served on the
     process's `<NAME>_METRICS_PORT` when it has one) and returns them, to flush at exit."""
+    os.environ.setdefault(SEMCONV_OPT_IN, "http,database")
     resource = resource_of(service)
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource)  # sampler: OTEL_TRACES_SAMPLER/_ARG
+    trace.set_tracer_provider(provider)
+    if mesh.sdk_disabled:  # no span leaves the process (its tracers are no-ops too)
+        return Telemetry(provider, _serve_metrics(service, resource, mesh))
+    provider.add_span_processor(RpcSpanNames())
     if mesh.otlp_endpoint:
         exporter: SpanExporter = _otlp_span_exporter(mesh)
     else:
@@ -272,7 +300,6 @@ def setup_telemetry(service: str, mesh: MeshSettings) -> Telemetry:
             keep_files=mesh.traces_keep_files,
         )
     provider.add_span_processor(BatchSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
     return Telemetry(provider, _serve_metrics(service, resource, mesh))
 
 

@@ -9,9 +9,11 @@ a trace of their own.
 Each HTTP call of a delivery carries the run's id (`leadmesh.run_id`, an id, never data): the key
 by which `leadmesh trace` finds a scheduled run's traces, which no request started.
 
-HTTP client spans follow the semantic conventions but carry no URL path or query (either may hold
-a key or a token) and no error message (it may quote the destination): method, scheme, host, port,
-status and the error's type only.
+HTTP client spans follow the semantic conventions but carry no URL (`url.full`), path or query
+(any may hold a key or a token) and no error message (it may quote the destination): method,
+scheme, host, port, status, the error's type and, on every request after a run's first (a retry,
+the send after a token refresh, a redirect's next hop), `http.request.resend_count`. A status of
+400 or more, or no answer, is the span's error.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 import httpx
 from opentelemetry import context as otel_context
@@ -30,7 +33,16 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 _PROPAGATOR = TraceContextTextMapPropagator()
 _tracer = trace.get_tracer("leadmesh.runner")
 RUN_ID = "leadmesh.run_id"
-_delivering: ContextVar[str | None] = ContextVar("leadmesh_delivering", default=None)
+RESEND_COUNT = "http.request.resend_count"
+
+
+@dataclass
+class _Delivering:
+    run_id: str | None
+    sent: int  # requests of this run sent before (earlier attempts' included)
+
+
+_delivering: ContextVar[_Delivering | None] = ContextVar("leadmesh_delivering", default=None)
 
 
 def current_trace_parent() -> str | None:
@@ -53,13 +65,15 @@ def trace_id_of(trace_parent: str | None) -> str:
 
 
 @contextmanager
-def continuing(trace_parent: str | None, run_id: str | None = None) -> Iterator[None]:
+def continuing(
+    trace_parent: str | None, run_id: str | None = None, sent_before: int = 0
+) -> Iterator[None]:
     """The block runs in the trace `trace_parent` names (in no trace for None), delivering
-    `run_id` (which its HTTP calls name)."""
+    `run_id` (which its HTTP calls name) after `sent_before` requests of earlier attempts."""
     token = otel_context.attach(
         _PROPAGATOR.extract({"traceparent": trace_parent} if trace_parent else {})
     )
-    run = _delivering.set(run_id)
+    run = _delivering.set(_Delivering(run_id, sent_before))
     try:
         yield
     finally:
@@ -76,9 +90,13 @@ def http_call(method: str, url: httpx.URL) -> Iterator[Span]:
         "server.address": url.host,
         "server.port": url.port or (443 if url.scheme == "https" else 80),
     }
-    run_id = _delivering.get()
-    if run_id:
-        attributes[RUN_ID] = run_id
+    delivering = _delivering.get()
+    if delivering is not None:
+        if delivering.run_id:
+            attributes[RUN_ID] = delivering.run_id
+        if delivering.sent:
+            attributes[RESEND_COUNT] = delivering.sent
+        delivering.sent += 1
     with _tracer.start_as_current_span(
         method,
         kind=SpanKind.CLIENT,
@@ -96,6 +114,6 @@ def http_call(method: str, url: httpx.URL) -> Iterator[Span]:
 
 def record_status(span: Span, status: int) -> None:
     span.set_attribute("http.response.status_code", status)
-    if status >= 500:
+    if status >= 400:  # a client span's error (the HTTP conventions); a server's only from 500
         span.set_attribute("error.type", str(status))
         span.set_status(Status(StatusCode.ERROR))

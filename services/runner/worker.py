@@ -160,8 +160,9 @@ class Worker:
     async def _deliver(self, run: Run, connection: Connection | None) -> None:
         self._in_flight.add(run.id)
         try:
-            # The trace of the request that queued it; its HTTP calls name the run.
-            with continuing(run.trace_parent, run.id):
+            # The trace of the request that queued it; its HTTP calls name the run and count
+            # the requests sent before (http.request.resend_count).
+            with continuing(run.trace_parent, run.id, sent_before=run.attempts):
                 await self._deliver_and_record(run, connection)
         finally:
             self._in_flight.discard(run.id)

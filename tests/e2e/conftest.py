@@ -225,8 +225,11 @@ def _start_mesh(
         VAULT_PORT=str(free_port()),
         RUNNER_PORT=str(free_port()),
         RETENTION_PORT=str(free_port()),
-        # Two meshes run at once (pytest-xdist): never the default metrics ports.
-        **{f"{name}_METRICS_PORT": str(free_port()) for name in METRICS_PORT_NAMES},
+        # Two meshes run at once (pytest-xdist): never the default metrics ports. Runner workers
+        # take a port the kernel picks (0): from a base they would count up into ports handed to
+        # other processes of the mesh (a gateway once failed to bind the one a worker took).
+        **{f"{n}_METRICS_PORT": str(free_port()) for n in METRICS_PORT_NAMES if "WORKER" not in n},
+        RUNNER_WORKER_METRICS_PORT="0",
         SMTP_URL=f"smtp://127.0.0.1:{inbox.port}",  # type: ignore[attr-defined]
         IDENTITY_LOCKOUT_WINDOW_SECONDS=str(LOCKOUT_WINDOW_SECONDS),
         # As RUNNER_SUSPENSION_RECONCILE_SECONDS (runner_env): a lifted suspension within seconds.

@@ -105,7 +105,7 @@ def _root_database_spans(mesh: Mesh) -> list[dict]:
         for s in spans(mesh.var_dir)
         if s["service"].startswith("runner")
         and not s.get("parentSpanId")
-        and any(a["key"] == "db.statement" for a in s.get("attributes", []))
+        and any(a["key"] == "db.query.text" for a in s.get("attributes", []))
     ]
 
 
@@ -172,3 +172,44 @@ def _log_lines(mesh: Mesh) -> list[dict]:
             except ValueError:
                 continue
     return out
+
+
+def test_a_webhook_on_the_scale_out_stores_has_postgresql_and_redis_spans_beneath(
+    mesh_scaled: Mesh, receiver: SharedReceiver
+):
+    """On PostgreSQL and Redis (the queue's stream) the runner's IngestWebhook has both kinds of
+    client span beneath it, in the stable database conventions, and neither carries the lead."""
+    path = receiver.path("scaled-trace")
+    lead = f"scaled-trace-canary-{time.monotonic_ns()}"
+    with mesh_scaled.client() as owner:
+        register_and_login(owner)
+        connection = create(
+            owner, trigger={"type": "webhook"}, action=action(receiver.https_url(path))
+        )
+        with mesh_scaled.client() as caller:
+            accepted = caller.post(connection["webhook_url"], json={"lead": lead})
+        assert accepted.status_code == 202, accepted.text
+        run = finished(owner, accepted.json()["run_id"])
+    assert run["status"] == "succeeded"
+    deadline = time.monotonic() + 15
+    while True:
+        found = [s for s in spans(mesh_scaled.var_dir) if s["traceId"] == run["trace_id"]]
+        by_id = {span["spanId"]: span for span in found}
+        ingest = [
+            s for s in found if s["service"] == "runner" and s["kind"] == "SPAN_KIND_SERVER"
+            and s["name"].endswith("RunnerService/IngestWebhook")
+        ]  # fmt: skip
+        beneath = [
+            _attributes(s) for s in found
+            if ingest and ingest[0] in _ancestors(s, by_id)[1:] and s["service"] == "runner"
+        ]  # fmt: skip
+        systems = {a.get("db.system.name") for a in beneath}
+        if {"postgresql", "redis"} <= systems or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert {"postgresql", "redis"} <= systems, systems
+    assert lead not in json.dumps(found) and path not in json.dumps(found)
+
+
+def _attributes(span: dict) -> dict:
+    return {a["key"]: next(iter(a["value"].values())) for a in span.get("attributes", [])}

@@ -1,5 +1,7 @@
-"""A real OTLP/gRPC receiver for the tests, what a collector is to the mesh: the `MetricsService`
-and `TraceService` of opentelemetry-proto's generated stubs on loopback, keeping every request."""
+"""A real OTLP receiver for the tests, what a collector is to the mesh: the `MetricsService`
+and `TraceService` of opentelemetry-proto's generated stubs on loopback (OTLP/gRPC), and the same
+requests as OTLP/HTTP protobuf (`POST /v1/traces`, `/v1/metrics` at `http_endpoint`), keeping
+every request."""
 
 from __future__ import annotations
 
@@ -7,8 +9,9 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
-from typing import Self
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
 
 import grpc
 from google.protobuf.json_format import MessageToJson
@@ -26,9 +29,35 @@ class Point:
     value: float
 
 
+@dataclass(frozen=True)
+class ReceivedSpan:
+    """One span as received: ids in hex, kind and status by their short names (SERVER, ERROR…),
+    attributes with their values as sent (str, int, float, bool)."""
+
+    service: str
+    resource: dict[str, Any]
+    trace_id: str
+    span_id: str
+    parent_id: str
+    name: str
+    kind: str
+    status: str
+    status_message: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
 def _value(any_value) -> str:
     kind = any_value.WhichOneof("value")
     return str(getattr(any_value, kind)) if kind else ""
+
+
+def _native(any_value) -> Any:
+    kind = any_value.WhichOneof("value")
+    return getattr(any_value, kind) if kind else None
+
+
+_KIND = ("UNSPECIFIED", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
+_STATUS = ("UNSET", "OK", "ERROR")
 
 
 class OtlpReceiver(metrics_service_pb2_grpc.MetricsServiceServicer,
@@ -41,10 +70,18 @@ class OtlpReceiver(metrics_service_pb2_grpc.MetricsServiceServicer,
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(self, self._server)
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self._server)
         self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), _http_handler(self))
+        self._http.daemon_threads = True
 
     @property
     def endpoint(self) -> str:
+        """OTLP/gRPC (OTEL_EXPORTER_OTLP_PROTOCOL=grpc)."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def http_endpoint(self) -> str:
+        """OTLP/HTTP protobuf (the standard's default protocol)."""
+        return f"http://127.0.0.1:{self._http.server_address[1]}"
 
     def Export(self, request, context):  # noqa: N802 - the generated servicer's name
         with self._lock:
@@ -72,6 +109,33 @@ class OtlpReceiver(metrics_service_pb2_grpc.MetricsServiceServicer,
         with self._lock:
             return "\n".join(MessageToJson(r) for r in self.metric_requests)
 
+    def traces_text(self) -> str:
+        """Every trace request received, as JSON: for scans of what left the processes."""
+        with self._lock:
+            return "\n".join(MessageToJson(r) for r in self.trace_requests)
+
+    def spans(self) -> list[ReceivedSpan]:
+        with self._lock:
+            requests = list(self.trace_requests)
+        found = []
+        for request in requests:
+            for resource_spans in request.resource_spans:
+                resource = {a.key: _native(a.value) for a in resource_spans.resource.attributes}
+                service = str(resource.get("service.name", ""))
+                for scope in resource_spans.scope_spans:
+                    found += [_span(service, resource, span) for span in scope.spans]
+        return found
+
+    def wait_for_spans(
+        self, check: Callable[[list[ReceivedSpan]], bool], timeout: float = 30.0
+    ) -> list[ReceivedSpan]:
+        deadline = time.monotonic() + timeout
+        while not check(found := self.spans()):
+            if time.monotonic() > deadline:
+                return found
+            time.sleep(0.2)
+        return found
+
     def wait_for(self, check: Callable[[list[Point]], bool], timeout: float = 30.0) -> list[Point]:
         deadline = time.monotonic() + timeout
         while not check(points := self.points()):
@@ -82,10 +146,55 @@ class OtlpReceiver(metrics_service_pb2_grpc.MetricsServiceServicer,
 
     def __enter__(self) -> Self:
         self._server.start()
+        threading.Thread(target=self._http.serve_forever, daemon=True).start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self._http.shutdown()
+        self._http.server_close()
         self._server.stop(grace=None)
+
+
+def _http_handler(receiver: OtlpReceiver) -> type[BaseHTTPRequestHandler]:
+    requests = {
+        "/v1/traces": trace_service_pb2.ExportTraceServiceRequest,
+        "/v1/metrics": metrics_service_pb2.ExportMetricsServiceRequest,
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            kind = requests.get(self.path)
+            if kind is None or self.headers.get("content-type") != "application/x-protobuf":
+                self.send_error(404 if kind is None else 415)
+                return
+            answer = receiver.Export(kind.FromString(body), None)
+            payload = answer.SerializeToString()
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *_args: object) -> None:
+            return None
+
+    return Handler
+
+
+def _span(service: str, resource: dict[str, Any], span) -> ReceivedSpan:
+    return ReceivedSpan(
+        service=service,
+        resource=resource,
+        trace_id=span.trace_id.hex(),
+        span_id=span.span_id.hex(),
+        parent_id=span.parent_span_id.hex(),
+        name=span.name,
+        kind=_KIND[span.kind],
+        status=_STATUS[span.status.code],
+        status_message=span.status.message,
+        attributes={a.key: _native(a.value) for a in span.attributes},
+    )
 
 
 def _points(service: str, metric) -> list[Point]:

@@ -34,8 +34,12 @@ PREFIXES = (
     "OTEL",
 )
 VARIABLE = re.compile(rf"\b((?:{'|'.join(PREFIXES)})_[A-Z0-9_]*[A-Z0-9])\b")
-# Read by libraries or the test suite, not by a settings class of ours.
-NOT_OURS = {"LEADMESH_REQUIRE_SERVICES", "LEADMESH_TEST_POSTGRES_URL", "LEADMESH_TEST_REDIS_URL"}
+# Read by libraries (the OpenTelemetry SDK) or the test suite, not by a settings class of ours.
+NOT_OURS = {
+    "LEADMESH_REQUIRE_SERVICES", "LEADMESH_TEST_POSTGRES_URL", "LEADMESH_TEST_REDIS_URL",
+    "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG", "OTEL_SEMCONV_STABILITY_OPT_IN",
+}  # fmt: skip
 
 
 def settings_classes() -> list[type[BaseSettings]]:
