@@ -9,6 +9,17 @@ with deliveries in one `runner-worker` process beside the runner. Prints deliver
 second (first acceptance to last delivery), p50/p99 from acceptance (the 202) to arrival at the
 receiver, duplicates, and events lost (accepted, never delivered: must be 0). Target: >= 300/s.
 BENCH_EXTRA="NAME=value …" adds settings to the mesh (e.g. RUNNER_CONCURRENCY=128).
+
+    python bench/deliver.py --compare-sealing [--rounds 3] [--store sqlite|scaled|both] [--events N]
+
+What sealing execution data at rest costs (issue 15): the same deliveries with
+RUNNER_SEAL_EXECUTION_DATA=true (the default) against false, in alternating rounds over fresh
+meshes (on/off, off/on, …, as bench/tracing.py does), each round's ratio its "on" rate over its
+"off" rate; printed: the median of the rounds' ratios with their range (target >= 0.9). Beside
+each measurement: the vault's GetExecutionKeys calls (from its /metrics: keys are fetched once per
+user, category and day per cache period, never per row) and, on SQLite, the copies of the lead's
+e-mail address found in the bytes of the runner's database files (0 when sealed; the "off"
+rounds' count shows what sealing removes).
 """
 
 from __future__ import annotations
@@ -18,19 +29,26 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 from loadgen import Connection
 from meshrun import ROOT, Mesh, percentile, sign_up
 
+from services.kit.metrics import SERIES
 from tests.conftest import POSTGRES_ADMIN_URL, REDIS_URL, free_port
 from tests.support.receiver import _write_certificates
+
+SEALING = "RUNNER_SEAL_EXECUTION_DATA"
+# Each process's /metrics on a free port: never the defaults a neighbouring mesh holds.
+METRICS_PORTS = ("GATEWAY", "IDENTITY", "VAULT", "RUNNER", "RETENTION", "RUNNER_WORKER")
 
 RECEIVER = """
 import json, ssl, sys, time, uvicorn
@@ -56,6 +74,7 @@ uvicorn.Server(config).run()
 
 LEAD = {"email": "ann@example.com", "first_name": "Ann", "last_name": "Lee",
         "company": "Example Ltd", "utm": {"source": "ads"}}  # fmt: skip
+LEAD_EMAIL = LEAD["email"].encode()  # what a plaintext copy of a payload shows
 
 
 def scaled_env() -> dict[str, str]:
@@ -148,7 +167,12 @@ async def run(mesh: Mesh, receiver_url: str, events: int, concurrency: int) -> d
     }
 
 
-def bench(store: str, events: int, concurrency: int) -> dict:
+def bench(
+    store: str, events: int, concurrency: int, settings: dict[str, str] | None = None
+) -> dict:
+    """One fresh mesh on `store` (with `settings` over BENCH_EXTRA) and receiver: run()'s figures,
+    the vault's GetExecutionKeys calls and, on SQLite, plaintext copies of the lead's e-mail in
+    the runner's files once the mesh stopped."""
     certs = Path(tempfile.mkdtemp(prefix="leadmesh-receiver-"))
     ca, cert, key = certs / "ca.pem", certs / "cert.pem", certs / "key.pem"
     _write_certificates(ca, cert, key)
@@ -162,7 +186,10 @@ def bench(store: str, events: int, concurrency: int) -> dict:
         "RUNNER_WEBHOOK_RATE_PER_SECOND": "1000000",
         "RUNNER_WEBHOOK_BURST": "1000000",
     }
+    extra.update({f"{name}_METRICS_PORT": str(free_port()) for name in METRICS_PORTS})
+    extra["RETENTION_PORT"] = str(free_port())  # meshrun.Mesh frees the others
     extra.update(a.split("=", 1) for a in os.environ.get("BENCH_EXTRA", "").split() if a)
+    extra.update(settings or {})
     if store == "scaled":
         extra.update(scaled_env())
     if store == "sqlite+worker":
@@ -181,7 +208,9 @@ def bench(store: str, events: int, concurrency: int) -> dict:
             )
     try:
         time.sleep(1.0)
-        return asyncio.run(run(mesh, f"https://localhost:{port}", events, concurrency))
+        figures = asyncio.run(run(mesh, f"https://localhost:{port}", events, concurrency))
+        figures["key_fetches"] = _calls(int(extra["VAULT_METRICS_PORT"]), "GetExecutionKeys")
+        figures["load"] = os.getloadavg()[0]
     finally:
         for worker in workers:
             os.killpg(worker.pid, signal.SIGTERM)
@@ -189,6 +218,83 @@ def bench(store: str, events: int, concurrency: int) -> dict:
         mesh.stop()
         receiver.terminate()
         receiver.wait(10)
+    figures["plaintext"] = None if store == "scaled" else _copies(mesh.var / "runner", LEAD_EMAIL)
+    return figures
+
+
+def _calls(metrics_port: int, method: str) -> int | None:
+    """How many calls of `method` the process serving /metrics there has answered (None: it
+    serves no metrics, e.g. with OTEL_SDK_DISABLED=true)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    count = SERIES["rpc.server.duration"].prometheus + "_count"
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == count and sample.labels.get("rpc_method") == method
+        )
+    )
+
+
+def _copies(directory: Path, needle: bytes) -> int:
+    """Occurrences of `needle` in the bytes of every file under `directory` (database, WAL)."""
+    return sum(f.read_bytes().count(needle) for f in directory.rglob("*") if f.is_file())
+
+
+def alternating_rounds(
+    rounds: int, measure: Callable[[bool], dict], label: str
+) -> list[tuple[dict, dict]]:
+    """(on, off) figures of each round, `measure(True)` first in odd rounds and last in even ones,
+    so that a machine whose speed drifts moves both sides alike; each printed as it comes."""
+    pairs = []
+    for number in range(1, rounds + 1):
+        order = (True, False) if number % 2 else (False, True)
+        got = {on: measure(on) for on in order}
+        pairs.append((got[True], got[False]))
+        for on in order:
+            side = "on " if on else "off"
+            print(f"round {number} {label} {side}  {_described(got[on])}", flush=True)
+        ratio = got[True]["rate"] / got[False]["rate"]
+        print(f"round {number} ratio  {ratio:8.3f}", flush=True)
+    return pairs
+
+
+def _described(f: dict) -> str:
+    plaintext = "-" if f["plaintext"] is None else f["plaintext"]
+    return (
+        f"deliveries {f['rate']:6.0f} /s  p99 {f['p99']:6.0f} ms  lost {f['lost']}  "
+        f"key fetches {f['key_fetches']}  plaintext copies {plaintext}  load {f['load']:4.2f}"
+    )
+
+
+def compare_sealing(store: str, rounds: int, events: int, concurrency: int) -> None:
+    def measure(on: bool) -> dict:
+        return bench(store, events, concurrency, {SEALING: "true" if on else "false"})
+
+    pairs = alternating_rounds(rounds, measure, f"{store} sealing")
+    ratios = sorted(on["rate"] / off["rate"] for on, off in pairs)
+    lost = sum(on["lost"] + off["lost"] for on, off in pairs)
+    for on, side in ((True, 0), (False, 1)):
+        median = statistics.median(pair[side]["rate"] for pair in pairs)
+        copies = [pair[side]["plaintext"] for pair in pairs]
+        fetches = [pair[side]["key_fetches"] for pair in pairs]
+        delivered = [pair[side]["delivered"] for pair in pairs]
+        print(
+            f"{store} sealing {'on ' if on else 'off'} ({SEALING}={str(on).lower()})  "
+            f"{median:6.0f} /s   (median of {rounds}; key fetches {fetches} for {delivered} "
+            f"deliveries; plaintext copies of the lead's e-mail {copies}"
+            f"{', must be 0' if on else ''})"
+        )
+    print(
+        f"{store} sealing ratio  {statistics.median(ratios):8.3f}   (median of {rounds} rounds, "
+        f"{ratios[0]:.3f}-{ratios[-1]:.3f}; target >= 0.9; {lost} lost, must be 0)"
+    )
 
 
 def main() -> None:
@@ -198,8 +304,19 @@ def main() -> None:
     parser.add_argument(
         "--store", choices=["sqlite", "sqlite+worker", "scaled", "both"], default="both"
     )
+    parser.add_argument(
+        "--compare-sealing",
+        action="store_true",
+        help=f"deliveries with {SEALING}=true against false, alternating rounds (ratio)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --compare-sealing")
     args = parser.parse_args()
     stores = ["sqlite", "scaled"] if args.store == "both" else [args.store]
+    if args.compare_sealing:
+        print(f"load average at start {os.getloadavg()[0]:.2f}  ({os.cpu_count()} cores)")
+        for store in stores:
+            compare_sealing(store, args.rounds, args.events, args.concurrency)
+        return
     for store in stores:
         f = bench(store, args.events, args.concurrency)
         print(

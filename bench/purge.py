@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -223,16 +224,24 @@ class Runner:
     """`python -m services.runner` on a database (no workers: only acceptance and purges), and
     stubs to it calling as the gateway and as the retention service."""
 
-    def __init__(self, var: Path, url: str) -> None:
+    def __init__(self, var: Path, url: str, log: Path | None = None) -> None:
         self.port = free_port()
         env = dict(
             os.environ, LEADMESH_VAR_DIR=str(var), RUNNER_PORT=str(self.port),
             RUNNER_DATABASE_URL=url, RUNNER_WORKERS="0", RUNNER_WEBHOOK_RATE_PER_SECOND="1000000",
             RUNNER_WEBHOOK_BURST="1000000", RUNNER_METRICS_PORT=str(free_port()),
             LEADMESH_LOG_LEVEL=os.environ.get("BENCH_RUNNER_LOG", "ERROR"),
+            # No vault runs here: the webhooks come in unsealed (the rows purged are seeded).
+            RUNNER_SEAL_EXECUTION_DATA=os.environ.get("RUNNER_SEAL_EXECUTION_DATA", "false"),
         )  # fmt: skip
         env.pop("REDIS_URL", None)
-        self.process = subprocess.Popen([sys.executable, "-m", RUNNER.module], cwd=ROOT, env=env)
+        # `log`: the runner's log there, at INFO at least (its "purge call" lines: `call_times`).
+        self.log = None if log is None else log.open("w")
+        if log is not None and env["LEADMESH_LOG_LEVEL"].upper() in ("ERROR", "WARNING"):
+            env["LEADMESH_LOG_LEVEL"] = "INFO"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", RUNNER.module], cwd=ROOT, env=env, stderr=self.log
+        )
         there = MeshSettings(var_dir=var, runner_addr=f"127.0.0.1:{self.port}", _env_file=None)
         self.channels = [open_channel(there, "runner", caller=c) for c in ("gateway", "retention")]
         self.api = runner_pb2_grpc.RunnerServiceStub(self.channels[0])
@@ -258,16 +267,40 @@ class Runner:
             await channel.close()
         self.process.terminate()
         self.process.wait(30)
+        if self.log is not None:
+            self.log.close()
 
 
-async def purge_alone(var: Path, url: str, cutoff, batch: int) -> tuple[int, float]:
-    """The participant's purge with nothing else running, as the raw DELETE runs."""
-    runner = Runner(var, url)
+def call_times(log: Path) -> tuple[float, float]:
+    """(seconds of batches, seconds giving the space back) summed over the participant's
+    "purge call" log lines: its own split of each call (services/kit/retention). The batches
+    include the checkpoints that run alongside them; giving back is what follows a category's
+    last batch (incremental_vacuum, checkpoints, the log truncated)."""
+    batches = giving_back = 0.0
+    for line in log.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") == "purge call":
+            batches += entry["seconds_batches"]
+            giving_back += entry["seconds_compacting"]
+    return batches, giving_back
+
+
+async def purge_alone(
+    var: Path, url: str, cutoff, batch: int
+) -> tuple[int, float, tuple[float, float]]:
+    """The participant's purge with nothing else running, as the raw DELETE runs: (rows,
+    seconds, its own split of them: `call_times`)."""
+    log = var.parent / f"runner-{uuid.uuid4().hex[:8]}.log"
+    runner = Runner(var, url, log)
     try:
         await runner.ready()
-        return await purge_through_participant(runner.retention, cutoff, batch)
+        deleted, seconds = await purge_through_participant(runner.retention, cutoff, batch)
     finally:
         await runner.stop()
+    return deleted, seconds, call_times(log)
 
 
 async def senders(stub, token: str, stop: asyncio.Event, latencies: list[float]) -> None:
@@ -327,15 +360,15 @@ async def bench(backend: str, rows: int, batch: int, idle_seconds: float) -> dic
         finally:
             await runner.stop()
         raw_deleted, raw_seconds, vacuum_seconds = await purge_raw(raw_url, half)
-        quiet_deleted, quiet_seconds = await purge_alone(var, quiet_url, half, batch)
-        tenth_deleted, tenth_seconds = await purge_alone(var, tenth_url, tenth, batch)
+        quiet_deleted, quiet_seconds, split = await purge_alone(var, quiet_url, half, batch)
+        tenth_deleted, tenth_seconds, _ = await purge_alone(var, tenth_url, tenth, batch)
         assert deleted == raw_deleted == quiet_deleted, (deleted, raw_deleted, quiet_deleted)
         return {
             "seeded": seeded, "deleted": deleted, "seconds": seconds, "quiet": quiet_seconds,
             "raw": raw_seconds,
             "idle_p99": percentile(idle, 0.99) * 1000, "busy_p99": percentile(busy, 0.99) * 1000,
             "busy_count": len(busy), "tenth_deleted": tenth_deleted, "tenth": tenth_seconds,
-            "vacuum": vacuum_seconds,
+            "vacuum": vacuum_seconds, "batches": split[0], "giving_back": split[1],
         }  # fmt: skip
     finally:
         store.drop()
@@ -378,6 +411,11 @@ def main() -> None:
         print(f"  ratio            {rate / raw_rate:10.3f}        (target >= {target})")
         print(f"  ratio, space too {rate / whole:10.3f}        (against raw DELETE + giving "
               f"back: {whole:.0f} rows/s)")  # fmt: skip
+        if f["batches"]:
+            alone = f["deleted"] / f["batches"]
+            print(f"  ratio, DELETEs   {alone / raw_rate:10.3f}        (participant's batches "
+                  f"alone, {alone:.0f} rows/s: {f['batches']:.2f} s, then giving back "
+                  f"{f['giving_back']:.2f} s; both sides without giving back)")  # fmt: skip
         print(f"  during ingest    {f['deleted'] / f['seconds']:10.0f} rows/s  "
               f"({f['seconds']:.2f} s)")  # fmt: skip
         print(f"  ingest p99 idle  {f['idle_p99']:10.1f} ms    during purge "

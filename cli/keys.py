@@ -39,12 +39,9 @@ def _print_status(status: pb.KeyStatus) -> None:
     print(f"KEKs {source}; current {status.current_version}")
     for version in status.versions:
         mark = "*" if version.current else " "
-        print(f" {mark} {version.version:<6} wraps {version.data_key_count} data keys")
+        print(f" {mark} {version.version:<6} wraps {version.data_key_count} keys")
     if status.pending:
-        print(
-            f"{status.pending} data keys still wrapped by older versions: "
-            "run `leadmesh keys rotate`"
-        )
+        print(f"{status.pending} keys still wrapped by older versions: run `leadmesh keys rotate`")
 
 
 def status(_args: argparse.Namespace) -> int:
@@ -61,12 +58,12 @@ def rotate(args: argparse.Namespace) -> int:
     with channel:
         state = _call(stub.GetKeyStatus, pb.GetKeyStatusRequest(), metadata)
         if state.pending:
-            print(f"resuming: {state.pending} data keys to rewrap under {state.current_version}")
+            print(f"resuming: {state.pending} keys to rewrap under {state.current_version}")
         elif state.managed:
             state = _call(stub.BeginKeyRotation, pb.BeginKeyRotationRequest(), metadata)
             print(f"new KEK version {state.current_version} is current")
         else:
-            print(f"every data key is wrapped by {state.current_version}; nothing to do")
+            print(f"every key is wrapped by {state.current_version}; nothing to do")
             return 0
         total, done, started = state.pending, 0, time.monotonic()
         while True:

@@ -3,46 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from cli.mesh import PROCESSES
 from services.kit.config import InvalidSettings, load_settings, report_invalid
-
-
-def _config(_args: argparse.Namespace) -> int:
-    """Effective configuration of every process, secrets masked."""
-    from cli.supervisor import RestartPolicy
-    from services.kit.config import describe
-
-    # Settings come from the environment: this is what `leadmesh up` would start from this
-    # shell, not necessarily what a running mesh (started elsewhere) uses.
-    names = ", ".join(process.name for process in PROCESSES)
-    print(f"# settings of {names} as `leadmesh up` would start them from this shell")
-    merged: dict[str, object] = describe(load_settings(RestartPolicy))
-    for process in PROCESSES:
-        settings = process.settings()
-        merged.update(describe(settings))
-        if process.migrations is not None:
-            key = f"{process.name.upper()}_DATABASE_URL"
-            merged[key] = describe_url(process.database_url(settings))
-    for key in sorted(merged):
-        print(f"{key}={_show(merged[key])}")
-    return 0
-
-
-def describe_url(url: str) -> str:
-    from sqlalchemy import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
-def _show(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return str(value)
 
 
 def _migrate(_args: argparse.Namespace) -> int:
@@ -143,9 +106,6 @@ def main(argv: list[str] | None = None) -> int:
         help="default: SQLite, no Redis; scale: PostgreSQL, Redis, runner-worker processes",
     )
     start.set_defaults(run=_up)
-    commands.add_parser("config", help="the effective configuration, secrets masked").set_defaults(
-        run=_config
-    )
     commands.add_parser(
         "migrate", help="create the mesh CA and migrate every database"
     ).set_defaults(run=_migrate)
@@ -163,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     worker.add_argument("--count", type=int, default=1, help="workers in this process")
     worker.set_defaults(run=_runner_worker)
-    from cli import keys, retention, status, trace
+    from cli import config, keys, retention, status, trace
 
+    config.add_commands(commands)
     status.add_commands(commands)
     trace.add_commands(commands)
     keys.add_commands(commands)

@@ -1,5 +1,6 @@
 """`leadmesh retention …`: the retention service's operator commands (status, purges, ledger,
-erasure cases), over gRPC with the operator's certificate. Every command takes `--json`.
+erasure cases, the sealing migration), over gRPC with the operator's certificate. Every command
+takes `--json`.
 
 TIME (for `--as-of`) is ISO 8601 (`2027-01-05T00:00:00Z`) or relative to now (`+8d`, `-12h`,
 `+30m`, `+90s`); now is the mesh's (LEADMESH_CLOCK_OFFSET_SECONDS included).
@@ -120,7 +121,9 @@ def status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(_dict(reply))
         return 0
-    rows = [("PARTICIPANT", "CATEGORY", "MAX AGE", "OLDEST", "ROWS", "EXPIRED", "STATE")]
+    rows = [
+        ("PARTICIPANT", "CATEGORY", "MAX AGE", "OLDEST", "ROWS", "EXPIRED", "OLDEST KEY", "STATE")
+    ]
     for item in reply.categories:
         policy = _dict(item.policy)
         rows.append(
@@ -131,6 +134,8 @@ def status(args: argparse.Namespace) -> int:
                 _short(policy.get("oldest_time")),
                 str(item.policy.rows),
                 str(item.policy.expired_rows),
+                # Sealed categories: the oldest day whose key the vault still holds.
+                (item.oldest_epoch_day or "none") if item.policy.sealed else "-",
                 item.state + (f" ({item.error})" if item.error else ""),
             )
         )
@@ -189,6 +194,58 @@ def _show_progress(progress: pb.PurgeProgress) -> None:
     state = progress.outcome if progress.done else "purging"
     sys.stderr.write(f"{label:<40} [{bar:<30}] {progress.rows_deleted}/{total} {state}{end}")
     sys.stderr.flush()
+
+
+def seal(args: argparse.Namespace) -> int:
+    """The sealing migration: a summary line per category (a progress line per call on stderr
+    with `--progress`); exit 1 if a category failed. Interrupting it loses nothing: each batch the
+    participant seals is one transaction, and a run again goes on where this one stopped."""
+    _, channel, stub, metadata = _stub(args)
+    request = pb.RunSealingRequest(participant=args.participant or "", category=args.category or "")
+    results, failed = [], False
+    with channel:
+        try:
+            # No deadline: a large table takes as long as it takes, with progress all along.
+            for progress in stub.RunSealing(request, metadata=metadata):
+                if args.progress:
+                    _show_sealing(progress)
+                if progress.done:
+                    results.append(progress)
+                    failed |= bool(progress.error)
+        except grpc.RpcError as error:
+            raise Refused(_explain(error)) from None
+        except KeyboardInterrupt:
+            sys.stderr.write(
+                "interrupted: what is sealed stays sealed; run `leadmesh retention seal` again"
+                " to go on\n"
+            )
+            return 130
+    if args.json:
+        _print_json([_dict(p) for p in results])
+    else:
+        for item in results:
+            print(_sealing_summary(item))
+    return 1 if failed else 0
+
+
+def _label(progress: pb.SealingProgress) -> str:
+    return f"{progress.participant}/{progress.category or '-'}"
+
+
+def _show_sealing(progress: pb.SealingProgress) -> None:
+    sys.stderr.write(
+        f"{_label(progress)}: {progress.rows_sealed} sealed, "
+        f"{progress.rows_plaintext} in plaintext{' (done)' if progress.done else ''}\n"
+    )
+    sys.stderr.flush()
+
+
+def _sealing_summary(item: pb.SealingProgress) -> str:
+    if item.error:  # what is left is not known: the call that would have said it failed
+        return f"{_label(item)}: failed, {item.rows_sealed} sealed ({item.error})"
+    return (
+        f"{_label(item)}: ok, {item.rows_sealed} sealed, {item.rows_plaintext} still in plaintext"
+    )
 
 
 def ledger(args: argparse.Namespace) -> int:
@@ -293,7 +350,7 @@ def add_commands(commands) -> None:
     # Under `erasures`, whose own --json stays set when given before the subcommand.
     json_again = argparse.ArgumentParser(add_help=False)
     json_again.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    top = commands.add_parser("retention", help="purges, compliance and erasure cases")
+    top = commands.add_parser("retention", help="purges, compliance, erasure cases, sealing")
     top.error = OneLineParser.error.__get__(top)  # type: ignore[method-assign]
     retention = top.add_subparsers(
         dest="retention_command", required=True, parser_class=OneLineParser
@@ -309,6 +366,15 @@ def add_commands(commands) -> None:
     purge.add_argument("--as-of", metavar="TIME", help="purge what is expired then")
     purge.add_argument("--dry-run", action="store_true", help="count, delete nothing")
     purge.set_defaults(run=run)
+    sealing = retention.add_parser(
+        "seal", parents=[json_flag], help="seal the rows written before sealing (resumable)"
+    )
+    sealing.add_argument("--participant", metavar="P")
+    sealing.add_argument("--category", metavar="C")
+    sealing.add_argument(
+        "--progress", action="store_true", help="a line per call on stderr: sealed, left"
+    )
+    sealing.set_defaults(run=seal)
     listed = retention.add_parser("ledger", parents=[json_flag], help="purge runs, newest first")
     listed.add_argument("--participant", metavar="P")
     listed.add_argument("--category", metavar="C")

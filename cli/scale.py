@@ -50,10 +50,25 @@ class ScalePlan:
     stores: list[str] = field(default_factory=list)
 
 
-def plan(settings: ScaleSettings, mesh: MeshSettings) -> ScalePlan:
-    """Checks both stores, creates the missing databases; InvalidSettings names what is wrong."""
+@dataclass(frozen=True)
+class Databases:
+    """Each service's database under the profile, from the settings alone (nothing dialled):
+    `explicit` the operator's own `<NAME>_DATABASE_URL`s, `derived` those made on
+    LEADMESH_POSTGRES_URL's server ({variable: URL with its password})."""
+
+    explicit: dict[str, str]
+    derived: dict[str, str]
+
+    def environment(self) -> dict[str, str]:
+        """What every process `up --profile scale` starts reads beside its own settings."""
+        return {"RUNNER_WORKERS": "0", **self.derived}
+
+
+def service_databases(settings: ScaleSettings, mesh: MeshSettings) -> Databases:
+    """Where each service's data would live; InvalidSettings names what is missing or wrong (a
+    store that is set but unreachable is `plan`'s to find: this dials nothing)."""
     explicit: dict[str, str] = {}
-    derived: list[str] = []
+    derived: dict[str, str] = {}  # variable: the database's name, until the server is known
     problems: list[str] = []
     for process in PROCESSES:
         if process.migrations is None:
@@ -61,7 +76,7 @@ def plan(settings: ScaleSettings, mesh: MeshSettings) -> ScalePlan:
         configured = getattr(process.settings(), "database_url", None)
         variable = f"{process.name.upper()}_DATABASE_URL"
         if configured is None:
-            derived.append(process.name)
+            derived[variable] = settings.database_prefix + process.name
         elif not _is_postgres(configured.get_secret_value()):
             problems.append(f"{variable}: --profile scale keeps every service on PostgreSQL")
         else:
@@ -73,35 +88,33 @@ def plan(settings: ScaleSettings, mesh: MeshSettings) -> ScalePlan:
         )
     if mesh.redis() is None:
         problems.append("REDIS_URL is not set (e.g. redis://127.0.0.1:6379/0)")
-    if not problems:
-        problems += _unreachable_redis(mesh.redis() or "")
-        for variable, url in explicit.items():
-            problems += _unreachable_postgres(variable, url)
-        if derived and settings.postgres_url is not None:
-            problems += _unreachable_postgres("LEADMESH_POSTGRES_URL", _server(settings))
     if problems:
         raise InvalidSettings("--profile scale: " + "; ".join(problems))
+    return Databases(explicit, {v: _on_server(settings, name) for v, name in derived.items()})
 
-    environment = {"RUNNER_WORKERS": "0"}
-    names = []
-    if derived:
-        server = _server(settings)
-        names = [settings.database_prefix + name for name in derived]
-        if created := _create_missing(server, names):
-            print(f"leadmesh: created databases {', '.join(created)}", flush=True)
-        for name, database in zip(derived, names, strict=True):
-            url = make_url(settings.postgres_url.get_secret_value()).set(database=database)  # type: ignore[union-attr]
-            environment[f"{name.upper()}_DATABASE_URL"] = url.render_as_string(hide_password=False)
-    databases = names + [make_url(url).database or "" for url in explicit.values()]
-    where = {
-        _address(url) for url in [*explicit.values(), *([_server(settings)] if derived else [])]
-    }
+
+def plan(settings: ScaleSettings, mesh: MeshSettings) -> ScalePlan:
+    """Checks both stores, creates the missing databases; InvalidSettings names what is wrong."""
+    found = service_databases(settings, mesh)
+    problems = _unreachable_redis(mesh.redis() or "")
+    for variable, url in found.explicit.items():
+        problems += _unreachable_postgres(variable, url)
+    if found.derived:
+        problems += _unreachable_postgres("LEADMESH_POSTGRES_URL", _server(settings))
+    if problems:
+        raise InvalidSettings("--profile scale: " + "; ".join(problems))
+    made = [make_url(url).database or "" for url in found.derived.values()]
+    if made and (created := _create_missing(_server(settings), made)):
+        print(f"leadmesh: created databases {', '.join(created)}", flush=True)
+    names = made + [make_url(url).database or "" for url in found.explicit.values()]
+    servers = [*found.explicit.values(), *([_server(settings)] if found.derived else [])]
+    where = ", ".join(sorted({_address(url) for url in servers}))
     workers = runner_worker_processes(settings.runner_worker_processes, mesh)
     stores = [
-        f"  PostgreSQL       {', '.join(sorted(where))}: {', '.join(databases)}",
+        f"  PostgreSQL       {where}: {', '.join(names)}",
         f"  Redis            {_address(mesh.redis() or '', redis=True)} (queue, counters, locks)",
     ]
-    return ScalePlan(environment, PROCESSES + workers, stores)
+    return ScalePlan(found.environment(), PROCESSES + workers, stores)
 
 
 def _is_postgres(url: str) -> bool:
@@ -109,6 +122,12 @@ def _is_postgres(url: str) -> bool:
         return make_url(url).get_backend_name() == "postgresql"
     except Exception:  # not a URL: the service's own settings say so when it starts
         return False
+
+
+def _on_server(settings: ScaleSettings, database: str) -> str:
+    """The URL of `database` on LEADMESH_POSTGRES_URL's server, password included."""
+    url = make_url(settings.postgres_url.get_secret_value())  # type: ignore[union-attr]
+    return url.set(database=database).render_as_string(hide_password=False)
 
 
 def _server(settings: ScaleSettings) -> str:

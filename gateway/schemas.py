@@ -175,6 +175,9 @@ class LoginAttempt(BaseModel):
     ip_address: str
     user_agent: str
     outcome: LoginOutcome
+    # The address and user agent are sealed at rest: true once they can no longer be read (their
+    # day's key destroyed past the login history's max age); both are then "".
+    details_purged: bool = False
 
     @classmethod
     def of(cls, attempt: identity_pb2.LoginAttempt) -> LoginAttempt:
@@ -184,6 +187,7 @@ class LoginAttempt(BaseModel):
             ip_address=attempt.ip_address,
             user_agent=attempt.user_agent,
             outcome=LoginOutcome(name.lower()),
+            details_purged=attempt.details_purged,
         )
 
 

@@ -158,6 +158,9 @@ class WebhookLogEntry(BaseModel):
     body: str
     # Headers and query parameters whose values were replaced by "[redacted]".
     redacted: list[str] = []
+    # Headers, query and body are sealed at rest: true once they can no longer be read (their
+    # day's key destroyed by retention, or a value that does not authenticate); they are empty.
+    details_purged: bool = False
 
     @classmethod
     def of(cls, e: runner_pb2.WebhookLogEntry) -> WebhookLogEntry:
@@ -173,6 +176,7 @@ class WebhookLogEntry(BaseModel):
             body_encoding=e.body_encoding,  # type: ignore[arg-type]
             body=e.body,
             redacted=list(e.redacted),
+            details_purged=e.details_purged,
         )
 
 
@@ -186,6 +190,8 @@ class Notification(BaseModel):
     create_time: datetime | None
     read_time: datetime | None
     read: bool
+    # The message is sealed at rest: true once it can no longer be read (it then says so).
+    details_purged: bool = False
 
     @classmethod
     def of(cls, m: runner_pb2.Notification) -> Notification:
@@ -199,6 +205,7 @@ class Notification(BaseModel):
             create_time=timestamp(m.create_time),
             read_time=timestamp(m.read_time),
             read=m.HasField("read_time"),
+            details_purged=m.details_purged,
         )
 
 

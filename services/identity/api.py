@@ -209,6 +209,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
                     ip_address=a.ip_address,
                     user_agent=a.user_agent,
                     outcome=_OUTCOMES.get(a.outcome, pb.LOGIN_OUTCOME_UNSPECIFIED),
+                    details_purged=a.purged,
                 )
                 for a in attempts
             ],

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from services.identity.login_history import CATEGORY as LOGIN_HISTORY
+from services.identity.login_history import SEALED as LOGIN_HISTORY_SEALED
 from services.identity.settings import IdentitySettings
 from services.identity.store import Store
 from services.identity.tables import (
@@ -35,6 +37,7 @@ from services.kit.retention import (
     TableCategory,
     days,
 )
+from services.kit.sealing import ExecutionKeys
 
 CONTRACT = "GDPR Art. 6(1)(b): needed to provide the account the user signed up for"
 SECURITY = "GDPR Art. 6(1)(f): securing accounts against abuse (legitimate interest)"
@@ -58,6 +61,8 @@ def categories(settings: IdentitySettings) -> list[Category]:
             f"GDPR Art. 7(1): proof of consent; {KEPT_UNTIL_ERASURE}", consent_events, None,
             time_column="event_time", user_column="account_id", export_section="consents",
         ),
+        # Not sealed: a session's age runs from its rolling expire_time, which fits no day key
+        # (a key destroyed by day would take live sessions' values with it).
         TableCategory(
             "sessions", "sessions with IP address and user agent; a dead one (expired or "
             "revoked) is kept this long after its end", SECURITY, sessions,
@@ -77,9 +82,10 @@ def categories(settings: IdentitySettings) -> list[Category]:
             user_column="account_id", export_section="deletion_requests", secret_columns=TOKENS,
         ),
         TableCategory(
-            "login_history", "login attempts with IP address, user agent and outcome", SECURITY,
-            login_attempts, days(settings.login_history_days), time_column="attempt_time",
-            user_column="account_id", export_section="login_history",
+            LOGIN_HISTORY, "login attempts with IP address, user agent (both sealed) and "
+            "outcome", SECURITY, login_attempts, days(settings.login_history_days),
+            time_column="attempt_time", user_column="account_id", export_section="login_history",
+            sealed=LOGIN_HISTORY_SEALED,
         ),
         TableCategory(
             "accounting_records", "plan changes with billing name, address and payment "
@@ -102,8 +108,15 @@ def categories(settings: IdentitySettings) -> list[Category]:
 
 
 def participant(
-    settings: IdentitySettings, store: Store, throttle: LoginThrottle, clock: Clock
+    settings: IdentitySettings,
+    store: Store,
+    throttle: LoginThrottle,
+    clock: Clock,
+    keys: ExecutionKeys | None = None,
 ) -> Participant:
+    """`keys`: the vault's keys of the sealed login history (its `Seal`, its export opened, the
+    account's forgotten at its erasure)."""
+
     async def before_erase(account_id: str) -> None:
         async with store.read() as tx:
             account = await tx.account(account_id)
@@ -118,5 +131,10 @@ def participant(
         await throttle.forgive(account.email_key)
 
     return Participant(
-        "identity", store.database, categories(settings), clock, before_erase=before_erase
+        "identity",
+        store.database,
+        categories(settings),
+        clock,
+        before_erase=before_erase,
+        keys=keys,
     )

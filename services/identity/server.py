@@ -6,13 +6,17 @@ the same function, so what is tested is what runs.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from leadmesh.identity.v1 import identity_pb2_grpc
 from leadmesh.retention.v1 import retention_pb2_grpc
+from leadmesh.vault.v1 import vault_pb2_grpc
 
 from services.identity import MIGRATIONS
 from services.identity.accounts import Accounts
@@ -20,6 +24,7 @@ from services.identity.api import ALLOWED_CALLERS, SERVICE, IdentityApi
 from services.identity.billing import Billing
 from services.identity.consents import Consents
 from services.identity.deletion import Deletion
+from services.identity.login_history import LoginHistory
 from services.identity.mail import Background, Mailer
 from services.identity.password_change import PasswordChange
 from services.identity.password_reset import PasswordReset
@@ -40,7 +45,9 @@ from services.kit import retention
 from services.kit.clock import Clock, SystemClock
 from services.kit.config import database_url
 from services.kit.db import create_service_engine, migrate
+from services.kit.grpcclient import open_channel
 from services.kit.grpcserver import RunningService, start_server
+from services.kit.sealing import ExecutionKeys
 from services.kit.service import service_main
 from services.kit.telemetry import instrument_engine
 
@@ -98,16 +105,25 @@ class Parts:
     mailer: Mailer
     background: Background
     retention: retention.Participant
+    login_history: LoginHistory
+    # Run at close, in order (the vault channel and its key prefetch, when served).
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def close(self) -> None:
+        for close in self.closers:
+            await close()
         await self.background.drain()
         self.hasher.close()
         await self.throttle.counters.close()
         await self.store.close()
 
 
-def build(settings: IdentitySettings, clock: Clock | None = None) -> Parts:
-    """Every part of the service, wired from settings; nothing listens yet."""
+def build(
+    settings: IdentitySettings, clock: Clock | None = None, keys: ExecutionKeys | None = None
+) -> Parts:
+    """Every part of the service, wired from settings; nothing listens yet. `keys`: the vault's
+    keys of the sealed login history (`start` makes them; without, `seal_login_history` must be
+    off)."""
     clock = clock or SystemClock(settings.mesh.clock_offset_seconds)
     engine = create_service_engine(database_url(settings.database_url, settings.mesh, "identity"))
     instrument_engine(engine)
@@ -119,7 +135,8 @@ def build(settings: IdentitySettings, clock: Clock | None = None) -> Parts:
     hasher = PasswordHasher(settings.pbkdf2_iterations, settings.hash_threads, settings.hash_nice)
     throttle = LoginThrottle(make_counters(settings, clock), limits(settings))
     accounts = Accounts(store, hasher, clock)
-    sessions = Sessions(settings, store, hasher, throttle, clock)
+    history = LoginHistory(store, clock, keys, seal=settings.seal_login_history)
+    sessions = Sessions(settings, store, hasher, throttle, clock, history)
     reauthentication = Reauthentication(hasher, throttle)
     consents = Consents(
         store,
@@ -143,8 +160,33 @@ def build(settings: IdentitySettings, clock: Clock | None = None) -> Parts:
         throttle=throttle,
         mailer=mailer,
         background=background,
-        retention=participant(settings, store, throttle, clock),
+        retention=participant(settings, store, throttle, clock, keys),
+        login_history=history,
     )
+
+
+def execution_keys(
+    settings: IdentitySettings, clock: Clock
+) -> tuple[ExecutionKeys, list[Callable[[], Awaitable[None]]]]:
+    """The vault's keys of the login history (a channel naming identity, which the vault lets
+    ask for its own categories' keys only), their prefetch of tomorrow's keys running, and what
+    closes both. The channel dials lazily: a vault still starting (or down) costs a login its two
+    sealed values at most (login_history.py), never the login."""
+    channel = open_channel(settings.mesh, "vault", caller="identity")
+    keys = ExecutionKeys(
+        vault_pb2_grpc.VaultServiceStub(channel), clock, settings.execution_key_cache_seconds
+    )
+    prefetch = asyncio.create_task(keys.run_prefetch(), name="identity execution key prefetch")
+
+    async def stop_prefetch() -> None:
+        prefetch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await prefetch
+
+    async def close_channel() -> None:
+        await channel.close()
+
+    return keys, [stop_prefetch, close_channel]
 
 
 RunningIdentity = RunningService[Parts]
@@ -153,7 +195,10 @@ RunningIdentity = RunningService[Parts]
 async def start(
     settings: IdentitySettings, *, clock: Clock | None = None, port: int | None = None
 ) -> RunningIdentity:
-    parts = build(settings, clock)
+    clock = clock or SystemClock(settings.mesh.clock_offset_seconds)
+    keys, closers = execution_keys(settings, clock)
+    parts = build(settings, clock, keys)
+    parts.closers += closers
     api = IdentityApi(
         accounts=parts.accounts,
         sessions=parts.sessions,
@@ -168,14 +213,18 @@ async def start(
         identity_pb2_grpc.add_IdentityServiceServicer_to_server(api, server)
         retention_pb2_grpc.add_RetentionParticipantServicer_to_server(parts.retention, server)
 
-    running = await start_server(
-        name="identity",
-        mesh=settings.mesh,
-        port=settings.mesh.identity_port if port is None else port,
-        register=register,
-        service_names=[SERVICE, retention.SERVICE],
-        allowed={**ALLOWED_CALLERS, **retention.ALLOWED_CALLERS},
-    )
+    try:
+        running = await start_server(
+            name="identity",
+            mesh=settings.mesh,
+            port=settings.mesh.identity_port if port is None else port,
+            register=register,
+            service_names=[SERVICE, retention.SERVICE],
+            allowed={**ALLOWED_CALLERS, **retention.ALLOWED_CALLERS},
+        )
+    except BaseException:
+        await parts.close()
+        raise
     return RunningService(parts, running)
 
 
@@ -194,5 +243,6 @@ def main(argv: list[str]) -> int:
             "mail": service.parts.mailer.transport,
             "counters": "redis" if service.parts.settings.mesh.redis() else "memory",
             "pbkdf2_iterations": service.parts.settings.pbkdf2_iterations,
+            "login_history": "sealed" if service.parts.settings.seal_login_history else "plain",
         },
     )

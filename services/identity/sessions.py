@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from services.identity.accounts import normalize_email
+from services.identity.login_history import LoginHistory, PendingAttempt
 from services.identity.passwords import PasswordHasher
 from services.identity.settings import IdentitySettings
 from services.identity.store import Account, LoginAttempt, Session, Store, Tx
@@ -65,12 +66,14 @@ class Sessions:
         hasher: PasswordHasher,
         throttle: LoginThrottle,
         clock: Clock,
+        history: LoginHistory,
     ) -> None:
         self.settings = settings
         self.store = store
         self.hasher = hasher
         self.throttle = throttle
         self.clock = clock
+        self.history = history
 
     async def login(self, email: str, password: str, ip: str, user_agent: str) -> SignedIn:
         try:
@@ -87,33 +90,37 @@ class Sessions:
         except InvalidArgument:
             raise _invalid_credentials() from None
         account = await self._admit(key, ip, user_agent)
+        # The attempt's key is fetched while the password is hashed (login_history.py).
+        pending = self.history.begin(account.id) if account else None
         verdict = await self.hasher.verify(password, account.password_hash if account else None)
-        if not verdict.ok or account is None:
+        if not verdict.ok or account is None or pending is None:
             await self.throttle.failed(key, ip)
-            if account:
-                await self._record(account.id, ip, user_agent, "bad_password")
+            if pending:
+                await self.history.record(pending, ip, user_agent, "bad_password")
             raise _invalid_credentials()
         if not account.active:
-            await self._record(account.id, ip, user_agent, "disabled")
+            await self.history.record(pending, ip, user_agent, "disabled")
             raise _disabled()
         await self.throttle.succeeded(key, ip)
         new_hash = await self.hasher.hash(password) if verdict.needs_rehash else None
-        return await self._sign_in(account, new_hash, ip, user_agent)
+        return await self._sign_in(account, new_hash, pending, ip, user_agent)
 
     async def _admit(self, key: str, ip: str, user_agent: str) -> Account | None:
         """The account of an address key (None if there is none), once the lockout rules let
         this attempt through; unknown addresses are counted like known ones."""
         async with self.store.read() as tx:
             account = await tx.account_by_email(key)
-            known = False
-            if account and await self.throttle.account_failures(key) >= (
-                self.settings.lockout_account_limit
-            ):
-                known = await tx.signed_in_from(account.id, ip)
+        known = False
+        if account and await self.throttle.account_failures(key) >= (
+            self.settings.lockout_account_limit
+        ):
+            # Outside the transaction: a sealed address is opened with a key from the vault.
+            known = await self.history.signed_in_from(account.id, ip)
         hold = await self.throttle.admit(key, ip, known_address=known)
         if hold is not None:
             if account:
-                await self._record(account.id, ip, user_agent, "throttled")
+                pending = self.history.begin(account.id)
+                await self.history.record(pending, ip, user_agent, "throttled")
             log.info("login throttled", extra={"rule": hold.rule})
             _throttled.add(1, {"rule": hold.rule})
             raise ResourceExhausted(
@@ -124,8 +131,15 @@ class Sessions:
         return account
 
     async def _sign_in(
-        self, account: Account, new_hash: str | None, ip: str, user_agent: str
+        self,
+        account: Account,
+        new_hash: str | None,
+        pending: PendingAttempt,
+        ip: str,
+        user_agent: str,
     ) -> SignedIn:
+        # Sealed before the write transaction: it never waits on the vault holding SQLite's lock.
+        attempt = await self.history.row(pending, ip, user_agent, "success")
         async with self.store.begin() as tx:
             # What was verified must still hold: a deletion request or a password change that
             # landed while the hash was computed wins over this login.
@@ -138,25 +152,8 @@ class Sessions:
                 await tx.update_account(account.id, password_hash=new_hash)
                 log.info("password rehashed", extra={"account_id": account.id})
             signed_in = await self.open_session(tx, account, ip, user_agent)
-            await self._record_in(tx, account.id, ip, user_agent, "success")
+            await tx.record_attempt(attempt)
         return signed_in
-
-    async def _record(self, account_id: str, ip: str, user_agent: str, outcome: str) -> None:
-        async with self.store.begin() as tx:
-            await self._record_in(tx, account_id, ip, user_agent, outcome)
-
-    async def _record_in(
-        self, tx: Tx, account_id: str, ip: str, user_agent: str, outcome: str
-    ) -> None:
-        await tx.record_attempt(
-            {
-                "account_id": account_id,
-                "attempt_time": self.clock.now(),
-                "ip_address": ip[:64],
-                "user_agent": user_agent[:512],
-                "outcome": outcome,
-            }
-        )
 
     async def open_session(self, tx: Tx, account: Account, ip: str, user_agent: str) -> SignedIn:
         """A new session in the caller's transaction (a login, or a password change that ended
@@ -222,8 +219,7 @@ class Sessions:
     ) -> tuple[list[LoginAttempt], str]:
         size = min(max(page_size or 20, 1), 100)
         before = _decode_page_token(page_token) if page_token else None
-        async with self.store.read() as tx:
-            rows = await tx.attempts(account_id, before, size + 1)
+        rows = await self.history.page(account_id, before, size + 1)
         more = len(rows) > size
         rows = rows[:size]
         return rows, _encode_page_token(rows[-1].id) if more else ""

@@ -84,6 +84,13 @@ class IdentitySettings(BaseSettings):
     accounting_record_years: Annotated[int, Field(ge=1)] = 10
     outbox_days: Annotated[int, Field(ge=1)] = 7
 
+    # Login history IP addresses and user agents sealed at rest under the vault's day keys of
+    # `login_history` (services/identity/login_history.py): when a day passes its max age, or the
+    # account is erased, every copy of them (backups included) is unreadable.
+    seal_login_history: bool = True
+    # How long a key from the vault stays in this process's memory, at most (never on disk).
+    execution_key_cache_seconds: Annotated[float, Field(ge=0)] = 600.0
+
     plans: dict[str, Plan] = Field(default_factory=lambda: dict(DEFAULT_PLANS))
 
     # Key of the HMAC in unsubscribe links; generated under var/identity/ when not given.

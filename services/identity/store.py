@@ -65,11 +65,17 @@ class Session:
 
 @dataclass(frozen=True)
 class LoginAttempt:
+    """As stored, the address and user agent are sealed (login_history.py), or None when the
+    attempt was recorded without them; opened, they are text ("" when purged or not recorded)."""
+
     id: int
     attempt_time: datetime
-    ip_address: str
-    user_agent: str
+    ip_address: str | None
+    user_agent: str | None
     outcome: str
+    # Opened: the values' key was destroyed (the day expired, the account erased) or they do not
+    # authenticate: they read as purged.
+    purged: bool = False
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,9 @@ class Tx:
     async def record_attempt(self, values: dict[str, Any]) -> None:
         await self.c.execute(insert(login_attempts).values(**values))
 
-    async def attempts(self, account_id: str, before_id: int | None, limit: int) -> list:
+    async def attempts(
+        self, account_id: str, before_id: int | None, limit: int
+    ) -> list[LoginAttempt]:
         condition = login_attempts.c.account_id == account_id
         if before_id is not None:
             condition = and_(condition, login_attempts.c.id < before_id)
@@ -220,7 +228,18 @@ class Tx:
         )
         return [_build(LoginAttempt, row) for row in await self.c.execute(query)]
 
+    async def latest_successes(self, account_id: str, limit: int) -> list[LoginAttempt]:
+        query = (
+            select(login_attempts)
+            .where(login_attempts.c.account_id == account_id, login_attempts.c.outcome == "success")
+            .order_by(login_attempts.c.id.desc())
+            .limit(limit)
+        )
+        return [_build(LoginAttempt, row) for row in await self.c.execute(query)]
+
     async def signed_in_from(self, account_id: str, ip_address: str) -> bool:
+        """Whether a successful attempt stored this address in plaintext (written before
+        sealing, or with sealing off)."""
         query = select(login_attempts.c.id).where(
             login_attempts.c.account_id == account_id,
             login_attempts.c.ip_address == ip_address,

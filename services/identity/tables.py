@@ -2,9 +2,9 @@
 compares the two.
 
 Personal data and its categories (retention.py): accounts (until erasure), sessions, reset and
-cancel tokens (1 day after their end), login attempts with IP addresses (90 days), consent events
-(with the account), accounting records (10 years, detached from an erased account). Each purge
-picks its rows on an index of its time column.
+cancel tokens (1 day after their end), login attempts with IP addresses and user agents, sealed
+(90 days), consent events (with the account), accounting records (10 years, detached from an
+erased account). Each purge picks its rows on an index of its time column.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    Text,
 )
 
 from services.kit.db import Serial, Time, service_metadata
@@ -75,8 +76,10 @@ login_attempts = Table(
     Column("id", Serial, primary_key=True, autoincrement=True),
     Column("account_id", String(36), ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
     Column("attempt_time", Time, nullable=False),
-    Column("ip_address", String(64), nullable=False),
-    Column("user_agent", String(512), nullable=False),
+    # Sealed (login_history.py: at most 64 and 512 characters before, longer once sealed); NULL
+    # when the attempt was recorded while no key could be had (never in plaintext).
+    Column("ip_address", Text, nullable=True),
+    Column("user_agent", Text, nullable=True),
     # success, bad_password, throttled, disabled
     Column("outcome", String(16), nullable=False),
     Index("ix_login_attempts_account_id_id", "account_id", "id"),

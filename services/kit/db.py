@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -184,6 +185,15 @@ def service_metadata() -> MetaData:
 
 # SQLite's own default: a commit that leaves the log this long (in pages) checkpoints it.
 AUTOCHECKPOINT_PAGES = 1000
+# A deferring writer (`Database.writing(yielding=…)`) lets this many turns of the service's
+# writers go first: a group commit that waited for it, and the next one, which gathered the
+# requests that came meanwhile.
+DEFER_TURNS = 2
+# A checkpoint copies the log outside the writers' turn until a pass copies at most this many
+# pages (or CHECKPOINT_PASSES passes), then the rest in their turn: that turn stays short while a
+# purge writes alongside.
+CHECKPOINT_LEFT_PAGES = 1000
+CHECKPOINT_PASSES = 3
 
 
 class Database:
@@ -206,6 +216,10 @@ class Database:
         self._sqlite = engine.dialect.name == "sqlite"
         self._writers = asyncio.Lock()
         self._paused = 0
+        # Writers in the queue or holding the turn (`writing`), deferring ones (`yielding`) not
+        # counted; `_released` is set at each turn's end, for the deferring ones.
+        self._queued = 0
+        self._released = asyncio.Event()
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
@@ -234,14 +248,22 @@ class Database:
         finally:
             self._paused -= 1
 
-    async def checkpoint(self) -> tuple[int, int]:
+    async def checkpoint(self, *, yielding: float = 0.0) -> tuple[int, int]:
         """SQLite: a PASSIVE checkpoint outside the writers' lock (writers go on meanwhile), then
         one in their turn for what they committed during it, so that the next writer starts the
-        log again from its beginning. (pages in the log, pages checkpointed)."""
+        log again from its beginning (`yielding`: that turn as `writing` takes it). (pages in
+        the log, pages checkpointed)."""
         if not self._sqlite:
             return 0, 0
-        await self._pragma_row("wal_checkpoint(PASSIVE)")
-        async with self.writing():
+        before = None
+        for _ in range(CHECKPOINT_PASSES):
+            # A pass copies what the log held at its start: what it copied is about what was
+            # written during the last one, about what the next one (in the writers' turn) has.
+            _, _, done = await self._pragma_row("wal_checkpoint(PASSIVE)")
+            if before is not None and done - before <= CHECKPOINT_LEFT_PAGES:
+                break
+            before = done
+        async with self.writing(yielding=yielding):
             _, log, done = await self._pragma_row("wal_checkpoint(PASSIVE)")
         return log, done
 
@@ -254,13 +276,51 @@ class Database:
             return tuple(row)
 
     @asynccontextmanager
-    async def writing(self) -> AsyncIterator[None]:
-        """This process's turn to write (SQLite: the writers' queue; elsewhere: no wait)."""
+    async def writing(self, *, yielding: float = 0.0) -> AsyncIterator[None]:
+        """This process's turn to write (SQLite: the writers' queue; elsewhere: no wait).
+
+        `yielding` (seconds): a background writer (a purge's batch, a vacuum step) lets the
+        service's writers go first, waiting up to that long for nobody to be queued, then queues
+        as they do (so it is never starved). Without it a request's group commit waits for a
+        batch twice: once with its turn taken, once more for the next commit, which gathered the
+        requests that came meanwhile."""
         if not self._sqlite:
             yield
             return
-        async with self._writers:
-            yield
+        if yielding > 0:
+            await self._defer(yielding)
+        else:
+            self._queued += 1
+        try:
+            async with self._writers:
+                yield
+        finally:
+            if yielding <= 0:
+                self._queued -= 1
+            self._released.set()
+
+    async def _defer(self, most: float) -> None:
+        """Until no writer is queued or writing, DEFER_TURNS of theirs have ended, or `most`
+        seconds have passed: under steady traffic the service's writers never leave the turn
+        free, and a background writer must still get on."""
+        deadline, turns = time.monotonic() + most, 0
+        while self._queued and turns < DEFER_TURNS:
+            self._released.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._released.wait(), left)
+            except TimeoutError:
+                return
+            turns += 1
+            # A group commit whose turn just ended takes the next one at once, in the same
+            # step of the event loop: let it.
+            await asyncio.sleep(0)
+
+    def writers_waiting(self) -> bool:
+        """SQLite: a writer (not a deferring one) is queued for the turn or holds it."""
+        return self._queued > 0
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

@@ -13,6 +13,7 @@ categories): never an id, an address, a URL, a path or anything a user typed.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -84,6 +85,12 @@ SERIES = {
         Series(
             "leadmesh.vault.refreshes", "counter", "{refresh}", "OAuth token refreshes",
             ("outcome",),
+        ),
+        Series(
+            "leadmesh.vault.execution_keys", "counter", "{key}",
+            "Execution keys answered (GetExecutionKeys), by the caller (runner, identity) and the "
+            "key's state (active, destroyed, absent) or the refusal's reason",
+            ("participant", "outcome"),
         ),
         Series(
             "leadmesh.vault.audit.pending", "gauge", "{entry}",
@@ -217,6 +224,25 @@ def _views() -> list[View]:
     ]
 
 
+class _TargetInfo:
+    """`target_info` (the resource: service name, version, instance id) on every scrape from the
+    first. The OpenTelemetry exporter writes it only beside data points, so a process that has
+    recorded nothing yet (an idle runner worker) would not say what it is or which version it
+    runs, and `leadmesh status` finds a runner worker by it."""
+
+    def __init__(self, resource: Resource) -> None:
+        # Prometheus label names, as the exporter writes them (service.name -> service_name).
+        self.labels = {
+            re.sub(r"[^a-zA-Z0-9_]", "_", key): str(value)
+            for key, value in resource.attributes.items()
+        }
+
+    def collect(self) -> Iterable:
+        from prometheus_client.core import InfoMetricFamily
+
+        yield InfoMetricFamily("target", "Target metadata", value=self.labels)
+
+
 def setup_metrics(resource: Resource, mesh: MeshSettings, port: int) -> Metrics:
     """Installs the global meter provider (Prometheus reader, and OTLP when an endpoint is set)
     and serves `GET /metrics` on `mesh.host:port`; OSError when the port is taken."""
@@ -233,7 +259,10 @@ def setup_metrics(resource: Resource, mesh: MeshSettings, port: int) -> Metrics:
     registry = CollectorRegistry()
     for collector in (ProcessCollector, PlatformCollector, GCCollector):
         collector(registry=registry)
-    readers: list[MetricReader] = [PrometheusMetricReader(registry=registry)]
+    registry.register(_TargetInfo(resource))
+    readers: list[MetricReader] = [
+        PrometheusMetricReader(disable_target_info=True, registry=registry)
+    ]
     if mesh.otlp_endpoint:
         readers.append(PeriodicExportingMetricReader(_otlp_exporter(mesh)))
     provider = MeterProvider(metric_readers=readers, resource=resource, views=_views())

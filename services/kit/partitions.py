@@ -37,7 +37,7 @@ from services.kit.clock import as_utc
 from services.kit.db import Database
 
 if TYPE_CHECKING:
-    from services.kit.retention import TableCategory
+    from services.kit.retention.categories import TableCategory
 
 log = logging.getLogger("leadmesh.retention")
 

@@ -1,9 +1,11 @@
 """The gRPC face of retention: the operator's `RetentionService` (status, purges, ledger, erasure
-cases), and retention's own `RetentionParticipant`. Who may call what is `ALLOWED_CALLERS`."""
+cases, the sealing migration), and retention's own `RetentionParticipant`. Who may call what is
+`ALLOWED_CALLERS`."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -21,6 +23,7 @@ from services.retention.erasure import Erasures
 from services.retention.ledger import Ledger, time_cursor, time_token
 from services.retention.participants import Participants, max_age
 from services.retention.purges import Progress, Purges
+from services.retention.sealing import Sealing, SealProgress
 from services.retention.store import Store
 
 SERVICE = pb.DESCRIPTOR.services_by_name["RetentionService"].full_name
@@ -31,6 +34,7 @@ _OPERATOR_METHODS = (
     "ListErasures",
     "ProcessErasures",
     "GetErasure",
+    "RunSealing",
 )
 ALLOWED_CALLERS: dict[str, frozenset[str]] = {
     **{f"/{SERVICE}/{method}": frozenset({"operator"}) for method in _OPERATOR_METHODS},
@@ -51,7 +55,9 @@ class RetentionApi(retention_pb2_grpc.RetentionServiceServicer):
         erasures: Erasures,
         store: Store,
         clock: Clock,
+        sealing: Sealing,
     ) -> None:
+        self.sealing = sealing
         self.participants = participants
         self.purges = purges
         self.ledger = ledger
@@ -69,7 +75,10 @@ class RetentionApi(retention_pb2_grpc.RetentionServiceServicer):
         put_timestamp(response.as_of, as_of)
         for item in status.categories:
             entry = response.categories.add(
-                participant=item.participant, state=item.state, error=item.error
+                participant=item.participant,
+                state=item.state,
+                error=item.error,
+                oldest_epoch_day=item.oldest_epoch_day,
             )
             entry.policy.CopyFrom(item.policy)
             if item.last_purge_time is not None:
@@ -90,7 +99,7 @@ class RetentionApi(retention_pb2_grpc.RetentionServiceServicer):
 
         async def run_all() -> None:
             try:
-                for participant, category, age in chosen:
+                for participant, category, age, sealed in chosen:
                     await self.purges.run(
                         participant,
                         category,
@@ -99,22 +108,37 @@ class RetentionApi(retention_pb2_grpc.RetentionServiceServicer):
                         trigger="operator",
                         dry_run=request.dry_run,
                         progress=report,
+                        sealed=sealed,
                     )
             finally:
                 await queue.put(None)
 
-        task = asyncio.create_task(run_all())
-        try:
-            while (progress := await queue.get()) is not None:
+        async with contextlib.aclosing(_streamed(run_all, queue)) as stream:
+            async for progress in stream:
                 yield pb.PurgeProgress(**progress.__dict__)
-            await task  # its errors, if any, fail the call
-        finally:
-            if not task.done():
-                task.cancel()  # the caller went away; a started batch still commits or not
+
+    async def RunSealing(  # noqa: N802 - gRPC method name
+        self, request: pb.RunSealingRequest, context: Context
+    ) -> AsyncIterator[pb.SealingProgress]:
+        chosen = await self.sealing.chosen(request.participant, request.category)
+        queue: asyncio.Queue[SealProgress | None] = asyncio.Queue()
+
+        async def report(progress: SealProgress) -> None:
+            await queue.put(progress)
+
+        async def run_all() -> None:
+            try:
+                await self.sealing.run(chosen, report, wait=True)
+            finally:
+                await queue.put(None)
+
+        async with contextlib.aclosing(_streamed(run_all, queue)) as stream:
+            async for progress in stream:
+                yield pb.SealingProgress(**progress.__dict__)
 
     async def _chosen(
         self, request: pb.RunPurgesRequest, as_of: datetime
-    ) -> list[tuple[str, str, Any]]:
+    ) -> list[tuple[str, str, Any, bool]]:
         names = self.participants.names()
         if request.participant and request.participant not in names:
             raise InvalidArgument(
@@ -136,7 +160,7 @@ class RetentionApi(retention_pb2_grpc.RetentionServiceServicer):
                 if request.category and policy.category != request.category:
                     continue
                 if max_age(policy) is not None:
-                    chosen.append((name, policy.category, max_age(policy)))
+                    chosen.append((name, policy.category, max_age(policy), policy.sealed))
         if request.category and not chosen:
             raise NotFound("UNKNOWN_CATEGORY", f"no purgeable category {request.category!r}")
         return chosen
@@ -225,6 +249,19 @@ def erasure_pb(
     if full and case.get("certificate"):
         into.certificate = case["certificate"]
     return into
+
+
+async def _streamed(run_all, queue: asyncio.Queue) -> AsyncIterator[Any]:
+    """What `run_all` puts on `queue` until its None; its errors, if any, fail the call. The
+    caller going away cancels it: a started batch still commits or not, as a whole."""
+    task = asyncio.create_task(run_all())
+    try:
+        while (progress := await queue.get()) is not None:
+            yield progress
+        await task
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 def _time(message, name: str) -> datetime | None:

@@ -1,7 +1,9 @@
 """Compliance: per participant and category, the oldest row against the max age.
 
 OK, LATE when a row has outlived its category by more than the purge interval (a purge should
-have taken it), or UNREACHABLE when the participant does not answer (the error says how; its
+have taken it) — or, for a sealed category, when the vault still holds a day key older than the
+max age plus a day plus the purge interval (the key outlives what it protects: a restored backup
+could be opened) — or UNREACHABLE when the participant does not answer (the error says how; its
 categories as last listed are shown). Erasure cases within `at_risk_days` of their deadline, or
 past it, are flagged.
 """
@@ -9,8 +11,9 @@ past it, are flagged.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -18,10 +21,13 @@ from leadmesh.retention.v1 import retention_pb2 as pb
 
 from services.kit.clock import Clock, SystemClock, as_utc
 from services.kit.metrics import gauge
+from services.retention.daykeys import DayKeys, midnight
 from services.retention.erasure import Erasures
 from services.retention.ledger import Ledger
 from services.retention.participants import Participants, max_age
 from services.retention.store import Store
+
+log = logging.getLogger("leadmesh.retention")
 
 OK, LATE, UNREACHABLE = "OK", "LATE", "UNREACHABLE"
 LIST_TIMEOUT_SECONDS = 5.0
@@ -40,6 +46,8 @@ class CategoryState:
     state: str
     last_purge_time: datetime | None = None
     error: str = ""
+    # Sealed categories: the oldest day whose key the vault holds ("" when none or unknown).
+    oldest_epoch_day: str = ""
 
 
 @dataclass
@@ -58,7 +66,11 @@ class Compliance:
         interval: timedelta,
         known: dict[str, list[pb.Policy]],
         clock: Clock | None = None,
+        day_keys: DayKeys | None = None,
     ) -> None:
+        self.day_keys = day_keys
+        # The oldest day keys as the last status listed them (the gauges read them between).
+        self._alive: dict[tuple[str, str], str] = {}
         self.participants = participants
         self.ledger = ledger
         self.erasures = erasures
@@ -79,7 +91,8 @@ class Compliance:
         for name, policies in list(self.known.items()):
             for policy in policies:
                 labels = {"category": policy.category, "owner": name}
-                compliant.append((1.0 if self.state(policy, now) == OK else 0.0, labels))
+                day = self._alive.get((name, policy.category), "") if policy.sealed else ""
+                compliant.append((1.0 if self.state(policy, now, day) == OK else 0.0, labels))
                 if policy.HasField("oldest_time"):
                     oldest = as_utc(policy.oldest_time.ToDatetime())
                     ages.append((max(0.0, (now - oldest).total_seconds()), labels))
@@ -89,6 +102,9 @@ class Compliance:
         names = self.participants.names()
         listed = await asyncio.gather(*(self._list(n, as_of) for n in names))
         last = await self.ledger.last_purges()
+        sealed = any(p.sealed for policies, _ in listed for p in policies)
+        alive = await self._day_keys() if sealed else {}
+        self._alive = alive
         status = Status()
         for name, (policies, error) in zip(names, listed, strict=True):
             if error:
@@ -97,12 +113,14 @@ class Compliance:
                     status.categories.append(CategoryState(name, policy, UNREACHABLE, error=error))
                 continue
             for policy in policies:
+                oldest_day = alive.get((name, policy.category), "") if policy.sealed else ""
                 status.categories.append(
                     CategoryState(
                         name,
                         policy,
-                        self.state(policy, as_of),
+                        self.state(policy, as_of, oldest_day),
                         last_purge_time=last.get((name, policy.category)),
+                        oldest_epoch_day=oldest_day,
                     )
                 )
         async with self.store.read() as tx:
@@ -110,12 +128,30 @@ class Compliance:
         status.at_risk = [c for c in cases if self.erasures.at_risk(c, as_of)]
         return status
 
-    def state(self, policy: pb.Policy, as_of: datetime) -> str:
+    def state(self, policy: pb.Policy, as_of: datetime, oldest_day: str = "") -> str:
         age = max_age(policy)
-        if age is None or not policy.HasField("oldest_time"):
+        if age is None:
             return OK
-        oldest = as_utc(policy.oldest_time.ToDatetime())
-        return LATE if oldest < as_of - age - self.interval else OK
+        late = as_of - age - self.interval
+        if policy.HasField("oldest_time") and as_utc(policy.oldest_time.ToDatetime()) < late:
+            return LATE
+        # Day D's key protects rows until D + 1 day + max age; the purge after that destroys it.
+        if oldest_day and midnight(date.fromisoformat(oldest_day)) < late - timedelta(days=1):
+            return LATE
+        return OK
+
+    async def _day_keys(self) -> dict[tuple[str, str], str]:
+        """{(participant, category): oldest day key alive}, one ListEpochKeys for the status;
+        without the vault's answer the days are shown unknown (""), never a failed status."""
+        if self.day_keys is None:
+            return {}
+        try:
+            alive = await self.day_keys.alive()
+        except (grpc.aio.AioRpcError, TimeoutError) as error:
+            code = error.code().name if isinstance(error, grpc.aio.AioRpcError) else "TIMEOUT"
+            log.warning("day keys not listed", extra={"grpc_code": code})
+            return {}
+        return {ref: entry.oldest_day for ref, entry in alive.items()}
 
     async def _list(self, name: str, as_of: datetime) -> tuple[list[pb.Policy], str]:
         try:

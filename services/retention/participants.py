@@ -12,6 +12,7 @@ from leadmesh.retention.v1 import retention_pb2_grpc
 
 from services.kit.clock import Clock
 from services.kit.db import Database
+from services.kit.errors import FailedPrecondition
 from services.kit.grpcclient import open_channel
 from services.kit.retention import FileCategory, Participant, TableCategory, days
 from services.kit.timestamps import put_timestamp
@@ -73,6 +74,9 @@ class Remote:
         put_timestamp(request.cutoff, cutoff)
         return await self.stub.Purge(request)
 
+    async def seal(self, category: str, batch_size: int = 0) -> pb.SealResponse:
+        return await self.stub.Seal(pb.SealRequest(category=category, batch_size=batch_size))
+
     async def erase(self, user_id: str, case_id: str) -> list[pb.ErasedCategory]:
         request = pb.EraseSubjectRequest(user_id=user_id, case_id=case_id)
         reply = await self.stub.EraseSubject(request, timeout=ERASE_TIMEOUT_SECONDS)
@@ -101,7 +105,17 @@ class Local:
         deleted, remaining, batches = await self.participant.purge(
             found, cutoff, batch_size, dry_run=dry_run
         )
-        return pb.PurgeResponse(rows_deleted=deleted, rows_still_expired=remaining, batches=batches)
+        response = pb.PurgeResponse(
+            rows_deleted=deleted, rows_still_expired=remaining, batches=batches
+        )
+        # As a remote participant's Purge answers (kit Participant.Purge).
+        if (oldest := await self.participant.oldest(found)) is not None:
+            put_timestamp(response.oldest_time, oldest)
+        return response
+
+    async def seal(self, category: str, batch_size: int = 0) -> pb.SealResponse:
+        # Retention's own categories (ledger, certificates, traces) hold no execution data.
+        raise FailedPrecondition("CATEGORY_NOT_SEALED", f"{category!r} is not sealed")
 
     async def erase(self, user_id: str, case_id: str) -> list[pb.ErasedCategory]:
         erased = await self.participant.erase(user_id)

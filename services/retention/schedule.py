@@ -5,6 +5,12 @@ and each category with a max age gets its job (a participant down at start gets 
 answers). A job runs every `purge_interval_seconds`, coalesced (a backlog of missed runs is one
 run) and never overlapping itself; across replicas the purge's lease keeps to one at a time.
 
+The sealing migration (services/retention/sealing.py) runs on a job of its own, at start and
+every `sealing_interval_seconds` (0: only when an operator runs it), coalesced and never
+overlapping; once every row is sealed a run costs a ListPolicies and one Seal call per sealed
+category that finds nothing (simpler than a job that unschedules itself, and it seals what an
+older replica of a participant may still write in plaintext during an upgrade).
+
 The schedule survives a restart: each job's last run is stored (`schedule_state`), so a job is
 next due one interval after it, and a job whose run is past due (the service was down) runs at
 start. What is due is decided by the service's clock; APScheduler fires on the system clock, so
@@ -26,12 +32,13 @@ from services.kit.clock import Clock, SystemClock
 from services.retention.erasure import Erasures
 from services.retention.participants import Participants, max_age
 from services.retention.purges import Purges, job_name
+from services.retention.sealing import Sealing
 from services.retention.settings import RetentionSettings
 from services.retention.store import Store
 
 log = logging.getLogger("leadmesh.retention")
 
-ERASURE_JOB, DISCOVER_JOB = "erasures", "discover"
+ERASURE_JOB, DISCOVER_JOB, SEALING_JOB = "erasures", "discover", "sealing"
 # At stop, running jobs get this long to end (a purge ends after its current call).
 STOP_SECONDS = 10.0
 
@@ -45,10 +52,12 @@ class Schedule:
         erasures: Erasures,
         store: Store,
         clock: Clock,
+        sealing: Sealing,
     ) -> None:
         self.settings = settings
         self.participants = participants
         self.purges = purges
+        self.sealing = sealing
         self.erasures = erasures
         self.store = store
         self.clock = clock
@@ -80,6 +89,16 @@ class Schedule:
             max_instances=1,
             misfire_grace_time=None,
         )
+        if self.settings.sealing_interval_seconds > 0:
+            self.scheduler.add_job(
+                self.sealing_pass,
+                IntervalTrigger(seconds=self.settings.sealing_interval_seconds),
+                id=SEALING_JOB,
+                next_run_time=now,
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=None,
+            )
 
     async def discover(self) -> None:
         """Lists every participant's policies; each category with a max age gets its job."""
@@ -130,6 +149,13 @@ class Schedule:
         with self._tracked():
             await self.erasures.scheduled_pass()
 
+    async def sealing_pass(self) -> None:
+        with self._tracked():
+            try:
+                await self.sealing.scheduled()
+            except Exception:  # the next pass tries again; the operator's run reports errors
+                log.exception("sealing pass failed")
+
     async def scheduled_purge(self, participant: str, category: str) -> None:
         with self._tracked():
             await self._scheduled_purge(participant, category)
@@ -142,7 +168,7 @@ class Schedule:
         if age is None:
             return
         started = self.clock.now()
-        done = await self.purges.run(participant, category, age)
+        done = await self.purges.run(participant, category, age, sealed=policy.sealed)
         if done.outcome != "skipped":  # the replica that ran it records it
             async with self.store.begin() as tx:
                 await tx.set_last_run(job_name(participant, category), started)
@@ -163,6 +189,7 @@ class Schedule:
             return
         self.scheduler.pause()
         self.purges.stopping = True
+        self.sealing.stopping = True
         if self._running:
             await asyncio.wait(set(self._running), timeout=STOP_SECONDS)
         self.scheduler.shutdown(wait=False)

@@ -21,12 +21,14 @@ from services.kit.telemetry import instrument_engine
 from services.retention import MIGRATIONS
 from services.retention.api import ALLOWED_CALLERS, SERVICE, RetentionApi
 from services.retention.compliance import Compliance
+from services.retention.daykeys import DayKeys
 from services.retention.erasure import Erasures
 from services.retention.leases import DatabaseLeases, Leases, RedisLeases
 from services.retention.ledger import Ledger
 from services.retention.participants import SELF, Participants
 from services.retention.purges import Purges
 from services.retention.schedule import Schedule
+from services.retention.sealing import Sealing
 from services.retention.settings import RetentionSettings
 from services.retention.store import Store
 from services.retention.subjects import load_subject_key
@@ -48,12 +50,16 @@ class Parts:
     erasures: Erasures
     schedule: Schedule
     compliance: Compliance
+    sealing: Sealing
     identity_channel: object
+    # The vault's VaultService: its day keys, destroyed after each purge of a sealed category.
+    vault_channel: object
 
     async def close(self) -> None:
         await self.schedule.stop()
         await self.participants.close()
         await self.identity_channel.close()  # type: ignore[attr-defined]
+        await self.vault_channel.close()  # type: ignore[attr-defined]
         await self.leases.close()
         await self.store.close()
 
@@ -67,7 +73,10 @@ def build(settings: RetentionSettings, clock: Clock | None = None) -> Parts:
     leases = _leases(settings, store, clock)
     participants, own = Participants.from_settings(settings, store.database, clock)
     ledger = Ledger(store)
-    purges = Purges(participants, ledger, leases, clock, settings.batch_size)
+    vault_channel = open_channel(settings.mesh, "vault", caller=SELF)
+    day_keys = DayKeys(vault_channel)
+    purges = Purges(participants, ledger, leases, clock, settings.batch_size, day_keys)
+    sealing = Sealing(participants, leases, clock, settings.seal_batch_size)
     identity_channel = open_channel(settings.mesh, "identity", caller=SELF)
     key = load_subject_key(
         settings.subject_key.get_secret_value() if settings.subject_key else None,
@@ -82,7 +91,7 @@ def build(settings: RetentionSettings, clock: Clock | None = None) -> Parts:
         key,
         clock,
     )
-    schedule = Schedule(settings, participants, purges, erasures, store, clock)
+    schedule = Schedule(settings, participants, purges, erasures, store, clock, sealing)
     compliance = Compliance(
         participants,
         ledger,
@@ -91,6 +100,7 @@ def build(settings: RetentionSettings, clock: Clock | None = None) -> Parts:
         timedelta(seconds=settings.purge_interval_seconds),
         schedule.policies,
         clock,
+        day_keys,
     )
     return Parts(
         settings=settings,
@@ -103,7 +113,9 @@ def build(settings: RetentionSettings, clock: Clock | None = None) -> Parts:
         erasures=erasures,
         schedule=schedule,
         compliance=compliance,
+        sealing=sealing,
         identity_channel=identity_channel,
+        vault_channel=vault_channel,
     )
 
 
@@ -129,6 +141,7 @@ async def start(
         parts.erasures,
         parts.store,
         parts.purges.clock,
+        parts.sealing,
     )
 
     def register(server) -> None:

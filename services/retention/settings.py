@@ -27,6 +27,11 @@ class RetentionSettings(BaseSettings):
     # How often the participants' categories are listed again (a participant that was down at
     # start gets its jobs once it answers).
     discover_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # The sealing migration (rows written before sealing existed) runs at start and this often;
+    # once all is sealed a run finds nothing. 0: only when an operator runs `retention seal`.
+    sealing_interval_seconds: Annotated[float, Field(ge=0)] = 3600.0
+    # Most rows a participant seals per batch of the migration (one transaction each).
+    seal_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 1000
     # How often identity's deletion requests are read and due erasure cases executed.
     erasure_reconcile_seconds: Annotated[float, Field(gt=0)] = 30.0
     # An open case this close to its deadline (or past it) is flagged at risk.

@@ -122,6 +122,7 @@ def log_pb(entry: WebhookEntry) -> pb.WebhookLogEntry:
         body_encoding=entry.body_encoding,
         body=entry.body,
         redacted=entry.redacted or [],
+        details_purged=entry.details_purged,
     )
 
 
@@ -135,6 +136,7 @@ def notification_pb(notice: Notification) -> pb.Notification:
         credential_id=notice.credential_id or "",
         create_time=to_timestamp(notice.create_time),
         read_time=to_timestamp(notice.read_time),
+        details_purged=notice.details_purged,
     )
 
 

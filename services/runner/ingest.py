@@ -6,6 +6,10 @@ a signature accepted once is remembered in the database until its window has pas
 (from any runner process) answers the first run. A repeated `Idempotency-Key` on one connection
 within 24 hours answers the first run too. What is stored of headers and query has every value
 that may be a secret redacted (`redact.py`), in the webhooks log and in the run's event alike.
+
+Both are sealed before they are written (`sealed.py`): the keys of the day are had first, and a
+webhook or run whose keys cannot be had (the vault away, the keys not in memory) is refused
+UNAVAILABLE with a Retry-After, never accepted in plaintext.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from services.kit.clock import Clock
 from services.kit.errors import DomainError, FailedPrecondition, NotFound, ResourceExhausted
 from services.kit.ids import time_ordered_id
 from services.kit.metrics import counter
+from services.kit.sealing import day_of
 from services.kit.tokens import sha256_hex
 from services.runner import signature
 from services.runner.model import Connection, NewRun, RunRecord, WebhookEntry
 from services.runner.queue import Queue
 from services.runner.redact import header_value, received, redact_received
+from services.runner.sealed import EXECUTION_DETAILS, WEBHOOK_LOG, Sealing
 from services.runner.settings import RunnerSettings
 from services.runner.store import Store, Tx
 from services.runner.store.remembered import Remembered
@@ -159,8 +165,11 @@ class Ingest:
         queue: Queue,
         clock: Clock,
         suspended: Container[str] = frozenset(),
+        sealing: Sealing | None = None,
     ) -> None:
         self.settings = settings
+        # Seals the log entry and the run's event (None: plaintext, for tests of other parts).
+        self.sealing = sealing or Sealing(None, clock, enabled=False)
         # Users whose deletion was requested (suspensions.py): nothing of theirs is accepted.
         self.suspended = suspended
         self.store = store
@@ -240,13 +249,18 @@ class Ingest:
                 self.clock.now().timestamp(),
                 self.settings.signature_tolerance_seconds,
             )
-        # After the signature: forged requests must not use up the sender's allowance.
+        # After the signature: forged requests must not use up the sender's allowance (nor a
+        # request that cannot be sealed now).
+        now = self.clock.now()
+        day = day_of(now)
+        keys = await self.sealing.for_accepting(
+            connection.user_id, [(EXECUTION_DETAILS.category, day), (WEBHOOK_LOG.category, day)]
+        )
         wait = self.buckets.take(connection.id)
         if wait:
             raise ResourceExhausted(
                 "RATE_LIMITED", "too many webhooks for this connection", retry_after=wait
             )
-        now = self.clock.now()
         encoding, value, text = parse_body(body, header_value(pairs, "content-type") or "")
         redacted = redact_received(pairs, query)
         event = {
@@ -271,6 +285,8 @@ class Ingest:
             redacted=redacted.names or None,
         )
         key = header_value(pairs, IDEMPOTENCY_HEADER)
+        run = self.sealing.seal(EXECUTION_DETAILS, keys, run)
+        entry = self.sealing.seal(WEBHOOK_LOG, keys, entry)
         accepted = await self._commits.submit(
             Accepted(run, entry, sha256_hex(key) if key else "", signed)
         )
@@ -329,10 +345,13 @@ class Ingest:
         if connection.status != "active":
             raise FailedPrecondition("CONNECTION_PAUSED", "this connection is paused")
         now = self.clock.now()
+        keys = await self.sealing.for_accepting(
+            connection.user_id, [(EXECUTION_DETAILS.category, day_of(now))]
+        )
         event = {"body": payload, "headers": {}, "query": {}, "received_at": now.isoformat()}
         run = self.new_run(connection, trigger, event, now)
         async with self.store.begin() as tx:
-            await tx.runs.add([run])
+            await tx.runs.add([self.sealing.seal(EXECUTION_DETAILS, keys, run)])
         await self.queue.push([run.id])
         return run.record()
 

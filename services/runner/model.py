@@ -2,7 +2,9 @@
 
 Plain frozen dataclasses, no I/O; field names are the columns' (`tables.py`), so a row becomes
 one with `from_row` and is written with `values()`. Never holds a webhook token (only its
-digest) nor a resolved credential.
+digest) nor a resolved credential. A sealed column's field (sealed.py) holds its sealed text
+only between the store and sealed.py; `details_purged` is no column: a read says with it that
+the row's sealed values could not be opened (their key destroyed), so they read as purged.
 """
 
 from __future__ import annotations
@@ -13,15 +15,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Self
 
+# Fields that are no column to write: the database's sequence, and what a read found.
+_NOT_WRITTEN = frozenset({"seq", "details_purged"})
+
 
 class _Row:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
-        return cls(**{name: row.get(name) for name in _fields(cls)})
+        return cls(**{name: row.get(name) for name in _fields(cls) if name != "details_purged"})
 
     def values(self) -> dict[str, Any]:
         """The columns to insert (the sequence number is the database's)."""
-        return {name: getattr(self, name) for name in _fields(type(self)) if name != "seq"}
+        names = _fields(type(self))
+        return {name: getattr(self, name) for name in names if name not in _NOT_WRITTEN}
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,7 @@ class WebhookEntry(_Row):
     body: str
     redacted: list[str] | None  # names whose values were replaced (None: none)
     seq: int | None = None  # the log's order, once stored
+    details_purged: bool = False  # read: headers, query and body could not be opened
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,7 @@ class Notification(_Row):
     create_time: datetime
     read_time: datetime | None
     seq: int | None = None  # the listing order, once stored
+    details_purged: bool = False  # read: its message could not be opened
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,12 @@ with an error saying its outcome could not be stored.
 Failure e-mails are gathered per connection (`failure_mails`): at most one per
 `RUNNER_FAILURE_MAIL_WINDOW_SECONDS`, saying how many runs failed. The in-app notifications stay
 one per failed run: each links to its run's execution details and is read or purged on its own.
+
+Attempts and notifications are sealed as they are written (`sealed.py`), with the keys of each
+batch's users had before its transaction (from memory: the worker had them before it delivered).
+When they cannot be had, nothing is lost and nothing is written in plaintext that quotes a
+payload: an attempt is kept without its request and response (its error says so), a
+notification with a fixed text of its kind instead of its message (the e-mail still says it all).
 """
 
 from __future__ import annotations
@@ -26,15 +32,28 @@ from datetime import timedelta
 from services.kit.batching import GroupCommit
 from services.kit.clock import Clock
 from services.kit.ids import time_ordered_id
-from services.runner.model import Notification, Outcome, RunResult
+from services.kit.sealing import KeysUnavailable, Ref, Unreadable, UserKeys, day_of
+from services.runner.model import Attempt, Notification, Outcome, RunResult
+from services.runner.sealed import ATTEMPT_DETAILS, NOTIFICATIONS, Sealing
 from services.runner.store import Store, Tx
-from services.runner.tables import attempts, notifications, runs
+from services.runner.tables import attempts, runs
 
 log = logging.getLogger("leadmesh.runner.recorder")
 
 ERROR_CHARS: int = runs.c.error.type.length  # type: ignore[attr-defined]
 _ATTEMPT_ERROR_CHARS: int = attempts.c.error.type.length  # type: ignore[attr-defined]
-_MESSAGE_CHARS: int = notifications.c.message.type.length  # type: ignore[attr-defined]
+# A notification's message (its column is wider: it holds the message sealed).
+_MESSAGE_CHARS = 1000
+# What a notification says when it cannot be sealed: our words, quoting nothing.
+UNSEALED_NOTICES = {
+    "run_failed": "A run failed. Its error and details are on the run's page.",
+    "connection_paused": "A connection was paused after failed runs. Fix the cause and "
+    "activate it again.",
+    "credential_problem": "A credential needs attention: reconnect it.",
+}
+_DETAILS_NOT_KEPT = "details not kept: the keys to seal them could not be had"
+# A batch's users' keys: None when sealing is off; a user missing when they could not be had.
+Keys = dict[str, UserKeys] | None
 
 
 @dataclass(frozen=True)
@@ -71,7 +90,9 @@ class Recorder:
         on_notices: Callable[[list[Mail]], Awaitable[None]] | None = None,
         *,
         mail_window_seconds: float = 3600.0,
+        sealing: Sealing | None = None,
     ) -> None:
+        self.sealing = sealing or Sealing(None, clock, enabled=False)
         self.store = store
         self.clock = clock
         self.pause_after = pause_after
@@ -98,21 +119,71 @@ class Recorder:
 
     async def _write_and_tell(self, outcomes: list[Outcome]) -> list[BaseException | None]:
         outcomes = [_storable(outcome) for outcome in outcomes]
+        keys = await self._keys(outcomes)
         try:
             async with self.store.begin() as tx:
-                mails = await self._apply(tx, outcomes)
+                mails = await self._apply(tx, outcomes, keys)
             results: list[BaseException | None] = [None] * len(outcomes)
         except Exception as error:
             log.warning(
                 "writing a batch of outcomes failed; writing them one at a time",
                 extra={"count": len(outcomes), "error_type": type(error).__name__},
             )
-            mails, results = await self._one_at_a_time(outcomes)
+            mails, results = await self._one_at_a_time(outcomes, keys)
         await self._tell(mails)
         return results
 
+    async def _keys(self, outcomes: list[Outcome]) -> Keys:
+        """The keys each user's attempts and notifications of the batch are sealed with: one
+        ask per user (answered from memory), the users together."""
+        if not self.sealing.enabled:
+            return None
+        today = day_of(self.clock.now())
+        wanted: dict[str, set[Ref]] = {}
+        for outcome in outcomes:
+            refs = {(ATTEMPT_DETAILS.category, day_of(a.start_time)) for a in outcome.attempts}
+            if outcome.final == "failed" or outcome.notices:
+                refs.add((NOTIFICATIONS.category, today))
+            if refs:
+                wanted.setdefault(outcome.user_id, set()).update(refs)
+        users = list(wanted)
+        found = await asyncio.gather(
+            *(self.sealing.for_writing(u, wanted[u]) for u in users), return_exceptions=True
+        )
+        keys: dict[str, UserKeys] = {}
+        for user_id, result in zip(users, found, strict=True):
+            if isinstance(result, UserKeys):
+                keys[user_id] = result
+            elif not isinstance(result, KeysUnavailable):  # left out: sealing with none fails
+                log.warning("execution keys failed", extra={"error_type": type(result).__name__})
+        return keys
+
+    def _sealed_attempt(self, attempt: Attempt, keys: Keys) -> Attempt:
+        if keys is None:
+            return attempt
+        try:
+            return self.sealing.seal(ATTEMPT_DETAILS, _of(keys, attempt.user_id), attempt)
+        except Unreadable:
+            error = f"{attempt.error}; {_DETAILS_NOT_KEPT}" if attempt.error else _DETAILS_NOT_KEPT
+            return replace(
+                attempt,
+                request={},
+                response_headers=None,
+                response_body=None,
+                error=storable(error, _ATTEMPT_ERROR_CHARS),
+            )
+
+    def _sealed_notice(self, notice: Notification, keys: Keys) -> Notification:
+        if keys is None:
+            return notice
+        try:
+            return self.sealing.seal(NOTIFICATIONS, _of(keys, notice.user_id), notice)
+        except Unreadable:
+            fixed = UNSEALED_NOTICES.get(notice.kind, "See your connections' activity.")
+            return replace(notice, message=fixed)
+
     async def _one_at_a_time(
-        self, outcomes: list[Outcome]
+        self, outcomes: list[Outcome], keys: Keys
     ) -> tuple[list[Mail], list[BaseException | None]]:
         mails: list[Mail] = []
         results: list[BaseException | None] = []
@@ -120,7 +191,7 @@ class Recorder:
             for outcome in outcomes:
                 try:
                     async with tx.c.begin_nested():
-                        mails += await self._apply(tx, [outcome])
+                        mails += await self._apply(tx, [outcome], keys)
                     results.append(None)
                     continue
                 except Exception as error:
@@ -135,7 +206,7 @@ class Recorder:
                     substitute = self._unstorable(outcome, error)
                 try:
                     async with tx.c.begin_nested():
-                        mails += await self._apply(tx, [substitute])
+                        mails += await self._apply(tx, [substitute], keys)
                     results.append(None)
                 except Exception as error:  # not even that: the lease runs out, it runs again
                     results.append(error)
@@ -153,9 +224,9 @@ class Recorder:
         )
         return Outcome(run, outcome.connection_id, outcome.user_id, final="failed")
 
-    async def _apply(self, tx: Tx, outcomes: list[Outcome]) -> list[Mail]:
+    async def _apply(self, tx: Tx, outcomes: list[Outcome], keys: Keys = None) -> list[Mail]:
         await tx.runs.finish([o.run for o in outcomes])
-        await tx.attempts.add([a for o in outcomes for a in o.attempts])
+        await tx.attempts.add([self._sealed_attempt(a, keys) for o in outcomes for a in o.attempts])
         succeeded = {o.connection_id for o in outcomes if o.final == "succeeded"}
         if succeeded:
             await tx.connections.clear_failures(succeeded)
@@ -168,7 +239,7 @@ class Recorder:
             else:
                 mails.extend(_mail(n) for n in notices)
             for notice in notices:
-                await tx.notifications.add(notice)
+                await tx.notifications.add(self._sealed_notice(notice, keys))
         return mails
 
     async def _gather(self, tx: Tx, outcome: Outcome, notices: list[Notification]) -> list[Mail]:
@@ -277,6 +348,11 @@ class Recorder:
             create_time=now,
             read_time=None,
         )
+
+
+def _of(keys: dict[str, UserKeys], user_id: str) -> UserKeys:
+    """The user's keys, or none (they could not be had: sealing with them fails)."""
+    return keys.get(user_id) or UserKeys(user_id, {})
 
 
 def _mail(notice: Notification) -> Mail:

@@ -7,6 +7,10 @@ that live `execution_details_days` (7). The event is cleared in place (`details_
 says when, and GetRun answers `details_purged`); attempts are whole rows of their own table, so
 they are a category of their own (`attempt_details`) with the same setting.
 
+The payload columns of webhooks_log, execution_details, attempt_details and notifications are
+sealed under the vault's day keys of their category (sealed.py): retention destroys a day's key
+once its rows are purged, which makes every copy of them (backups too) unreadable.
+
 Erasure, children first: the user is suspended (nothing of theirs accepted, queued or delivered
 again), their schedules stop, deliveries already under way end; then attempts, webhook log,
 notifications, the idempotency keys and webhook signatures of their connections (those tables
@@ -28,6 +32,8 @@ from services.kit.clock import Clock
 from services.kit.errors import Unavailable
 from services.kit.partitions import DailyPartitions, make_ahead
 from services.kit.retention import Category, ColumnCategory, Participant, TableCategory, days
+from services.kit.sealing import ExecutionKeys
+from services.runner import sealed
 from services.runner.schedules import Schedules
 from services.runner.settings import RunnerSettings
 from services.runner.store import Store
@@ -79,6 +85,7 @@ def categories(settings: RunnerSettings) -> list[Category]:
             user_column="user_id",
             export_section="attempts",
             partitions=daily,
+            sealed=sealed.ATTEMPT_DETAILS,
         ),
         ColumnCategory(
             name="execution_details",
@@ -92,6 +99,7 @@ def categories(settings: RunnerSettings) -> list[Category]:
             # A run still queued or running (its runner down a week) keeps the event it will
             # deliver; it shows as LATE until it ends.
             only=_ENDED,
+            sealed=sealed.EXECUTION_DETAILS,
         ),
         TableCategory(
             name="webhooks_log",
@@ -103,6 +111,7 @@ def categories(settings: RunnerSettings) -> list[Category]:
             user_column="user_id",
             export_section="webhook_log",
             partitions=daily,
+            sealed=sealed.WEBHOOK_LOG,
         ),
         TableCategory(
             name="notifications",
@@ -113,6 +122,7 @@ def categories(settings: RunnerSettings) -> list[Category]:
             time_column="create_time",
             user_column="user_id",
             export_section="notifications",
+            sealed=sealed.NOTIFICATIONS,
         ),
         TableCategory(
             name="idempotency_keys",
@@ -192,6 +202,7 @@ class RunnerParticipant(Participant):
         *,
         schedules: Schedules | None = None,
         listeners: Sequence[Listener] = (),
+        keys: ExecutionKeys | None = None,
     ) -> None:
         super().__init__(
             NAME,
@@ -200,6 +211,7 @@ class RunnerParticipant(Participant):
             clock,
             before_erase=self._stop_processing,
             after_erase=self._forget,
+            keys=keys,
         )
         self.settings = settings
         self.suspensions = suspensions

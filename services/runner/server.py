@@ -12,6 +12,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+import grpc
 from leadmesh.identity.v1 import identity_pb2_grpc
 from leadmesh.retention.v1 import retention_pb2_grpc
 from leadmesh.runner.v1 import runner_pb2_grpc
@@ -24,6 +25,7 @@ from services.kit.db import create_service_engine, migrate
 from services.kit.deletions import Reconciler
 from services.kit.grpcclient import open_channel
 from services.kit.grpcserver import RunningService, start_server
+from services.kit.sealing import ExecutionKeys
 from services.kit.service import service_main
 from services.kit.telemetry import instrument_engine
 from services.runner import MIGRATIONS
@@ -40,6 +42,7 @@ from services.runner.queue import DatabaseQueue, Queue, RedisQueue
 from services.runner.recorder import Recorder
 from services.runner.retention import RunnerParticipant
 from services.runner.schedules import Schedules
+from services.runner.sealed import Sealing
 from services.runner.settings import RunnerSettings
 from services.runner.store import Store
 from services.runner.suspensions import Suspensions
@@ -60,7 +63,8 @@ def egress_policy(settings: RunnerSettings) -> EgressPolicy:
 
 @dataclass
 class Core:
-    """What the API process and worker processes share: store, queue, vault, HTTP client."""
+    """What the API process and worker processes share: store, queue, vault (its channel and
+    the execution keys in memory, one cache for ingest, reads and every worker), HTTP client."""
 
     settings: RunnerSettings
     clock: Clock
@@ -68,16 +72,23 @@ class Core:
     queue: Queue
     policy: EgressPolicy
     suspensions: Suspensions
+    vault_channel: grpc.aio.Channel
+    keys: ExecutionKeys
+    sealing: Sealing
     workers: list[Worker] = field(default_factory=list)
     _closers: list = field(default_factory=list)
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
+    def start_key_prefetch(self) -> None:
+        """Tomorrow's keys of today's users fetched ahead of midnight (kit/sealing.py)."""
+        self._tasks.append(asyncio.create_task(self.keys.run_prefetch(), name="key prefetch"))
+
     def start_workers(self, count: int, prefix: str) -> None:
         if count <= 0:
             return
-        vault_channel = open_channel(self.settings.mesh, "vault", caller="runner")
         credentials = Credentials(
-            vault_pb2_grpc.VaultServiceStub(vault_channel), self.settings.credential_cache_seconds
+            vault_pb2_grpc.VaultServiceStub(self.vault_channel),
+            self.settings.credential_cache_seconds,
         )
         client = make_client(
             self.policy,
@@ -95,6 +106,7 @@ class Core:
             self.settings.pause_after_failures,
             on_notices=mail,
             mail_window_seconds=self.settings.failure_mail_window_seconds,
+            sealing=self.sealing,
         )
         recorder.start()
         for index in range(count):
@@ -109,16 +121,11 @@ class Core:
                 self.clock,
                 recorder,
                 suspended=self.suspensions.users,
+                sealing=self.sealing,
             )
             worker.start()
             self.workers.append(worker)
-        self._closers += [
-            recorder.close,
-            client.aclose,
-            vault_channel.close,
-            mail.close,
-            identity_channel.close,
-        ]
+        self._closers += [recorder.close, client.aclose, mail.close, identity_channel.close]
 
     def start_reconciler(self) -> None:
         async def loop() -> None:
@@ -161,6 +168,7 @@ class Core:
         await asyncio.gather(*(w.stop() for w in self.workers))
         for close in self._closers:
             await close()
+        await self.vault_channel.close()
         await self.queue.close()
         await self.store.close()
 
@@ -183,7 +191,21 @@ def build_core(settings: RunnerSettings, clock: Clock | None = None) -> Core:
         if redis_url
         else DatabaseQueue(store, clock)
     )
-    return Core(settings, clock, store, queue, egress_policy(settings), Suspensions(store, clock))
+    channel = open_channel(settings.mesh, "vault", caller="runner")
+    keys = ExecutionKeys(
+        vault_pb2_grpc.VaultServiceStub(channel), clock, settings.execution_key_cache_seconds
+    )
+    return Core(
+        settings,
+        clock,
+        store,
+        queue,
+        egress_policy(settings),
+        Suspensions(store, clock),
+        channel,
+        keys,
+        Sealing.of(settings, keys, clock),
+    )
 
 
 @dataclass
@@ -205,7 +227,9 @@ def build(settings: RunnerSettings, clock: Clock | None = None) -> Parts:
     core = build_core(settings, clock)
     connections = Connections(settings, core.store, core.clock, core.policy)
     suspended = core.suspensions.users
-    ingest = Ingest(settings, core.store, core.queue, core.clock, suspended=suspended)
+    ingest = Ingest(
+        settings, core.store, core.queue, core.clock, suspended=suspended, sealing=core.sealing
+    )
     schedules = Schedules(core.store, ingest, suspended)
     connections.listeners += [schedules.changed, ingest.forget]
     retention = RunnerParticipant(
@@ -215,8 +239,9 @@ def build(settings: RunnerSettings, clock: Clock | None = None) -> Parts:
         core.suspensions,
         schedules=schedules,
         listeners=connections.listeners,
+        keys=core.keys,
     )
-    activity = Activity(core.store, core.clock)
+    activity = Activity(core.store, core.clock, core.sealing)
     return Parts(core, connections, ingest, activity, schedules, retention)
 
 
@@ -258,6 +283,7 @@ async def start(
     # PostgreSQL: today's partitions and the days ahead (every purge makes them too).
     await parts.retention.make_partitions()
     parts.core.start_reconciler()
+    parts.core.start_key_prefetch()
     parts.core.start_suspension_sync(identity=True)
     parts.core.start_workers(settings.workers, worker_prefix())
     return RunningService(parts, running)
@@ -287,6 +313,7 @@ async def run_workers(settings: RunnerSettings, count: int, stop: asyncio.Event)
     core = build_core(settings)
     await core.suspensions.load()
     core.start_suspension_sync(identity=False)
+    core.start_key_prefetch()
     core.start_workers(count, worker_prefix())
     try:
         await stop.wait()

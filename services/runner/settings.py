@@ -97,6 +97,14 @@ class RunnerSettings(BaseSettings):
     # retention service tries again.
     erasure_drain_seconds: Annotated[float, Field(gt=0)] = 60.0
 
+    # Execution data sealed at rest (services/runner/sealed.py): the webhooks log's headers,
+    # query and body, a run's event, attempts' requests and responses, notification texts, under
+    # keys the vault derives per (user, category, UTC day). False only for the benchmark's
+    # comparison: payloads are then written in plaintext (sealed ones are still opened on read).
+    seal_execution_data: bool = True
+    # How long a derived key stays in a process's memory (never on disk).
+    execution_key_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 600.0
+
     @model_validator(mode="after")
     def _details_within_activity(self) -> RunnerSettings:
         if self.execution_details_days > self.activity_days:

@@ -150,7 +150,8 @@ notifications = Table(
     Column("connection_id", String(36), nullable=True),
     # run_failed, connection_paused, credential_problem
     Column("kind", String(32), nullable=False),
-    Column("message", String(1000), nullable=False),
+    # At most 1000 characters, stored sealed (sealed.py): wider than that once sealed.
+    Column("message", Text, nullable=False),
     Column("run_id", String(36), nullable=True),
     Column("credential_id", String(36), nullable=True),
     Column("create_time", Time, nullable=False, index=True),

@@ -3,17 +3,18 @@
 A delivery resolves the credential through the vault, renders the action over the event and calls
 it (SSRF guard, fixed egress, TLS verified, `Idempotency-Key: <run id>`); what each answer or
 failure means for the run (retry, backoff, refresh once, hold, fail) is decided by `policy.py`,
-and carried out here. An exception of ours inside a delivery costs an attempt like any failure,
-so `max_attempts` always ends a run. Before anything is recorded, every form of the resolved
-secret is scrubbed from the errors. This module must never decide a retry on its own: every
-decision comes from `policy.py`.
+and made into the run's outcome by `outcomes.py`. An exception of ours inside a delivery costs an
+attempt like any failure, so `max_attempts` always ends a run. Before anything is sent, the keys
+that open the run's sealed event and seal what its delivery records are had (`sealed.py`): without
+them it is our outage, held without an attempt. Before anything is recorded, every form of the
+resolved secret is scrubbed from the errors. This module must never decide a retry on its own:
+every decision comes from `policy.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import traceback
 from collections.abc import Container
 from dataclasses import replace
 from datetime import timedelta
@@ -24,17 +25,20 @@ import sniffio
 
 from services.kit.clock import Clock
 from services.kit.metrics import counter
+from services.kit.sealing import KeysUnavailable, Unreadable
 from services.runner import policy
 from services.runner.credentials import CredentialProblem, Credentials, Outage
 from services.runner.delivery import Templates, body_text, retry_after_seconds
 from services.runner.delivery_log import Delivery, log_outcome
 from services.runner.guard import DestinationRefused, EgressPolicy
-from services.runner.model import Attempt, Connection, Outcome, Run, RunResult
+from services.runner.model import Attempt, Connection, Outcome, Run
 from services.runner.outbound import Outbound, send
+from services.runner.outcomes import Outcomes
 from services.runner.queue import Candidate, Queue
 from services.runner.recorder import Recorder
 from services.runner.rendering import Renderer
 from services.runner.scrub import scrub_outcome, secret_forms
+from services.runner.sealed import Sealing
 from services.runner.settings import RunnerSettings
 from services.runner.store import Store
 from services.runner.template import TemplateError
@@ -67,8 +71,11 @@ class Worker:
         clock: Clock,
         recorder: Recorder,
         suspended: Container[str] = frozenset(),
+        sealing: Sealing | None = None,
     ) -> None:
         self.name = name
+        # Opens the run's event; its keys (and those its outcome is sealed with) come first.
+        self.sealing = sealing or Sealing(None, clock, enabled=False)
         # Users whose deletion was requested (suspensions.py): their runs end, never go out.
         self.suspended = suspended
         self.settings = settings
@@ -80,6 +87,9 @@ class Worker:
         self.clock = clock
         self.recorder = recorder
         self.backoff = policy.Backoff(settings.backoff_base_seconds, settings.backoff_cap_seconds)
+        self.outcomes = Outcomes(
+            name, clock, self.backoff, settings.outage_hold_seconds, recorder.notice
+        )
         self.templates = Templates()
         self.renderer = Renderer(settings.max_render_bytes, f"render-{name}")
         self._stop = asyncio.Event()
@@ -172,7 +182,7 @@ class Worker:
         try:
             outcome = await self._attempt(delivery, connection)
         except Exception as error:
-            outcome = self._crashed(delivery, error)
+            outcome = self.outcomes.crashed(delivery, error)
         outcome = scrub_outcome(outcome, delivery.secrets)
         log_outcome(delivery, outcome, self.clock.now())
         _count_delivery(run, outcome)
@@ -182,33 +192,6 @@ class Worker:
             # Not recorded: the lease runs out and the run is claimed again (at least once).
             log.exception("recording an outcome failed", extra={"run_id": run.id})
 
-    def _crashed(self, delivery: Delivery, error: Exception) -> Outcome:
-        """A bug of ours, or an answer we did not foresee: like any failed attempt it costs one
-        (so the run's maximum ends it) and counts towards pausing the connection. Logged with
-        the frames only: an exception's message may quote a secret or the event."""
-        kind = type(error).__name__
-        log.error(
-            "delivery crashed",
-            extra={
-                "run_id": delivery.run.id,
-                "connection_id": delivery.run.connection_id,
-                "error_type": kind,
-                "frames": "".join(traceback.format_tb(error.__traceback__)),
-            },
-        )
-        message = f"internal error ({kind})"
-        if delivery.attempts:  # the attempt it happened in
-            attempt = delivery.attempts[-1]
-            delivery.attempts[-1] = replace(
-                attempt,
-                finish_time=attempt.finish_time or self.clock.now(),
-                error=f"{attempt.error}; {message}" if attempt.error else message,
-            )
-        else:
-            delivery.attempts.append(self._bare_attempt(delivery, message))
-        delivery.problems[delivery.attempts[-1].number] = f"internal:{kind}"
-        return self._retry_or_fail(delivery, message)
-
     async def _attempt(self, delivery: Delivery, connection: Connection | None) -> Outcome:
         """Resolves the credential and compiles the templates, then sends until decided."""
         run = delivery.run
@@ -216,8 +199,17 @@ class Worker:
         early = policy.before_sending(run.user_id in self.suspended, status)
         if early is not None:
             delivery.reason, decision = early
-            return self._outcome(run, [], decision)
+            return self.outcomes.outcome(run, [], decision)
         assert connection is not None  # before_sending ends a run whose connection was deleted
+        try:
+            delivery.run = run = await self.sealing.for_delivery(run)
+        except KeysUnavailable as error:  # ours, like the vault's credentials: no attempt used
+            return self.outcomes.held(delivery, str(error))
+        except Unreadable:
+            delivery.reason = "details_purged"
+            return self.outcomes.final(
+                run, [], "failed", "its event was purged before it was delivered"
+            )
         action = connection.action
         credential_id = action.get("credential_id")
         try:
@@ -227,15 +219,15 @@ class Worker:
                 else None
             )
         except Outage as error:
-            return self._held(delivery, str(error))
+            return self.outcomes.held(delivery, str(error))
         except CredentialProblem as error:
-            return self._credential_failure(delivery, credential_id, error)
+            return self.outcomes.credential_failure(delivery, credential_id, error)
         delivery.secrets = secret_forms(credential)
         try:
             compiled = self.templates.of(connection)
         except TemplateError as error:
             delivery.reason = "template"
-            return self._final(run, [], "failed", f"template: {error}")
+            return self.outcomes.final(run, [], "failed", f"template: {error}")
         return await self._send_until_decided(delivery, action, compiled, credential)
 
     async def _send_until_decided(
@@ -255,7 +247,7 @@ class Worker:
                 )
             except Exception as error:
                 delivery.reason = "rendering"
-                return self._final(run, attempts, "failed", f"rendering: {error}")
+                return self.outcomes.final(run, attempts, "failed", f"rendering: {error}")
             attempts.append(
                 Attempt(run.id, run.user_id, number, self.clock.now(), prepared.recorded)
             )
@@ -263,7 +255,7 @@ class Worker:
             refresh = policy.may_refresh(kind, refreshed, number, run.max_attempts)
             decision = await self._send(delivery, prepared, refresh)
             if not isinstance(decision, policy.Refresh):
-                return self._outcome(run, attempts, decision)
+                return self.outcomes.outcome(run, attempts, decision)
             refreshed = True
             attempts[-1] = replace(attempts[-1], error=policy.REFRESHING)
             credential_id = action.get("credential_id")
@@ -273,9 +265,9 @@ class Worker:
                 )
             except Outage as error:
                 delivery.problems[number] = "vault_unreachable"
-                return self._retry_or_fail(delivery, str(error), policy.outage_delay())
+                return self.outcomes.retry_or_fail(delivery, str(error), policy.outage_delay())
             except CredentialProblem as error:
-                return self._credential_failure(delivery, credential_id, error, attempts)
+                return self.outcomes.credential_failure(delivery, credential_id, error, attempts)
             delivery.secrets = secret_forms(credential, also=delivery.secrets)
 
     async def _send(
@@ -327,82 +319,3 @@ class Worker:
         if not isinstance(decision, policy.Refresh) and not policy.succeeded(status):
             delivery.attempts[-1] = replace(attempt, error=policy.http_error(status))
         return decision
-
-    def _held(self, delivery: Delivery, error: str) -> Outcome:
-        """The vault unreachable: held without an attempt for a while (policy.hold_for_outage),
-        then charged like any failure."""
-        run = delivery.run
-        delivery.reason = "vault_unreachable"
-        waited = (self.clock.now() - run.create_time).total_seconds()
-        hold = policy.hold_for_outage(waited, self.settings.outage_hold_seconds, error)
-        if hold is not None:
-            return self._outcome(run, [], hold)
-        delivery.attempts.append(self._bare_attempt(delivery, error))
-        delivery.problems[delivery.attempts[-1].number] = "vault_unreachable"
-        return self._retry_or_fail(delivery, error)
-
-    def _bare_attempt(self, delivery: Delivery, error: str) -> Attempt:
-        """An attempt that sent nothing (no request was made, or none could be)."""
-        run = delivery.run
-        number = run.attempts + len(delivery.attempts) + 1
-        now = self.clock.now()
-        return Attempt(
-            run.id, run.user_id, number, delivery.started, {}, error=error, finish_time=now
-        )
-
-    # outcomes
-    def _outcome(self, run: Run, attempts: list, decision: policy.Decision) -> Outcome:
-        if isinstance(decision, policy.Later):
-            return self._later(run, attempts, decision.delay, decision.error, decision.charged)
-        return self._final(run, attempts, decision.status, decision.error)
-
-    def _final(self, run: Run, attempts: list, status: str, error: str | None) -> Outcome:
-        used = run.attempts + len(attempts)
-        result = RunResult(run.id, self.name, used, status, error, finish_time=self.clock.now())
-        return Outcome(result, run.connection_id, run.user_id, tuple(attempts), final=status)
-
-    def _later(
-        self, run: Run, attempts: list, delay: float, error: str, charge: bool = True
-    ) -> Outcome:
-        if not charge:
-            attempts = []
-        result = RunResult(
-            run.id,
-            self.name,
-            run.attempts + len(attempts),
-            "queued",
-            error,
-            next_attempt_time=self.clock.now() + timedelta(seconds=delay),
-        )
-        return Outcome(result, run.connection_id, run.user_id, tuple(attempts))
-
-    def _retry_or_fail(
-        self, delivery: Delivery, error: str, retry_after: float | None = None
-    ) -> Outcome:
-        run, attempts = delivery.run, delivery.attempts
-        used = run.attempts + len(attempts)
-        decision = policy.retry_or_fail(used, run.max_attempts, error, self.backoff, retry_after)
-        return self._outcome(run, attempts, decision)
-
-    def _credential_failure(
-        self,
-        delivery: Delivery,
-        credential_id: str,
-        error: CredentialProblem,
-        attempts: list | None = None,
-    ) -> Outcome:
-        run = delivery.run
-        delivery.reason = f"credential:{error.reason}"
-        decision = policy.credential_failure(error.reason, credential_id)
-        outcome = self._outcome(run, attempts or [], decision)
-        if decision.status != "failed":
-            return outcome
-        notice = self.recorder.notice(
-            run.user_id,
-            run.connection_id,
-            "credential_problem",
-            policy.credential_notice(error.reason, credential_id),
-            run_id=run.id,
-            credential_id=credential_id,
-        )
-        return replace(outcome, notices=(*outcome.notices, notice))

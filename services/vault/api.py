@@ -1,5 +1,6 @@
 """The gRPC face of the vault. Who may call what is `ALLOWED_CALLERS`; plaintext leaves only
-through ResolveCredential and RefreshOAuthCredential, to the runner."""
+through ResolveCredential and RefreshOAuthCredential, to the runner; execution keys only through
+GetExecutionKeys, to the service they are derived for (runner, identity)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from services.kit.deletions import SuspendedUsers
 from services.kit.errors import InvalidArgument
 from services.kit.timestamps import put_timestamp
 from services.vault.credentials import Credentials
+from services.vault.execution_keys import ABSENT, ACTIVE, DESTROYED, ExecutionKeyring
 from services.vault.keyadmin import KeyAdmin
 from services.vault.oauth_connect import OAuthConnect
 from services.vault.refresh import Refresher
@@ -35,7 +37,8 @@ _BY_CALLER = {
         "CompleteOAuth",
         "SuspendUser",
     ),
-    "runner": ("ResolveCredential", "RefreshOAuthCredential"),
+    "runner": ("ResolveCredential", "RefreshOAuthCredential", "GetExecutionKeys"),
+    "identity": ("GetExecutionKeys",),
     "operator": (
         "GetKeyStatus",
         "BeginKeyRotation",
@@ -44,8 +47,9 @@ _BY_CALLER = {
         "RotateUserDataKey",
         "SetOAuthClientSecret",
         "ShredUserKey",
+        "ListEpochKeys",
     ),
-    "retention": ("ShredUserKey",),
+    "retention": ("ShredUserKey", "DestroyExpiredEpochKeys", "ListEpochKeys"),
 }
 ALLOWED_CALLERS: dict[str, frozenset[str]] = {}
 for _caller, _methods in _BY_CALLER.items():
@@ -114,6 +118,7 @@ class VaultApi(vault_pb2_grpc.VaultServiceServicer):
         oauth_connect: OAuthConnect,
         admin: KeyAdmin,
         suspensions: SuspendedUsers,
+        execution_keys: ExecutionKeyring,
     ) -> None:
         self.credentials = credentials
         self.resolver = resolver
@@ -121,6 +126,7 @@ class VaultApi(vault_pb2_grpc.VaultServiceServicer):
         self.oauth_connect = oauth_connect
         self.admin = admin
         self.suspensions = suspensions
+        self.execution_keys = execution_keys
 
     def _peer(self, context: Context) -> str:
         """The caller's mesh name, for the audit log (the interceptor has vetted it)."""
@@ -267,6 +273,56 @@ class VaultApi(vault_pb2_grpc.VaultServiceServicer):
     ) -> pb.ShredUserKeyResponse:
         destroyed, count = await self.admin.shred(self._peer(context), _user(request.user_id))
         return pb.ShredUserKeyResponse(key_destroyed=destroyed, credential_count=count)
+
+    async def GetExecutionKeys(  # noqa: N802 - gRPC method names
+        self, request: pb.GetExecutionKeysRequest, context: Context
+    ) -> pb.GetExecutionKeysResponse:
+        # The caller's own keys: its mesh name is part of each key's derivation.
+        keys = await self.execution_keys.get(
+            self._peer(context),
+            request.user_id,
+            [(ref.category, ref.day) for ref in request.keys],
+            create=request.create,
+        )
+        return pb.GetExecutionKeysResponse(
+            keys=[
+                pb.ExecutionKey(
+                    category=k.category, day=k.day, state=_KEY_STATES[k.state], key=k.key
+                )
+                for k in keys
+            ]
+        )
+
+    async def DestroyExpiredEpochKeys(  # noqa: N802 - gRPC method names
+        self, request: pb.DestroyExpiredEpochKeysRequest, context: Context
+    ) -> pb.DestroyExpiredEpochKeysResponse:
+        count, oldest = await self.execution_keys.destroy_before(
+            request.participant, request.category, request.before, dry_run=request.dry_run
+        )
+        return pb.DestroyExpiredEpochKeysResponse(keys_destroyed=count, oldest_day=oldest or "")
+
+    async def ListEpochKeys(  # noqa: N802 - gRPC method names
+        self, request: pb.ListEpochKeysRequest, context: Context
+    ) -> pb.ListEpochKeysResponse:
+        return pb.ListEpochKeysResponse(
+            categories=[
+                pb.EpochKeyCategory(
+                    participant=row["participant"],
+                    category=row["category"],
+                    keys=row["keys"],
+                    oldest_day=row["oldest_day"] or "",
+                    destroyed_before=row["destroyed_before"] or "",
+                )
+                for row in await self.execution_keys.categories()
+            ]
+        )
+
+
+_KEY_STATES = {
+    ACTIVE: pb.EXECUTION_KEY_STATE_ACTIVE,
+    DESTROYED: pb.EXECUTION_KEY_STATE_DESTROYED,
+    ABSENT: pb.EXECUTION_KEY_STATE_ABSENT,
+}
 
 
 def _user(user_id: str) -> str:

@@ -14,7 +14,15 @@ from services.kit.clock import Clock
 from services.kit.errors import DataLoss, Unavailable
 from services.kit.tokens import sha256_hex
 from services.vault import kinds
-from services.vault.keys import KeyRing, KeyUnavailable, Tampered, new_data_key, seal, secret_aad
+from services.vault.keys import (
+    DATA_KEY,
+    KeyRing,
+    KeyUnavailable,
+    Tampered,
+    new_data_key,
+    seal,
+    secret_aad,
+)
 from services.vault.store import Tx
 
 
@@ -42,10 +50,11 @@ class DataKeys:
             return None
         return self.unwrap(user_id, row["kek_version"], row["wrapped_key"]), row["generation"]
 
-    def unwrap(self, user_id: str, version: str, wrapped: bytes) -> bytes:
-        """The data key, or the vault's error: its KEK is not loaded, or it does not open."""
+    def unwrap(self, user_id: str, version: str, wrapped: bytes, kind: str = DATA_KEY) -> bytes:
+        """The data key (or another `kind` of wrapped key, of the subject `user_id`), or the
+        vault's error: its KEK is not loaded, or it does not open."""
         try:
-            return self.keyring.unwrap(user_id, version, wrapped)
+            return self.keyring.unwrap(user_id, version, wrapped, kind)
         except KeyUnavailable:
             raise Unavailable(
                 "KEY_UNAVAILABLE",

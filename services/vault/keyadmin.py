@@ -1,23 +1,33 @@
-"""Key management: KEK rotation (rewrap data keys, never re-encrypt secrets), retiring versions,
-per-user data-key rotation (re-encrypt that user's secrets), crypto-shredding, and the OAuth client
-secrets the vault keeps for itself."""
+"""Key management: KEK rotation (rewrap every wrapped key — data keys, and the owner and day keys
+of execution data — never re-encrypt secrets), retiring versions, per-user data-key rotation
+(re-encrypt that user's secrets), crypto-shredding, and the OAuth client secrets the vault keeps
+for itself."""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from services.kit.clock import Clock
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.vault.audit import AuditLog, Event
 from services.vault.datakeys import DataKeys
-from services.vault.keys import new_data_key, seal, secret_aad, unseal
+from services.vault.keys import DATA_KEY, key_subject, new_data_key, seal, secret_aad, unseal
 from services.vault.oauth import OAuthProviders
 from services.vault.sealcache import SealedRows
 from services.vault.store import Store
 
 log = logging.getLogger("leadmesh.vault.keys")
+
+
+@dataclass(frozen=True)
+class Shredded:
+    data_key: bool
+    owner_key: bool
+    credentials: int
+
 
 # The owner of the vault's own secrets (OAuth client secrets).
 SYSTEM_OWNER = "system:vault"
@@ -70,29 +80,24 @@ class KeyAdmin:
         return await self.status()
 
     async def rewrap(self, batch_size: int) -> tuple[int, int, str]:
-        """Rewraps up to `batch_size` data keys under the current KEK, in one transaction; each
-        row changes only if it is still wrapped as read, so concurrent runs never collide."""
+        """Rewraps up to `batch_size` keys (data keys first, then owner and day keys) under the
+        current KEK, in one transaction; each row changes only if it is still wrapped as read,
+        so concurrent runs never collide."""
         self.keyring.reload()
         current = self.keyring.current
         async with self.store.begin() as tx:
             rows = await tx.keys_not_on(current, batch_size or 500)
             changes = []
             for row in rows:
-                data_key = self.data_keys.unwrap(
-                    row["user_id"], row["kek_version"], row["wrapped_key"]
-                )
-                version, wrapped = self.keyring.wrap(row["user_id"], data_key)
+                kind, subject = row["kind"], key_subject(row["kind"], row)
+                key = self.data_keys.unwrap(subject, row["kek_version"], row["wrapped_key"], kind)
+                version, wrapped = self.keyring.wrap(subject, key, kind)
                 changes.append(
-                    {
-                        "user_id": row["user_id"],
-                        "old": row["kek_version"],
-                        "new": version,
-                        "wrapped": wrapped,
-                    }
+                    {**row, "old": row["kek_version"], "new": version, "wrapped": wrapped}
                 )
-            await tx.rewrap_user_keys(changes)
+            await tx.rewrap_keys(changes)
         # Only these users' cached rows hold a data key wrapped the old way.
-        self.sealed.forget(users=[change["user_id"] for change in changes])
+        self.sealed.forget(users=[c["user_id"] for c in changes if c["kind"] == DATA_KEY])
         async with self.store.read() as tx:
             remaining = sum(n for v, n in (await tx.key_counts()).items() if v != current)
         return len(changes), remaining, current
@@ -107,7 +112,7 @@ class KeyAdmin:
         if version == status["current"] or known[version]:
             raise FailedPrecondition(
                 "KEY_VERSION_IN_USE",
-                f"{version} is current or still wraps {known[version]} data keys: rotate first",
+                f"{version} is current or still wraps {known[version]} keys: rotate first",
             )
         if not self.keyring.managed:
             raise _supplied()
@@ -149,17 +154,25 @@ class KeyAdmin:
         return len(rows)
 
     async def shred(self, caller: str, user_id: str) -> tuple[bool, int]:
-        """Crypto-shredding: the data key is deleted, so every copy of the user's ciphertexts —
-        here and in backups — is noise; the credentials themselves are deleted too."""
+        """(a key destroyed, credentials deleted): see `shred_keys`."""
+        shredded = await self.shred_keys(caller, user_id)
+        return shredded.data_key or shredded.owner_key, shredded.credentials
+
+    async def shred_keys(self, caller: str, user_id: str) -> Shredded:
+        """Crypto-shredding: the data key and the owner key of execution data are deleted, so
+        every copy of the user's ciphertexts — here, in runner's and identity's databases, and
+        in backups — is noise; the credentials themselves are deleted too."""
         async with self.store.begin() as tx:
-            destroyed = await tx.delete_user_key(user_id)
+            data_key = await tx.delete_user_key(user_id)
+            owner_key = await tx.delete_owner_key(user_id)
             count = await tx.delete_user_credentials(user_id)
         self.sealed.forget()
+        destroyed = data_key or owner_key
         await self.audit.record(
             Event(caller, user_id, "shred", outcome="ok" if destroyed else "no_key")
         )
         log.info("user key shredded", extra={"user_id": user_id, "credentials": count})
-        return destroyed, count
+        return Shredded(data_key, owner_key, count)
 
     async def set_client_secret(self, provider: str, client_secret: str) -> None:
         self.providers.get(provider)

@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +63,21 @@ def secret_aad(user_id: str, credential_id: str, kind: str, version: int = FORMA
     return f"leadmesh-vault|secret|v{version}|{user_id}|{credential_id}|{kind}".encode()
 
 
-def data_key_aad(user_id: str, version: str) -> bytes:
-    return f"leadmesh-vault|data-key|v{FORMAT_VERSION}|{user_id}|{version}".encode()
+# What a wrapped key is (its associated data says so): a user's data key, a user's owner key of
+# execution data, or a category's day key (execution_keys.py). One kind never unwraps as another.
+DATA_KEY, OWNER_KEY, DAY_KEY = "data-key", "owner-key", "day-key"
+
+
+def data_key_aad(subject: str, version: str, kind: str = DATA_KEY) -> bytes:
+    """`subject`: whose key (a user id; a day key's "participant|category|day")."""
+    return f"leadmesh-vault|{kind}|v{FORMAT_VERSION}|{subject}|{version}".encode()
+
+
+def key_subject(kind: str, ids: Mapping[str, str]) -> str:
+    """The subject a wrapped key of `kind` is bound to, from the columns naming it."""
+    if kind == DAY_KEY:
+        return f"{ids['participant']}|{ids['category']}|{ids['day']}"
+    return ids["user_id"]
 
 
 def new_data_key() -> bytes:
@@ -178,12 +192,12 @@ class KeyRing:
             raise KeyUnavailable(version)
         return kek
 
-    def wrap(self, user_id: str, data_key: bytes) -> tuple[str, bytes]:
+    def wrap(self, subject: str, key: bytes, kind: str = DATA_KEY) -> tuple[str, bytes]:
         version = self.current
-        return version, seal(self._kek(version), data_key, data_key_aad(user_id, version))
+        return version, seal(self._kek(version), key, data_key_aad(subject, version, kind))
 
-    def unwrap(self, user_id: str, version: str, wrapped: bytes) -> bytes:
-        return unseal(self._kek(version), wrapped, data_key_aad(user_id, version))
+    def unwrap(self, subject: str, version: str, wrapped: bytes, kind: str = DATA_KEY) -> bytes:
+        return unseal(self._kek(version), wrapped, data_key_aad(subject, version, kind))
 
     def add_version(self) -> str:
         """A new random KEK made current (managed key files only)."""

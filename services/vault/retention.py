@@ -2,11 +2,12 @@
 settings.py), and the erasure of a user by crypto-shredding.
 
 Every table of tables.py is in exactly one category or in `EXEMPT` with its reason (a unit test
-holds it). An erasure first shreds the user's data key through the operator's own path
-(`KeyAdmin.shred`: the key and the credentials deleted, the shred audited, the cache of sealed
-rows dropped): every copy of the user's ciphertexts, in backups or in a copy of the database file,
-is noise from then on. Then the categories erase what is left of the user, the audit trail
-included (the shred's own event too): the erasure certificate is the record that it happened.
+holds it). An erasure first shreds the user's data key and owner key through the operator's own
+path (`KeyAdmin.shred_keys`: the keys and the credentials deleted, the shred audited, the cache of
+sealed rows dropped): every copy of the user's ciphertexts — secrets here, sealed execution data
+in runner's and identity's databases — in backups or in a copy of a database file, is noise from
+then on. Then the categories erase what is left of the user, the audit trail included (the
+shred's own event too): the erasure certificate is the record that it happened.
 """
 
 from __future__ import annotations
@@ -23,16 +24,19 @@ from services.kit.retention import (
     days,
 )
 from services.vault.audit import AuditLog
-from services.vault.keyadmin import SYSTEM_OWNER, KeyAdmin
+from services.vault.keyadmin import SYSTEM_OWNER, KeyAdmin, Shredded
 from services.vault.sealcache import SealedRows
 from services.vault.settings import VaultSettings
 from services.vault.store import Store
 from services.vault.tables import (
     audit_events,
     credentials,
+    epoch_horizons,
+    epoch_keys,
     leases,
     oauth_client_secrets,
     oauth_states,
+    owner_keys,
     suspended_users,
     user_keys,
 )
@@ -47,6 +51,15 @@ EXEMPT = {
     oauth_client_secrets.name: (
         "the operator's OAuth client secrets (one per provider, sealed under the vault's own "
         "data key): no user's data; replaced or removed by the operator"
+    ),
+    epoch_keys.name: (
+        "the day keys of runner's and identity's sealed categories (random, wrapped by a KEK; no "
+        "user's data): destroyed by DestroyExpiredEpochKeys after each purge of the category "
+        "they protect, on retention's schedule, once their day has passed its max age"
+    ),
+    epoch_horizons.name: (
+        "per sealed category, the day before which every day key is destroyed and never made "
+        "again (no user's data); kept as long as the category exists"
     ),
 }
 
@@ -87,6 +100,12 @@ def categories(settings: VaultSettings) -> list[Category]:
             f"{CONTRACT}; {KEPT_UNTIL_ERASURE}", user_keys, None, time_column="create_time",
             user_column="user_id",
         ),
+        TableCategory(
+            "owner_keys", "the user's owner key of execution data, wrapped by a KEK; erased, it "
+            "makes every copy of the user's sealed webhooks, runs and logins unreadable",
+            f"{CONTRACT}; {KEPT_UNTIL_ERASURE}", owner_keys, None, time_column="create_time",
+            user_column="user_id",
+        ),
     ]  # fmt: skip
 
 
@@ -113,6 +132,7 @@ class VaultParticipant(Participant):
             raise InvalidArgument("NOT_A_USER", "the vault's own owner is no user", field="user_id")
         async with self.store.read() as tx:
             held = await tx.user_key(user_id) is not None
+            held = held or await tx.owner_key(user_id) is not None
             states = await tx.c.execute(
                 select(func.count())
                 .select_from(oauth_states)
@@ -120,18 +140,19 @@ class VaultParticipant(Participant):
             )
             states_count = states.scalar_one()
             held = held or bool(await tx.user_credentials(user_id))
-        destroyed, count = False, 0
+        shredded = Shredded(False, False, 0)
         if held:  # a second erasure shreds (and audits) nothing: it erases 0
-            destroyed, count = await self.admin.shred("retention", user_id)
+            shredded = await self.admin.shred_keys("retention", user_id)
         # Whatever was queued for the user is written before their audit rows are erased.
         await self.audit.flush()
         result = await super().erase(user_id)
-        shredded = {
-            "credentials": count,
+        counts = {
+            "credentials": shredded.credentials,
             "oauth_states": states_count if held else 0,
-            "data_keys": int(destroyed),
+            "data_keys": int(shredded.data_key),
+            "owner_keys": int(shredded.owner_key),
         }
-        for name, erased in shredded.items():
+        for name, erased in counts.items():
             before, kept, why = result[name]
             result[name] = (before + erased, kept, why)
         self.sealed.forget([user_id])

@@ -24,6 +24,7 @@ from services.vault.api import ALLOWED_CALLERS, SERVICE, VaultApi, credential_pb
 from services.vault.audit import AuditLog
 from services.vault.credentials import Credentials
 from services.vault.datakeys import DataKeys
+from services.vault.execution_keys import ExecutionKeyring
 from services.vault.keyadmin import KeyAdmin
 from services.vault.keys import KeyRing
 from services.vault.leases import DatabaseLeases, Leases, RedisLeases
@@ -42,8 +43,9 @@ log = logging.getLogger("leadmesh.vault")
 
 @dataclass
 class Parts:
-    """The use cases (credentials, resolver, refresher, oauth_connect, admin, suspensions) and
-    what they share: the store, the data keys, the sealed-row cache, the audit log, the leases."""
+    """The use cases (credentials, resolver, refresher, oauth_connect, admin, suspensions,
+    execution_keys) and what they share: the store, the data keys, the sealed-row cache, the
+    audit log, the leases."""
 
     settings: VaultSettings
     store: Store
@@ -58,6 +60,7 @@ class Parts:
     admin: KeyAdmin
     suspensions: SuspendedUsers
     retention: retention.Participant
+    execution_keys: ExecutionKeyring
     _closers: list = field(default_factory=list)
 
     def start_suspension_sync(self) -> None:
@@ -107,6 +110,9 @@ def build(settings: VaultSettings, clock: Clock | None = None) -> Parts:
     }
     refresher = Refresher(opened, data_keys, leases, providers, audit, clock, **runner_paths)
     credentials = Credentials(store, data_keys, sealed, audit, clock)
+    participant = VaultParticipant(settings, store, admin, audit, sealed, clock)
+    # A destruction's rows leave the files as a purge's do (the participant's compaction).
+    execution_keys = ExecutionKeyring(store, data_keys, clock, compact=participant.compact)
     return Parts(
         settings=settings,
         store=store,
@@ -122,7 +128,8 @@ def build(settings: VaultSettings, clock: Clock | None = None) -> Parts:
         ),
         admin=admin,
         suspensions=suspensions,
-        retention=VaultParticipant(settings, store, admin, audit, sealed, clock),
+        retention=participant,
+        execution_keys=execution_keys,
     )
 
 
@@ -164,6 +171,7 @@ async def start(
         parts.oauth_connect,
         parts.admin,
         parts.suspensions,
+        parts.execution_keys,
     )
 
     def register(server) -> None:

@@ -1,7 +1,9 @@
 """Vault's tables. Secret material exists here only as AES-GCM ciphertext; data keys only wrapped.
 
-Retention (retention.py): credentials and data keys until erasure (a key erased is every copy of
-the user's secrets shredded), the audit log 90 days, OAuth states and leases a day after expiry.
+Retention (retention.py): credentials, data keys and owner keys until erasure (a key erased is
+every copy of the user's secrets, or execution data, shredded), the audit log 90 days, OAuth states
+and leases a day after expiry; day keys until their day passes the max age of the category they
+protect (DestroyExpiredEpochKeys, execution_keys.py).
 """
 
 from __future__ import annotations
@@ -116,4 +118,44 @@ suspended_users = Table(
     metadata,
     Column("user_id", String(64), primary_key=True),
     Column("suspend_time", Time, nullable=False),
+)
+
+
+# Execution data sealed at rest (execution_keys.py): each value's key is derived from the owner's
+# key and its category's key of its UTC day, both random and stored only wrapped by a KEK version.
+# One owner key per user: a sibling of the data key (not it: RotateUserDataKey replaces that one),
+# destroyed with it at erasure.
+owner_keys = Table(
+    "owner_keys",
+    metadata,
+    Column("user_id", String(64), primary_key=True),
+    Column("kek_version", String(32), nullable=False, index=True),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("create_time", Time, nullable=False),
+)
+
+# One key per (participant, category, UTC day "YYYY-MM-DD"), of no user: destroyed once the day
+# has passed the category's max age, so every copy of what it sealed is noise.
+epoch_keys = Table(
+    "epoch_keys",
+    metadata,
+    # The mesh name of the service whose category it is (runner, identity).
+    Column("participant", String(32), primary_key=True),
+    Column("category", String(64), primary_key=True),
+    Column("day", String(10), primary_key=True),
+    Column("kek_version", String(32), nullable=False, index=True),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("create_time", Time, nullable=False),
+)
+
+# Per (participant, category): every day before `destroyed_before` is destroyed and never made
+# again. The row exists from the category's first key on (its lock orders a key's creation
+# against a destruction on PostgreSQL); `destroyed_before` only moves forward.
+epoch_horizons = Table(
+    "epoch_horizons",
+    metadata,
+    Column("participant", String(32), primary_key=True),
+    Column("category", String(64), primary_key=True),
+    Column("destroyed_before", String(10), nullable=True),
+    Column("update_time", Time, nullable=False),
 )

@@ -125,7 +125,9 @@ def test_a_deletion_request_opens_a_case_the_operator_processes(
         vault_copy = (mesh.var_dir / "vault" / "vault.db").read_bytes()
         deleted = api.request("DELETE", "/v1/me", json={"password": PASSWORD})
         assert deleted.status_code == 202, deleted.text
-    assert traces["body"].encode() in _database_bytes(mesh.var_dir)
+    # Sealed at rest (issue 15): the lead is in no database file in plaintext, even before.
+    assert traces["body"].encode() not in _database_bytes(mesh.var_dir)
+    assert traces["email"].encode() in _database_bytes(mesh.var_dir)  # identity's account
 
     deadline = time.monotonic() + 20
     while not (cases := _json(mesh, "erasures")):
@@ -176,9 +178,37 @@ def test_a_deletion_request_opens_a_case_the_operator_processes(
     assert missing.returncode == 1 and "ERASURE_NOT_FOUND" in missing.stderr
 
 
+def test_seal_reports_each_sealed_category_and_status_its_oldest_day_key(mesh: Mesh):
+    shown = _json(mesh, "status")
+    sealed = {(c["participant"], c["policy"]["category"]) for c in shown["categories"]
+              if c["policy"].get("sealed")}  # fmt: skip
+    assert {p for p, _ in sealed} == {"runner", "identity"}, sealed
+    # A webhook went through (the erasure case's user): today's keys of the runner live.
+    days = {c["policy"]["category"]: c.get("oldest_epoch_day") for c in shown["categories"]
+            if c["participant"] == "runner" and c["policy"].get("sealed")}  # fmt: skip
+    assert days.get("webhooks_log"), days
+    header, *rows = mesh.leadmesh("retention", "status").stdout.splitlines()
+    assert "OLDEST KEY" in header
+    [webhooks] = [r for r in rows if r.split()[:2] == ["runner", "webhooks_log"]]
+    assert days["webhooks_log"] in webhooks
+
+    done = mesh.leadmesh("retention", "seal", "--progress")
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Everything was written sealed: one call per category finds nothing.
+    summary = {line.split(":")[0] for line in done.stdout.splitlines()}
+    assert summary == {f"{p}/{c}" for p, c in sealed}, done.stdout
+    assert all(", 0 still in plaintext" in line for line in done.stdout.splitlines())
+    assert "runner/webhooks_log: 0 sealed, 0 in plaintext (done)" in done.stderr
+    [one] = _json(mesh, "seal", "--participant", "runner", "--category", "webhooks_log")
+    assert (one["participant"], one["category"], one["done"]) == ("runner", "webhooks_log", True)
+    unknown = mesh.leadmesh("retention", "seal", "--category", "no_such_category")
+    assert unknown.returncode == 1 and "UNKNOWN_CATEGORY" in unknown.stderr
+
+
 @pytest.mark.parametrize(
     "args",
     [
+        ("seal", "--nonsense"),
         ("run", "--as-of", "next week"),
         ("erasures", "process", "--as-of", "+2y"),
         ("status", "--nonsense"),

@@ -1,5 +1,6 @@
-"""`leadmesh status` against the shared mesh: every process's health, version and address, the
-runner's queue and the retention summary; and what it says when processes do not answer."""
+"""`leadmesh status` against the shared mesh: every process's health, version, address and metrics
+endpoint, the runner's queue and the retention summary; and what it says when processes do not
+answer. (`--profile scale` and its runner-worker processes: tests/e2e/test_scale_profile.py.)"""
 
 from __future__ import annotations
 
@@ -18,14 +19,19 @@ def _addresses(mesh: Mesh) -> dict[str, str]:
     return {**grpc, "gateway": f"https://127.0.0.1:{env['GATEWAY_HTTPS_PORT']}"}
 
 
+def _metrics(mesh: Mesh) -> dict[str, str]:
+    return {name: f"http://127.0.0.1:{port}/metrics" for name, port in mesh.metrics_ports().items()}
+
+
 def test_status_shows_every_process_serving_with_its_address(mesh_up: Mesh):
     done = mesh_up.leadmesh("status", "--json")
     assert done.returncode == 0, done.stderr
     shown = json.loads(done.stdout)
-    assert shown["healthy"] is True
+    assert shown["healthy"] is True and shown["profile"] == "default"
     assert [p["name"] for p in shown["processes"]] == NAMES
     assert {p["name"]: p["state"] for p in shown["processes"]} == dict.fromkeys(NAMES, "SERVING")
     assert {p["name"]: p["address"] for p in shown["processes"]} == _addresses(mesh_up)
+    assert {p["name"]: p["metrics"] for p in shown["processes"]} == _metrics(mesh_up)
     assert set(shown["queue"]) == {"pending_runs", "due_runs", "oldest_pending_age_seconds"}
     assert set(shown["retention"]["categories"]) == {"OK", "LATE", "UNREACHABLE"}
     assert sum(shown["retention"]["categories"].values()) > 0
@@ -34,9 +40,10 @@ def test_status_shows_every_process_serving_with_its_address(mesh_up: Mesh):
     text = mesh_up.leadmesh("status")
     assert text.returncode == 0, text.stderr
     header, *lines = text.stdout.splitlines()
-    assert header.split() == ["PROCESS", "STATE", "VERSION", "ADDRESS"]
+    assert header.split() == ["PROCESS", "STATE", "VERSION", "ADDRESS", "METRICS"]
     rows = {line.split()[0]: line.split() for line in lines[:5]}
     assert list(rows) == NAMES and all(row[1] == "SERVING" for row in rows.values())
+    assert {name: row[4] for name, row in rows.items()} == _metrics(mesh_up)
     assert lines[5].startswith("queue: ") and " pending (" in lines[5]
     assert lines[6].startswith("retention: ") and " erasure cases near their deadline" in lines[6]
 
@@ -85,3 +92,14 @@ def test_status_shows_stopped_processes_down_and_fails(mesh_up: Mesh):
         "identity": True, "vault": True, "runner": False, "retention": True, "gateway": False
     }  # fmt: skip
     assert as_json["queue"] == {"error": "the runner is down"}
+
+
+def test_status_refuses_a_process_the_profile_does_not_start(mesh_up: Mesh):
+    """A worker is a process of `--profile scale` only: asked for without it, it is a mistake to
+    say (exit 2, one line), not a check that passes by finding nothing to check."""
+    done = mesh_up.leadmesh("status", "--only", "runner-worker-1")
+    assert done.returncode == 2 and not done.stdout
+    assert done.stderr.splitlines() == [
+        "leadmesh: status --only: no process runner-worker-1 "
+        "(of identity, vault, runner, retention, gateway)"
+    ]

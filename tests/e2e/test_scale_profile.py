@@ -14,6 +14,8 @@ so the receiver could drop them.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import json
 import os
 import re
 import signal
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import make_url
 
 from tests.conftest import free_port
 from tests.e2e.conftest import (
@@ -166,17 +169,20 @@ class ScaledUp:
                 raise
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def scaled(
-    tmp_path: Path, postgres_server: str, redis_server: str, receiver: SharedReceiver
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_server: str,
+    redis_server: str,
+    receiver: SharedReceiver,
 ) -> Iterator[tuple[ScaledUp, str]]:
     """The profile on free ports, databases of its own (prefix unique, dropped afterwards):
-    (the mesh, the runner database's URL)."""
+    (the mesh, the runner database's URL). One for the module: the tests below leave every
+    worker running (or restarted) as they found it."""
     import psycopg
-    from sqlalchemy import make_url
 
     prefix = f"lm_scale_{uuid.uuid4().hex[:8]}_"
-    https_port, var = free_port(), tmp_path / "var"
+    https_port, var = free_port(), tmp_path_factory.mktemp("scale") / "var"
     settings = {
         **runner_env(receiver),
         "LEADMESH_POSTGRES_URL": postgres_server,
@@ -249,6 +255,54 @@ def _statuses(api: httpx.Client, connection_id: str) -> Counter[str]:
         if not (token := page.json().get("next_page_token")):
             return statuses
         params["page_token"] = token
+
+
+def _workers_shown(up: ScaledUp) -> tuple[int, dict[str, dict]]:
+    done = up.mesh.leadmesh("status", "--profile", "scale", "--json")
+    assert "Traceback" not in done.stderr, done.stderr
+    processes = json.loads(done.stdout)["processes"]
+    return done.returncode, {p["name"]: p for p in processes if p["name"].startswith("runner-w")}
+
+
+def test_status_and_config_know_the_profile_its_workers_and_databases(scaled):
+    up, _ = scaled
+    env, version = up.mesh.env, importlib.metadata.version("leadmesh")
+    _two_workers_serve_metrics(env)  # a worker counts as up before its metrics may serve
+    code, workers = _workers_shown(up)
+    assert code == 0 and list(workers) == ["runner-worker-1", "runner-worker-2"], workers
+    for shown in workers.values():
+        assert (shown["state"], shown["version"]) == ("SERVING", version), shown
+        assert shown["metrics"] == f"http://{shown['address']}/metrics", shown
+        assert 'service_name="runner-worker"' in httpx.get(shown["metrics"], timeout=5).text
+    assert len({shown["metrics"] for shown in workers.values()}) == 2
+    plain = json.loads(up.mesh.leadmesh("status", "--json").stdout)["processes"]
+    assert [p["name"] for p in plain] == ["identity", "vault", "runner", "retention", "gateway"]
+
+    stopped = up.pids()["runner-worker-1"]  # as if hung: its port taken, nothing answers
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        code, after = _workers_shown(up)
+        text = up.mesh.leadmesh("status", "--profile", "scale")
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    assert code == 1 and text.returncode == 1
+    serving = [shown["metrics"] for shown in after.values() if shown["state"] == "SERVING"]
+    assert serving == [workers["runner-worker-2"]["metrics"]], after
+    rows = {line.split()[0]: line.split()[1] for line in text.stdout.splitlines()[1:8]}
+    assert sorted(rows[name] for name in workers) == ["SERVING", "UNAVAILABLE"], text.stdout
+
+    config = up.mesh.leadmesh("config", "--profile", "scale")
+    assert config.returncode == 0, config.stderr
+    header, *rest = config.stdout.splitlines()
+    assert "runner-worker-2 as `leadmesh up --profile scale`" in header, header
+    settings = dict(line.split("=", 1) for line in rest if not line.startswith("#"))
+    server = make_url(env["LEADMESH_POSTGRES_URL"])
+    for service in SERVICES:
+        database = server.set(database=env["LEADMESH_DATABASE_PREFIX"] + service)
+        expected = database.render_as_string(hide_password=True)
+        assert settings[f"{service.upper()}_DATABASE_URL"] == expected, service
+    assert settings["RUNNER_WORKERS"] == "0"
+    assert settings["LEADMESH_RUNNER_WORKER_PROCESSES"] == "2"
 
 
 def test_a_worker_killed_mid_load_loses_no_accepted_webhook(

@@ -7,7 +7,9 @@ flight, so a test can prove two calls never overlapped. "identity" serves the re
 service (its deletion requests, its certificate mail) and such a participant side by side, on one
 port, as identity itself does, so a test sees exactly what each step erased; an identity without
 SendErasureCertificate has it recorded here instead. The whole mesh, every real participant,
-is tests/e2e/test_operator_retention.py's.
+is tests/e2e/test_operator_retention.py's. Sealed categories (`sealed_participant`): two tables
+whose payload columns (Text and JSON) are sealed, keys from a real vault; run as a module, it
+seals such a database in a process of its own until killed.
 """
 
 from __future__ import annotations
@@ -19,16 +21,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import grpc
 from leadmesh.identity.v1 import identity_pb2_grpc
 from leadmesh.retention.v1 import retention_pb2_grpc
-from sqlalchemy import Column, MetaData, String, Table
+from leadmesh.vault.v1 import vault_pb2_grpc
+from sqlalchemy import JSON, Column, Index, MetaData, String, Table, Text
 
 from services.kit import retention as kit_retention
-from services.kit.clock import Clock
+from services.kit.clock import Clock, SystemClock
 from services.kit.config import MeshSettings
 from services.kit.db import Database, Time, create_service_engine, create_sync_engine
+from services.kit.grpcclient import open_channel
 from services.kit.grpcserver import RunningServer, start_server
-from services.kit.retention import Participant, TableCategory
+from services.kit.retention import ColumnCategory, Participant, TableCategory
+from services.kit.sealing import ExecutionKeys, SealedColumns
 from services.retention.settings import RetentionSettings
 
 metadata = MetaData()
@@ -226,3 +232,83 @@ async def serve_identity(parts, mesh: MeshSettings, directory: Path, clock: Cloc
     served.front = front  # type: ignore[attr-defined]
     await served.start()
     return served
+
+
+# --- sealed categories: the kit's participant over tables with sealed columns, keys from a real
+# vault (tests/integration/test_kit_retention_sealing.py; `python -m` this module seals in a
+# process of its own, for the SIGKILL test) ---
+
+sealed_metadata = MetaData()
+hooks = Table(
+    "hooks",
+    sealed_metadata,
+    Column("id", String(36), primary_key=True),
+    Column("user_id", String(64), nullable=False),
+    Column("receive_time", Time, nullable=False, index=True),
+    Column("payload", Text, nullable=True),
+)
+executions = Table(
+    "executions",
+    sealed_metadata,
+    Column("id", String(36), primary_key=True),
+    Column("user_id", String(64), nullable=False),
+    Column("create_time", Time, nullable=False, index=True),
+    Column("event", JSON, nullable=True),
+    Column("note", Text, nullable=True),
+    Column("details_purge_time", Time, nullable=True),
+    Index("ix_executions_purge_time_create_time", "details_purge_time", "create_time"),
+)
+HOOKS = SealedColumns("webhooks_log", "hooks", ("payload",), "receive_time", "user_id")
+DETAILS = SealedColumns(
+    "execution_details", "executions", ("event", "note"), "create_time", "user_id"
+)
+
+
+def sealed_categories() -> list:
+    return [
+        TableCategory(
+            "webhooks_log", "hooks", "test", hooks, timedelta(days=EVENT_DAYS),
+            time_column="receive_time", user_column="user_id", export_section="hooks",
+            sealed=HOOKS,
+        ),
+        ColumnCategory(
+            "execution_details", "events delivered", "test", executions,
+            timedelta(days=EVENT_DAYS), time_column="create_time", columns=("event", "note"),
+            purge_time_column="details_purge_time", sealed=DETAILS,
+        ),
+        TableCategory(
+            "executions", "runs", "test", executions, timedelta(days=30),
+            time_column="create_time", user_column="user_id", export_section="executions",
+        ),
+    ]  # fmt: skip
+
+
+def execution_keys(mesh: MeshSettings, clock: Clock) -> tuple[grpc.aio.Channel, ExecutionKeys]:
+    """The runner's keys from the vault dialled at `mesh.vault_addr` (close the channel)."""
+    channel = open_channel(mesh, "vault", caller="runner")
+    return channel, ExecutionKeys(vault_pb2_grpc.VaultServiceStub(channel), clock)
+
+
+async def sealed_participant(url: str, keys: ExecutionKeys | None, clock: Clock) -> Participant:
+    """The participant (named "runner") over the sealed tables at `url`, made if missing."""
+    engine = create_service_engine(url)
+    async with engine.begin() as connection:
+        await connection.run_sync(sealed_metadata.create_all)
+    return Participant("runner", Database(engine), sealed_categories(), clock, keys=keys)
+
+
+async def _seal_forever(url: str, var: str, vault_addr: str, batch_size: int) -> None:
+    """Seal calls, one after another, until the process is killed (or nothing is left)."""
+    mesh = MeshSettings(var_dir=Path(var), vault_addr=vault_addr, _env_file=None)
+    channel, keys = execution_keys(mesh, SystemClock())
+    participant = await sealed_participant(url, keys, SystemClock())
+    category = participant.categories["execution_details"]
+    while (await participant.seal(category, batch_size))[1]:
+        pass
+    await channel.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    asyncio.run(_seal_forever(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))

@@ -21,11 +21,13 @@ from leadmesh.runner.v1 import runner_pb2 as rpb
 from leadmesh.runner.v1 import runner_pb2_grpc
 from leadmesh.vault.v1 import vault_pb2 as vpb
 from leadmesh.vault.v1 import vault_pb2_grpc
+from sqlalchemy import text
 
 from services.kit.callers import user_metadata
 from services.kit.clock import Clock
 from services.kit.config import MeshSettings
 from services.kit.grpcclient import open_channel
+from services.kit.sealing import day_of
 from services.runner.server import RunningRunner
 from services.runner.server import migrate_database as migrate_runner
 from services.runner.server import start as start_runner
@@ -33,12 +35,14 @@ from services.runner.settings import RunnerSettings
 from services.vault.server import RunningVault
 from services.vault.server import migrate_database as migrate_vault
 from services.vault.server import start as start_vault
+from services.vault.settings import VaultSettings
 from tests.integration.vault_support import vault_settings
 from tests.support.receiver import Receiver
 
 KINDS = {"api_key": vpb.CREDENTIAL_KIND_API_KEY, "login": vpb.CREDENTIAL_KIND_LOGIN,
          "oauth2": vpb.CREDENTIAL_KIND_OAUTH2}  # fmt: skip
 DONE = ("succeeded", "failed")
+SEALED_CATEGORIES = ("webhooks_log", "execution_details", "attempt_details", "notifications")
 
 
 def runner_settings(var: Path, url: str, vault_port: int, **overrides: Any) -> RunnerSettings:
@@ -179,6 +183,50 @@ class RunnerMesh:
         )
         return list(reply.notifications)
 
+    async def webhook_log(self, user: str) -> list[rpb.WebhookLogEntry]:
+        reply = await self.stub.ListWebhookLog(
+            rpb.ListRequest(page_size=100), metadata=user_metadata(user)
+        )
+        return list(reply.entries)
+
+    async def keys_in_memory(self, user: str) -> None:
+        """The user's execution keys of today fetched, as a first webhook and delivery would:
+        the runner then holds them through a vault outage (RUNNER_EXECUTION_KEY_CACHE_SECONDS)."""
+        core = self.runner.parts.core
+        today = day_of(core.clock.now())
+        await core.keys.for_user(user, [(c, today) for c in SEALED_CATEGORIES], create=True)
+
+    async def stop_vault(self) -> tuple[VaultSettings, int]:
+        """Stops the vault; `restart_vault` brings it back on the same port, database and keys
+        (the runner's channel reconnects)."""
+        stopped = self.vault.parts.settings, self.vault.port
+        await self.vault.stop(grace=0)
+        return stopped
+
+    async def restart_vault(self, stopped: tuple[VaultSettings, int], clock=None) -> None:
+        settings, port = stopped
+        self.vault = await start_vault(settings, port=port, clock=clock)
+
+    async def database_bytes(self) -> bytes:
+        """Every byte the runner's database holds: its SQLite files (the database, -wal, -shm),
+        or, on PostgreSQL, every row of its tables as text."""
+        if self.database_url.startswith("sqlite"):
+            database = Path(self.database_url.removeprefix("sqlite:///"))
+            files = sorted(database.parent.glob(f"{database.name}*"))
+            assert files
+            return b"".join(path.read_bytes() for path in files)
+        async with self.runner.parts.core.store.database.read() as connection:
+            tables = (
+                await connection.execute(
+                    text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                )
+            ).scalars()
+            found: list[str] = []
+            for table in list(tables):
+                rows = await connection.execute(text(f'SELECT t::text FROM "{table}" t'))
+                found += rows.scalars().all()
+        return "\n".join(found).encode()
+
 
 @asynccontextmanager
 async def runner_mesh(
@@ -188,6 +236,7 @@ async def runner_mesh(
     *,
     vault_overrides: dict[str, Any] | None = None,
     clock: Clock | None = None,
+    vault_clock: Clock | None = None,
     **overrides: Any,
 ) -> AsyncIterator[RunnerMesh]:
     var = tmp_path / "var"
@@ -197,7 +246,7 @@ async def runner_mesh(
         var, f"sqlite:///{tmp_path / 'vault.db'}", **(vault_overrides or {})
     )
     migrate_vault(vault_config)
-    vault = await start_vault(vault_config, port=0)
+    vault = await start_vault(vault_config, port=0, clock=vault_clock)
     settings = runner_settings(var, database_url, vault.port, **overrides)
     migrate_runner(settings)
     runner = await start_runner(settings, port=0, clock=clock)

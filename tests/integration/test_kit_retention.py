@@ -17,7 +17,7 @@ from leadmesh.retention.v1 import retention_pb2 as pb
 from leadmesh.retention.v1 import retention_pb2_grpc
 from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, Text, event, select
 
-from services.kit import callers
+from services.kit import callers, retention
 from services.kit.clock import SettableClock
 from services.kit.config import MeshSettings
 from services.kit.db import READ_ONLY, Database, Time, create_service_engine
@@ -30,6 +30,7 @@ from services.kit.retention import (
     FileCategory,
     Participant,
     TableCategory,
+    counts,
 )
 from services.kit.timestamps import put_timestamp
 from tests.integration.grpc_support import call, refused
@@ -159,6 +160,20 @@ async def test_an_export_is_the_users_rows_without_secret_columns(participant):
     assert {r["body"] for _, r in records} == {"m0", "m1", "m2"}
     assert all("token" not in r for _, r in records)
     assert "theirs" not in json.dumps([r for _, r in records])
+
+
+async def test_counts_stop_at_their_cap_and_the_oldest_row_stays_exact(participant, monkeypatch):
+    """ListPolicies and every Purge call count what they answer: bounded, so at 2M rows neither
+    reads the whole index (a dry run, which an operator asks for, counts them all)."""
+    monkeypatch.setattr(counts, "COUNT_CAP", 5)
+    await _add(participant, events, [_aged(40 + i) for i in range(8)] + [_aged(1), _aged(2)])
+    category, cutoff = participant.categories["events"], NOW - timedelta(days=30)
+    policy = await participant.policy(category, NOW)
+    assert (policy.rows, policy.expired_rows) == (5, 5)  # "at least COUNT_CAP"
+    assert policy.oldest_time.ToDatetime(UTC) == NOW - timedelta(days=47)
+    assert await participant.purge(category, cutoff, 100, dry_run=True) == (0, 8, 0)
+    monkeypatch.setattr(retention, "PURGE_CALL_SECONDS", 0.0)  # one batch per call
+    assert await participant.purge(category, cutoff, 2) == (2, 5, 1)
 
 
 async def test_files_are_purged_by_their_age(participant, tmp_path: Path):
@@ -345,7 +360,7 @@ async def test_served_over_grpc_only_retention_purges_and_the_gateway_exports_it
         for caller in ("gateway", "identity", "vault", "operator"):
             async with open_channel(there, "runner", caller=caller) as channel:
                 stub = retention_pb2_grpc.RetentionParticipantStub(channel)
-                for method in ("ListPolicies", "Purge", "EraseSubject"):
+                for method in ("ListPolicies", "Purge", "EraseSubject", "Seal"):
                     outcome = await call(stub, service, method)
                     assert refused(outcome, grpc.StatusCode.PERMISSION_DENIED), (caller, method)
         async with open_channel(there, "runner", caller="retention") as channel:
@@ -358,6 +373,9 @@ async def test_served_over_grpc_only_retention_purges_and_the_gateway_exports_it
             put_timestamp(request.cutoff, NOW - timedelta(days=30))
             purged = await stub.Purge(request, timeout=10)
             assert (purged.rows_deleted, purged.rows_still_expired) == (1, 0)
+            assert purged.oldest_time.ToDatetime(UTC) == NOW - timedelta(days=1)
+            unsealed = await call(stub, service, "Seal", pb.SealRequest(category="events"))
+            assert refused(unsealed, grpc.StatusCode.FAILED_PRECONDITION)
             unknown = await call(stub, service, "Purge", pb.PurgeRequest(category="nope"))
             assert refused(unknown, grpc.StatusCode.NOT_FOUND)
             forever = pb.PurgeRequest(category="outbox", batch_size=10**6)
@@ -379,17 +397,3 @@ async def test_served_over_grpc_only_retention_purges_and_the_gateway_exports_it
             assert error.value.code() == grpc.StatusCode.NOT_FOUND
     finally:
         await running.stop(grace=0.5)
-
-
-def test_an_exported_record_is_strict_json_the_gateway_splices_as_it_is():
-    from services.kit.retention import _json_text
-
-    text = _json_text({"x": float("nan"), "y": [float("-inf"), 1.5], "t": NOW})
-
-    def refuse(constant: str):
-        raise ValueError(constant)
-
-    assert json.loads(text, parse_constant=refuse) == {
-        "x": "NaN", "y": ["-Infinity", 1.5], "t": NOW.isoformat()
-    }  # fmt: skip
-    assert " " not in text

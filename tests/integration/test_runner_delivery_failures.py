@@ -182,6 +182,8 @@ async def test_our_own_outage_holds_a_run_only_for_outage_hold_seconds(
         made = await rm.connection(
             USER_A, receiver.https_url("/held"), credential_id=credential, max_attempts=2
         )
+        # Sealing: the run is accepted only with its keys in hand (held in memory here).
+        await rm.keys_in_memory(USER_A)
         settings, port = rm.vault.parts.settings, rm.vault.port
         await rm.vault.stop(grace=0)
         try:

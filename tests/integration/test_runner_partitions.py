@@ -76,6 +76,16 @@ def purge_request(category: str, cutoff: datetime) -> pb.PurgeRequest:
     return request
 
 
+async def test_the_runner_makes_today_and_the_days_ahead_when_it_starts(rm, clock):
+    # Before any purge has run: the first day's rows must find their partition, not DEFAULT.
+    ahead = rm.runner.parts.core.settings.partition_days_ahead
+    wanted = {(T0.date() + timedelta(days=n)).strftime("%Y%m%d") for n in range(ahead + 1)}
+    for table in ("runs", "attempts", "webhook_log"):
+        days = {name.rsplit("_p", 1)[1] for name in await partitions_of(rm, table) if "_p" in name}
+        assert wanted <= days, table
+        assert f"{table}_default" in await partitions_of(rm, table)
+
+
 async def test_whole_expired_days_are_dropped_and_the_straddling_day_purged_in_batches(rm, clock):
     await made_from(rm, clock, T0 - timedelta(days=33))  # 2025-11-29 … 2025-12-06
     cutoff = T0 - timedelta(days=30)  # 2025-12-02 12:00

@@ -454,7 +454,19 @@ def in_files(directory: Path, value: str) -> list[str]:
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-async def test_purged_and_erased_values_leave_the_sqlite_files(rm, receiver, clock, tmp_path):
+async def test_purged_and_erased_values_leave_the_sqlite_files(
+    mesh, database_url, receiver, clock, tmp_path
+):
+    # Plaintext rows (written before sealing existed, or with sealing off): a sealed value is in
+    # no file to begin with (test_runner_sealing.py), a plaintext one must leave them.
+    async with runner_mesh(
+        tmp_path, mesh.pki_dir, database_url, ca_file=str(receiver.ca_file), clock=clock,
+        seal_execution_data=False,
+    ) as rm:  # fmt: skip
+        await _values_leave_the_files(rm, clock, receiver, tmp_path)
+
+
+async def _values_leave_the_files(rm, clock, receiver, tmp_path) -> None:
     now = clock.now()
     made = await rm.connection(A, receiver.https_url("/a"), trigger="webhook")
     other = await rm.connection(B, receiver.https_url("/b"), trigger="webhook")

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from subprocess import PIPE
 
@@ -21,46 +19,33 @@ from leadmesh.vault.v1 import vault_pb2_grpc
 from services.kit.callers import user_metadata
 from services.kit.config import MeshSettings
 from services.kit.errors import from_rpc_error
-from services.kit.grpcclient import open_channel
 from services.kit.pki import load_mesh_certificate
 from services.vault.api import ALLOWED_CALLERS
-from services.vault.server import RunningVault, migrate_database, start
+from services.vault.server import RunningVault
+from tests.integration import vault_support
 from tests.integration.grpc_support import call, refused
-from tests.integration.vault_support import API_KEY, OAUTH2, vault_settings
+from tests.integration.vault_support import API_KEY, OAUTH2
 
 METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["VaultService"].methods]
 CALLERS = ("gateway", "identity", "runner", "retention", "operator")
 
 
-@pytest.fixture
-def vault_var(tmp_path: Path, mesh: MeshSettings) -> Path:
-    """A var/ of its own (the vault writes its key file there) holding the mesh certificates."""
-    shutil.copytree(mesh.pki_dir, tmp_path / "pki")
-    return tmp_path
+# The vault on a free port over mTLS (vault_support's fixtures), and stubs calling it as a caller.
+vault_var, served_vault, dial_vault = (
+    vault_support.vault_var,
+    vault_support.served_vault,
+    vault_support.dial_vault,
+)
 
 
 @pytest.fixture
-async def vault(vault_var: Path, database_url: str) -> AsyncIterator[RunningVault]:
-    settings = vault_settings(vault_var, database_url)
-    migrate_database(settings)
-    running = await start(settings, port=0)
-    yield running
-    await running.stop(grace=1)
+def vault(served_vault: RunningVault) -> RunningVault:
+    return served_vault
 
 
 @pytest.fixture
-async def dial(vault: RunningVault, vault_var: Path):
-    there = MeshSettings(var_dir=vault_var, vault_addr=f"127.0.0.1:{vault.port}", _env_file=None)
-    opened: list[grpc.aio.Channel] = []
-
-    def open_as(caller: str) -> vault_pb2_grpc.VaultServiceStub:
-        channel = open_channel(there, "vault", caller=caller)
-        opened.append(channel)
-        return vault_pb2_grpc.VaultServiceStub(channel)
-
-    yield open_as
-    for channel in opened:
-        await channel.close()
+def dial(dial_vault):
+    return dial_vault
 
 
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["VaultService"]
@@ -90,6 +75,9 @@ EXPECTED_CALLERS = {
     "SetOAuthClientSecret": {"operator"},
     "ShredUserKey": {"operator", "retention"},
     "SuspendUser": {"gateway"},
+    "GetExecutionKeys": {"runner", "identity"},
+    "DestroyExpiredEpochKeys": {"retention"},
+    "ListEpochKeys": {"retention", "operator"},
 }
 
 
@@ -231,4 +219,4 @@ async def test_a_killed_rotation_resumes(vault: RunningVault, vault_var: Path):
         sys.executable, "-m", "cli", "keys", "status", env=env, stdout=PIPE
     )
     out, _ = await shown.communicate()
-    assert b"* v2     wraps 300 data keys" in out
+    assert b"* v2     wraps 300 keys" in out

@@ -112,3 +112,20 @@ def test_the_docs_link_only_to_files_inside_the_repository():
             path = (doc.parent / target).resolve()
             assert path.is_relative_to(ROOT), f"{doc.name} links {target}, outside the repository"
             assert path.exists(), f"{doc.name} links {target}, which does not exist"
+
+
+def test_every_table_row_of_the_docs_sits_in_a_table_with_a_header():
+    # A row pasted without its table (as a merge once left in OPERATIONS.md, under a heading
+    # swallowed by a stray comment) renders as text; so does a comment left half open.
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        lines, fenced = doc.read_text().split("\n"), False
+        for number, line in enumerate(lines):
+            fenced = fenced != line.startswith("```")
+            if fenced:
+                continue
+            assert "<!--" not in line and "-->" not in line, f"{doc.name}:{number + 1}: a comment"
+            if line.startswith("|") and (number == 0 or not lines[number - 1].startswith("|")):
+                separator = lines[number + 1] if number + 1 < len(lines) else ""
+                assert re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", separator), (
+                    f"{doc.name}:{number + 1}: a table row with no header above it"
+                )

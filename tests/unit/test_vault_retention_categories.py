@@ -36,6 +36,7 @@ def test_each_max_age_is_its_setting(tmp_path: Path):
         "refresh_leases": timedelta(days=3),
         "suspensions": None,
         "data_keys": None,
+        "owner_keys": None,
     }
     assert {c.name: c.max_age for c in categories(settings(tmp_path))}["audit_log"] == timedelta(
         days=90
@@ -54,5 +55,7 @@ def test_secrets_are_never_exported_and_every_users_row_is_erased(tmp_path: Path
         "expire_time", "create_time", "update_time", "last_use_time",
     }  # fmt: skip
     erased = {n for n, c in declared.items() if isinstance(c, TableCategory) and c.user_column}
-    assert erased == {"credentials", "oauth_states", "audit_log", "suspensions", "data_keys"}
+    assert erased == {
+        "credentials", "oauth_states", "audit_log", "suspensions", "data_keys", "owner_keys",
+    }  # fmt: skip
     assert not any(c.keep_on_erase for c in declared.values())
