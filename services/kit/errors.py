@@ -133,6 +133,20 @@ def to_remote(error: DomainError) -> RemoteError:
     )
 
 
+# A called service's answers that mean it is away, not that it refused: the caller's outage, to
+# retry later (a run held without using an attempt, a webhook answered 503), never the user's fault.
+OUTAGE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
 def from_rpc_error(error: grpc.RpcError) -> RemoteError:
     """Reads the rich status of a failed call (sync or aio)."""
     code = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from leadmesh.vault.v1 import vault_pb2
 
 from services.kit.clock import Clock, as_utc
-from services.kit.errors import from_rpc_error
+from services.kit.errors import OUTAGE_CODES, from_rpc_error
 
 log = logging.getLogger("leadmesh.sealing")
 
@@ -45,14 +45,6 @@ NONCE_BYTES = 12
 MAX_KEYS_PER_CALL = 64
 # How long before UTC midnight tomorrow's keys are fetched for the keys sealed with today.
 PREFETCH_SECONDS = 15 * 60
-_OUTAGE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.CANCELLED,
-}
 _ACTIVE = vault_pb2.EXECUTION_KEY_STATE_ACTIVE
 _DESTROYED = vault_pb2.EXECUTION_KEY_STATE_DESTROYED
 
@@ -316,7 +308,7 @@ class ExecutionKeys:
             reply = await self.vault.GetExecutionKeys(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as error:
             remote = from_rpc_error(error)
-            if remote.code in _OUTAGE:
+            if remote.code in OUTAGE_CODES:
                 raise KeysUnavailable(f"the vault is unreachable ({remote.code.name})") from None
             raise
         now = self.clock.now()

@@ -17,19 +17,10 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from leadmesh.vault.v1 import vault_pb2
 
-from services.kit.errors import from_rpc_error
+from services.kit.errors import OUTAGE_CODES, from_rpc_error
 from services.kit.tokens import sha256_hex
 
 Credential = tuple[str, dict[str, Any]]  # (kind, secret)
-
-_OUR_OUTAGE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.CANCELLED,
-}
 
 
 class CredentialProblem(Exception):
@@ -105,7 +96,7 @@ class Credentials:
             reply = await method(request)
         except grpc.aio.AioRpcError as error:
             remote = from_rpc_error(error)
-            if remote.code in _OUR_OUTAGE:
+            if remote.code in OUTAGE_CODES:
                 raise Outage(f"the vault is unreachable ({remote.code.name})") from None
             raise CredentialProblem(remote.reason or remote.code.name, remote.message) from None
         kind = vault_pb2.CredentialKind.Name(reply.credential.kind)
