@@ -10,10 +10,22 @@ LOCK   := requirements.lock
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup run test lint bench clean lock
+.PHONY: setup web run test lint bench clean lock
 .DEFAULT_GOAL := run
 
-setup: $(STAMP) gen/.stamp
+setup: $(STAMP) gen/.stamp web
+
+# The web app (web/), built with Node.js into web/dist, which the gateway serves at /; never
+# committed. Without Node.js, one line says so and the API runs without the app.
+WEB_SOURCES := $(shell find web/src web/public -type f 2>/dev/null) web/build.mjs web/package-lock.json
+web: web/dist/index.html
+web/dist/index.html: $(WEB_SOURCES)
+	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+	  echo "Node.js (with npm) is not installed: the web app is not built; the API runs without it"; \
+	else \
+	  cd web && { [ node_modules/.package-lock.json -nt package-lock.json ] \
+	    || npm ci --no-audit --no-fund --loglevel=error; } && node build.mjs; \
+	fi
 
 $(STAMP): pyproject.toml $(LOCK)
 	@test -n "$(PYTHON)" || { echo "leadmesh needs Python >= 3.11 on PATH"; exit 1; }
@@ -72,4 +84,4 @@ lock:
 	rm -rf $(LOCK_VENV)
 
 clean:
-	rm -rf gen var .pytest_cache
+	rm -rf gen var .pytest_cache web/dist web/node_modules

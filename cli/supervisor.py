@@ -226,8 +226,11 @@ def _print_banner(
 ) -> None:
     public = mesh.public_url.rstrip("/")
     var = Path(mesh.var_dir).resolve()
+    built = (gateway.web_dir / "index.html").is_file()
     lines = [
         "leadmesh is up",
+        f"  web app          {mesh.frontend_url.rstrip('/')}/"
+        + ("" if built else "   (not built: install Node.js, then make run)"),
         f"  API (HTTPS)      {public}/v1   docs {public}/docs, {public}/redoc",
         f"  webhooks         {public}/hooks/<token>",
     ]

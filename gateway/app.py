@@ -9,7 +9,7 @@ from fastapi import APIRouter, FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.metrics import NoOpMeterProvider
 
-from gateway import docs, openapi, problems
+from gateway import docs, openapi, problems, webapp
 from gateway.middleware import AccessLog, BodyLimit, CsrfGuard, NulGuard, SecurityHeaders
 from gateway.resources import API_PREFIX
 from gateway.routes import (
@@ -100,6 +100,7 @@ def create_app(settings: GatewaySettings, *, clock: Clock | None = None) -> Fast
     app.include_router(hooks.router)
     problems.install(app)
     docs.install(app)
+    webapp.install(app, settings.web_dir)  # last: its page route takes every other path
     app.openapi = lambda: openapi.build(app)  # type: ignore[method-assign]
     # Added innermost first: the access log sees everything, CSRF runs last before routing.
     app.add_middleware(NulGuard)

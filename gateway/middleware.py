@@ -15,6 +15,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.auth import CSRF_HEADER, SESSION_COOKIE, csrf_matches
 from gateway.docs import ASSETS, DOCS_PATHS
 from gateway.docs import DOCS_CSP as _DOCS_CSP
+from gateway.webapp import API_PREFIXES
+from gateway.webapp import APP_CSP as _APP_CSP
+from gateway.webapp import ASSETS as APP_ASSETS
 from services.kit.metrics import histogram
 
 log = logging.getLogger("leadmesh.gateway.access")
@@ -109,6 +112,20 @@ def _record_request(method: str, template: str | None, status: int, seconds: flo
 # API answers are data, never a document to render: nothing may load or frame them.
 API_CSP = b"default-src 'none'; frame-ancestors 'none'"
 DOCS_CSP = _DOCS_CSP.encode()
+APP_CSP = _APP_CSP.encode()
+
+
+def _policy(path: str) -> tuple[bytes, bool]:
+    """(Content-Security-Policy, cacheable) for a path: the documentation's, the API's (every
+    API path, whether a route answers it or not), or the web app's for everything else."""
+    if path in DOCS_PATHS or path.startswith(ASSETS + "/"):
+        return DOCS_CSP, True
+    if path == "/openapi.json":
+        return API_CSP, True
+    if any(path == prefix or path.startswith(prefix + "/") for prefix in API_PREFIXES):
+        return API_CSP, False
+    # The app's hashed bundles set their own year-long caching; its pages are never cached.
+    return APP_CSP, path.startswith(APP_ASSETS + "/") or path == "/favicon.svg"
 
 
 class SecurityHeaders:
@@ -127,9 +144,7 @@ class SecurityHeaders:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope["path"]
-        documentation = path in DOCS_PATHS or path.startswith(ASSETS + "/")
-        cacheable = documentation or path == "/openapi.json"
+        policy, cacheable = _policy(scope["path"])
 
         started = False
 
@@ -139,7 +154,7 @@ class SecurityHeaders:
                 started = True
                 headers = list(message.get("headers", ()))
                 headers.extend(self._headers)
-                headers.append((b"content-security-policy", DOCS_CSP if documentation else API_CSP))
+                headers.append((b"content-security-policy", policy))
                 if not cacheable:
                     headers.append((b"cache-control", b"no-store"))
                 message["headers"] = headers

@@ -33,6 +33,8 @@ class GatewaySettings(BaseSettings):
     trusted_proxies: CommaList = Field(default_factory=list)
     # Seconds /readyz waits for each upstream's health answer.
     readiness_timeout: float = 2.0
+    # The built web app (`make run` builds web/ into web/dist); served at / when it is there.
+    web_dir: Path = Path(__file__).resolve().parent.parent / "web" / "dist"
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -410,3 +410,58 @@ def finished(client: httpx.Client, run_id: str, timeout: float = 20.0) -> dict[s
             return {**detail, "seen": seen}
         assert time.monotonic() < deadline, f"run {run_id} still {detail['status']}"
         time.sleep(0.05)
+
+
+# --- the web app in a browser (tests/e2e/web.py) ---
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium under Playwright, one per test process."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.e2e.web import chromium_path
+
+    executable = chromium_path()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def browser_context(chromium, mesh_up: Mesh):
+    """A fresh browser profile (no cookies, no storage) on the mesh's origin. The gateway's
+    certificate is self-signed, made by `leadmesh up`: the profile accepts it."""
+    from tests.e2e.web import DESKTOP
+
+    context = chromium.new_context(
+        base_url=mesh_up.base_url, ignore_https_errors=True, viewport=DESKTOP
+    )
+    context.set_default_timeout(15_000)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(browser_context):
+    page = browser_context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    assert not errors, f"the app threw in the browser: {errors}"
+
+
+def sign_up_in_browser(page, address: str | None = None, password: str = PASSWORD) -> str:
+    """A new account made through the sign-up page, then signed in through the sign-in page."""
+    address = address or new_email("web")
+    page.goto("/sign-up")
+    page.get_by_label("E-mail", exact=True).fill(address)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Create account").click()
+    page.wait_for_url("**/sign-in**")
+    page.get_by_label("E-mail", exact=True).fill(address)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/connections")
+    return address
