@@ -147,8 +147,10 @@ def _document_operation(route: APIRoute, method: str, operation: dict, problem: 
             required["csrf"] = []
         operation["security"] = [required]
     responses = operation.setdefault("responses", {})
-    responses.pop("422", None)  # FastAPI's HTTPValidationError: ours is a Problem
+    fastapis = responses.pop("422", {})  # FastAPI's HTTPValidationError: ours is a Problem
     wanted = derived_errors(route)
+    if _CODES in fastapis:  # the codes a route declares beside it (`errors({422: ...})`)
+        wanted.setdefault(422, set()).update(fastapis[_CODES])
     for code, response in list(responses.items()):
         if code.isdigit() and int(code) >= 400 and _CODES in response:
             wanted.setdefault(int(code), set()).update(response.pop(_CODES))

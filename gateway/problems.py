@@ -66,13 +66,16 @@ TITLES = {
 # Reasons whose HTTP status differs from their gRPC code's: a state conflict the client can
 # resolve, a body over the runner's limit (RESOURCE_EXHAUSTED, but not a rate limit), a webhook
 # of an account whose deletion was requested (gone for good: senders should stop), a deletion
-# cancel link that is unknown, used or past the grace period (a bad link, not a refused field).
+# cancel link that is unknown, used or past the grace period (a bad link, not a refused field),
+# a retry of a run not finished, or whose details retention purged.
 REASON_STATUS = {
     "CONNECTION_PAUSED": 409,
     "NOT_A_WEBHOOK": 409,
     "BODY_TOO_LARGE": 413,
     "ACCOUNT_DELETED": 410,
     "DELETION_CANCEL_TOKEN_INVALID": 400,
+    "RUN_NOT_FINISHED": 409,
+    "RUN_DETAILS_PURGED": 409,
 }
 
 

@@ -1,4 +1,5 @@
-"""The JSON shapes of the identity API and their conversion from the gRPC messages."""
+"""The JSON shapes of the identity API and their conversion from the gRPC messages; and the
+shapes of the connections API that stand apart from a connection's own (its last run, a preview)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import math
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from leadmesh.identity.v1 import identity_pb2
+from leadmesh.runner.v1 import runner_pb2
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 T = TypeVar("T")
@@ -219,3 +221,46 @@ class Consent(BaseModel):
 class Page(BaseModel, Generic[T]):
     items: list[T]
     next_page_token: str | None = None
+
+
+# --- connections (gateway/routes/connections.py) ---
+
+
+class LastRun(BaseModel):
+    """A connection's newest run (its outcome: `status`); the activity stream has them all."""
+
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    create_time: datetime | None
+    finish_time: datetime | None
+
+    @classmethod
+    def of(cls, run: runner_pb2.Run) -> LastRun:
+        return cls(
+            id=run.id,
+            status=run.status,  # type: ignore[arg-type]
+            create_time=timestamp(run.create_time),
+            finish_time=timestamp(run.finish_time),
+        )
+
+
+class PreviewedRequest(BaseModel):
+    method: str
+    url: str
+    headers: dict[str, str]
+    # The body as it would be sent (JSON text), null for none (GET, or no body template).
+    body: str | None
+
+
+class PreviewCredential(BaseModel):
+    """The action's credential. An OAuth token or a login goes in `Authorization`, shown as
+    "[redacted]"; an API key goes in the header or query parameter its secret names, which the
+    preview does not show."""
+
+    id: str
+    kind: str
+
+
+class Preview(BaseModel):
+    request: PreviewedRequest
+    credential: PreviewCredential | None = None

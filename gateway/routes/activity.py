@@ -1,18 +1,22 @@
 """What the signed-in person can read about their connections' runs: the activity stream (one
 entry per run), a run with its attempts, the webhooks log, notifications; and the egress
-addresses to allowlist. Lists are newest first, paginated, filterable by `connection_id`."""
+addresses to allowlist; retrying a run. Lists are newest first, paginated, filterable by
+`connection_id` (the activity stream also by status and creation time, notifications to the
+unread ones)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, status
 from google.protobuf import empty_pb2
 from leadmesh.runner.v1 import runner_pb2
 from pydantic import BaseModel, Field
 
 from gateway.deps import CurrentUser, Services
+from gateway.openapi import errors
 from gateway.resources import Paged, PageRequest, listed
 from gateway.schemas import Page, timestamp
 from gateway.upstreams import call
@@ -221,18 +225,85 @@ async def _connection_filter(connection_id: ConnectionFilter = None) -> str:
 OfConnection = Annotated[str, Depends(_connection_filter)]
 
 
+class UnreadCount(BaseModel):
+    unread_count: int
+
+
+class RunAccepted(BaseModel):
+    run_id: str
+
+
 def _list(page: PageRequest, connection_id: str) -> runner_pb2.ListRequest:
     return runner_pb2.ListRequest(
         page_size=page.size, page_token=page.token, connection_id=connection_id
     )
 
 
+@dataclass(frozen=True)
+class RunFilter:
+    status: str
+    since: datetime | None
+    until: datetime | None
+
+
+async def _run_filter(
+    status: Annotated[RunStatus | None, Query(description="only runs with this status")] = None,
+    since: Annotated[
+        datetime | None,
+        Query(description="only runs created at or after this time (ISO 8601; UTC if no offset)"),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        Query(description="only runs created before this time (ISO 8601; UTC if no offset)"),
+    ] = None,
+) -> RunFilter:
+    """The activity stream's filters beside `connection_id`; a page token keeps its place
+    under them (pass the same filters with it)."""
+    return RunFilter(status or "", _utc(since), _utc(until))
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+RunsOnly = Annotated[RunFilter, Depends(_run_filter)]
+
+
 @router.get("/activity", response_model=Page[Run])
 async def list_activity(
-    page: Paged, connection_id: OfConnection, who: CurrentUser, mesh: Services
+    page: Paged, connection_id: OfConnection, only: RunsOnly, who: CurrentUser, mesh: Services
 ) -> Page[Run]:
-    reply = await call(mesh.runner.ListActivity, _list(page, connection_id), user_id=who.account_id)
+    request = _list(page, connection_id)
+    request.status = only.status
+    if only.since is not None:
+        request.since.FromDatetime(only.since)
+    if only.until is not None:
+        request.until.FromDatetime(only.until)
+    reply = await call(mesh.runner.ListActivity, request, user_id=who.account_id)
     return listed(Run, (Run(**Run.fields(r)) for r in reply.runs), reply.next_page_token)
+
+
+@router.post(
+    "/runs/{run_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RunAccepted,
+    responses=errors(
+        {
+            404: ("RUN_NOT_FOUND", "CONNECTION_NOT_FOUND"),
+            409: ("RUN_NOT_FINISHED", "RUN_DETAILS_PURGED", "CONNECTION_PAUSED"),
+            410: "ACCOUNT_DELETED",
+        }
+    ),
+)
+async def retry_run(run_id: Id, who: CurrentUser, mesh: Services) -> RunAccepted:
+    """A new run of the same connection with the same event, while retention keeps the event
+    (`details_purged` false); the run retried stays as it was."""
+    run = await call(
+        mesh.runner.RetryRun, runner_pb2.RetryRunRequest(id=run_id), user_id=who.account_id
+    )
+    return RunAccepted(run_id=run.id)
 
 
 @router.get("/runs/{run_id}", response_model=RunDetail)
@@ -253,14 +324,32 @@ async def list_webhook_log(
     return listed(WebhookLogEntry, map(WebhookLogEntry.of, reply.entries), reply.next_page_token)
 
 
+Unread = Annotated[bool, Query(description="true: only those not read yet")]
+
+
 @router.get("/notifications", response_model=Page[Notification])
 async def list_notifications(
-    page: Paged, connection_id: OfConnection, who: CurrentUser, mesh: Services
+    page: Paged,
+    connection_id: OfConnection,
+    who: CurrentUser,
+    mesh: Services,
+    unread: Unread = False,
 ) -> Page[Notification]:
-    reply = await call(
-        mesh.runner.ListNotifications, _list(page, connection_id), user_id=who.account_id
-    )
+    request = _list(page, connection_id)
+    request.unread = unread
+    reply = await call(mesh.runner.ListNotifications, request, user_id=who.account_id)
     return listed(Notification, map(Notification.of, reply.notifications), reply.next_page_token)
+
+
+@router.get("/notifications/unread-count", response_model=UnreadCount)
+async def count_unread_notifications(who: CurrentUser, mesh: Services) -> UnreadCount:
+    """For the navigation's badge."""
+    reply = await call(
+        mesh.runner.GetUnreadNotificationCount,
+        runner_pb2.GetUnreadNotificationCountRequest(),
+        user_id=who.account_id,
+    )
+    return UnreadCount(unread_count=reply.unread_count)
 
 
 @router.post("/notifications/{notification_id}/read", response_model=Notification)

@@ -1,6 +1,7 @@
 """The signed-in person's connections: a trigger (webhook, schedule, manual), an HTTP action with
-a body template and an optional vault credential, and manual runs. Templates and URLs are checked
-when a connection is saved: a bad one is a 422 naming the field and the position of the error."""
+a body template and an optional vault credential, each with its last run; manual runs; and the
+preview of the request an action would send. Templates and URLs are checked when a connection is
+saved (or previewed): a bad one is a 422 naming the field and the position of the error."""
 
 from __future__ import annotations
 
@@ -15,7 +16,15 @@ from pydantic import BaseModel, Field
 from gateway.deps import CurrentUser, Services
 from gateway.openapi import errors
 from gateway.resources import Paged, listed, set_location, update_mask
-from gateway.schemas import Page, Strict, timestamp
+from gateway.schemas import (
+    LastRun,
+    Page,
+    Preview,
+    PreviewCredential,
+    PreviewedRequest,
+    Strict,
+    timestamp,
+)
 from gateway.upstreams import UpstreamError, Upstreams, call
 from services.kit.errors import InvalidArgument
 from services.kit.timestamps import json_value, to_value
@@ -101,6 +110,8 @@ class Connection(BaseModel):
     update_time: datetime | None
     # Webhook triggers: only when the token is made (creation, rotate-token); it is not stored.
     webhook_url: str | None = None
+    # Its newest run; null when it has none (or retention purged them all).
+    last_run: LastRun | None = None
 
     @classmethod
     def of(cls, message: runner_pb2.Connection, webhook_url: str | None = None) -> Connection:
@@ -132,6 +143,7 @@ class Connection(BaseModel):
             create_time=timestamp(message.create_time),
             update_time=timestamp(message.update_time),
             webhook_url=webhook_url,
+            last_run=LastRun.of(message.last_run) if message.HasField("last_run") else None,
         )
 
 
@@ -143,6 +155,15 @@ class NewRun(Strict):
 
 class RunAccepted(BaseModel):
     run_id: str
+
+
+class PreviewRequest(Strict):
+    """`action` as a connection's; `event` the sample the templates read, as a run's event:
+    `{"body": <the lead>, "headers": {...}, "query": {...}, "received_at": "<RFC 3339>"}`
+    (each may be left out: a manual run's headers and query are empty, received_at is now)."""
+
+    action: HttpAction
+    event: dict[str, Any] | None = None
 
 
 def _trigger_pb(trigger: Trigger) -> runner_pb2.Trigger:
@@ -170,12 +191,13 @@ def webhook_url(request: Request, token: str) -> str | None:
     return f"{request.app.state.settings.mesh.public_url.rstrip('/')}/hooks/{token}"
 
 
-async def _check_credential(mesh: Upstreams, user_id: str, credential_id: str | None) -> None:
-    """The credential must be the caller's own: checked with the vault before saving."""
+async def _check_credential(mesh: Upstreams, user_id: str, credential_id: str | None) -> str:
+    """The credential must be the caller's own: checked with the vault before saving. Its
+    kind ("api_key", "login", "oauth2"), or "" without one."""
     if not credential_id:
-        return
+        return ""
     try:
-        await call(
+        found = await call(
             mesh.vault.GetCredential,
             vault_pb2.GetCredentialRequest(id=credential_id),
             user_id=user_id,
@@ -188,6 +210,8 @@ async def _check_credential(mesh: Upstreams, user_id: str, credential_id: str | 
             "no credential of yours has this id",
             field="action.credential_id",
         ) from None
+    kind = vault_pb2.CredentialKind.Name(found.kind)
+    return kind.removeprefix("CREDENTIAL_KIND_").lower()
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=Connection)
@@ -212,6 +236,44 @@ async def create_connection(
     )
     set_location(response, f"/connections/{created.connection.id}")
     return Connection.of(created.connection, webhook_url(request, created.webhook_token))
+
+
+@router.post(
+    "/preview",
+    response_model=Preview,
+    responses=errors(
+        {
+            422: (
+                "INVALID_ACTION",
+                "INVALID_URL",
+                "PLAIN_HTTP_REFUSED",
+                "ADDRESS_REFUSED",
+                "INVALID_TEMPLATE",
+                "INVALID_EVENT",
+                "RENDER_FAILED",
+                "CREDENTIAL_NOT_FOUND",
+            )
+        }
+    ),
+)
+async def preview_connection(body: PreviewRequest, who: CurrentUser, mesh: Services) -> Preview:
+    """The request a run of `action` would send for `event`, rendered by the runner with the
+    delivery's own code; nothing is sent. Credentials are never resolved: where one would go,
+    the value is "[redacted]". A body template that cannot be compiled is 422 `INVALID_TEMPLATE`
+    on the field `action.body_template`, its message ending "at line L, column C" (in the
+    string holding the error, after its path inside the template when nested)."""
+    kind = await _check_credential(mesh, who.account_id, body.action.credential_id)
+    request = runner_pb2.PreviewDeliveryRequest(
+        action=_action_pb(body.action), credential_kind=kind
+    )
+    if body.event is not None:
+        request.event.CopyFrom(to_value(body.event))
+    reply = await call(mesh.runner.PreviewDelivery, request, user_id=who.account_id)
+    sent = json_value(reply.request)
+    return Preview(
+        request=PreviewedRequest(**sent),
+        credential=PreviewCredential(id=body.action.credential_id, kind=kind) if kind else None,
+    )
 
 
 @router.get("", response_model=Page[Connection])

@@ -54,12 +54,15 @@ class Consents:
         *,
         public_url: str,
         sender: str,
+        frontend_url: str | None = None,
     ) -> None:
         self.store = store
         self.mailer = mailer
         self.clock = clock
         self._key = key
         self._public_url = public_url.rstrip("/")
+        # The web app's confirmation page (LEADMESH_FRONTEND_URL; the gateway by default).
+        self._frontend_url = (frontend_url or public_url).rstrip("/")
         self._sender = sender
 
     async def get(self, account_id: str) -> list[Consent]:
@@ -153,17 +156,20 @@ class Consents:
         self, account_id: str, address: str, purpose: str, subject: str, body: str, now
     ) -> EmailMessage:
         """A message with its own one-click unsubscribe link (RFC 8058 List-Unsubscribe and
-        List-Unsubscribe-Post)."""
-        token = self.unsubscribe_token(account_id, purpose)
-        link = f"{self._public_url}/v1/unsubscribe?token={quote(token, safe='')}"
+        List-Unsubscribe-Post: the API's, which mail clients POST to) and, in its body, the web
+        app's page, which asks before it POSTs: link scanners open links in bodies, and one
+        opening must not unsubscribe anybody."""
+        token = quote(self.unsubscribe_token(account_id, purpose), safe="")
+        one_click = f"{self._public_url}/v1/unsubscribe?token={token}"
+        page = f"{self._frontend_url}/unsubscribe?token={token}"
         return compose(
             sender=self._sender,
             to=address,
             subject=subject,
-            body=f"{body.rstrip()}\n\n--\nTo stop receiving these e-mails: {link}\n",
+            body=f"{body.rstrip()}\n\n--\nTo stop receiving these e-mails: {page}\n",
             when=now,
             headers={
-                "List-Unsubscribe": f"<{link}>",
+                "List-Unsubscribe": f"<{one_click}>",
                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             },
         )

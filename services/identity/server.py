@@ -144,6 +144,7 @@ def build(
         clock,
         unsubscribe_key(settings),
         public_url=settings.mesh.public_url,
+        frontend_url=settings.mesh.frontend_url,
         sender=settings.mail_from,
     )
     return Parts(

@@ -12,9 +12,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 from services.kit.clock import Clock
-from services.kit.errors import NotFound
+from services.kit.errors import InvalidArgument, NotFound
 from services.runner.connections import next_page, page_args
-from services.runner.model import Attempt, Notification, RunRecord, WebhookEntry
+from services.runner.model import (
+    RUN_STATUSES,
+    Attempt,
+    Notification,
+    RunFilter,
+    RunRecord,
+    WebhookEntry,
+)
 from services.runner.sealed import (
     ATTEMPT_DETAILS,
     EXECUTION_DETAILS,
@@ -66,11 +73,17 @@ class Activity:
         return opened, readable
 
     async def runs(
-        self, user_id: str, connection_id: str, size: int, token: str
+        self, user_id: str, connection_id: str, size: int, token: str, only: RunFilter
     ) -> tuple[list[RunRecord], str]:
+        """A page of the activity stream; the page token keeps its place under any filter (it
+        is the last run's sequence number)."""
+        if only.status and only.status not in RUN_STATUSES:
+            raise InvalidArgument(
+                "INVALID_STATUS", f"statuses are: {', '.join(RUN_STATUSES)}", field="status"
+            )
         size, after = page_args(size, token)
         async with self.store.read() as tx:
-            rows = await tx.runs.page(user_id, connection_id or None, after, size + 1)
+            rows = await tx.runs.page(user_id, connection_id or None, after, size + 1, only)
         return next_page(rows, size)
 
     async def webhook_log(
@@ -93,11 +106,13 @@ class Activity:
         )
 
     async def notifications(
-        self, user_id: str, connection_id: str, size: int, token: str
+        self, user_id: str, connection_id: str, size: int, token: str, unread: bool = False
     ) -> tuple[list[Notification], str]:
         size, after = page_args(size, token)
         async with self.store.read() as tx:
-            rows = await tx.notifications.page(user_id, connection_id or None, after, size + 1)
+            rows = await tx.notifications.page(
+                user_id, connection_id or None, after, size + 1, unread
+            )
         notices, next_token = next_page(rows, size)
         return await self._notices(user_id, notices), next_token
 
@@ -108,6 +123,10 @@ class Activity:
             opened = self.sealing.open(NOTIFICATIONS, keys, notice)
             out.append(opened or replace(notice, message=PURGED_MESSAGE, details_purged=True))
         return out
+
+    async def unread_count(self, user_id: str) -> int:
+        async with self.store.read() as tx:
+            return await tx.notifications.unread_count(user_id)
 
     async def mark_read(self, user_id: str, notification_id: str) -> Notification:
         async with self.store.begin() as tx:

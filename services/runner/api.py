@@ -4,6 +4,7 @@ operator, for the queue's state and a run's trace id (no user's data)."""
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 import grpc
@@ -17,8 +18,17 @@ from services.kit.timestamps import json_value, to_timestamp, to_value
 from services.runner.activity import Activity
 from services.runner.connections import Connections
 from services.runner.ingest import Ingest
-from services.runner.model import Attempt, Connection, Notification, RunRecord, WebhookEntry
+from services.runner.model import (
+    Attempt,
+    Connection,
+    Notification,
+    RunFilter,
+    RunRecord,
+    WebhookEntry,
+)
 from services.runner.operations import Operations
+from services.runner.preview import Preview
+from services.runner.retry import Retries
 from services.runner.suspensions import Suspensions
 from services.runner.tracing import trace_id_of
 
@@ -56,8 +66,8 @@ def action_pb(action: dict[str, Any]) -> pb.Action:
     )
 
 
-def connection_pb(row: Connection) -> pb.Connection:
-    return pb.Connection(
+def connection_pb(row: Connection, last_run: RunRecord | None = None) -> pb.Connection:
+    message = pb.Connection(
         id=row.id,
         name=row.name,
         status=row.status,
@@ -71,6 +81,9 @@ def connection_pb(row: Connection) -> pb.Connection:
         update_time=to_timestamp(row.update_time),
         webhook_token_hint=row.webhook_token_hint or "",
     )
+    if last_run is not None:
+        message.last_run.CopyFrom(run_pb(last_run))
+    return message
 
 
 def run_pb(run: RunRecord) -> pb.Run:
@@ -165,8 +178,12 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
         *,
         suspensions: Suspensions,
         operations: Operations,
+        preview: Preview,
+        retries: Retries,
     ) -> None:
         self.operations = operations
+        self.preview = preview
+        self.retries = retries
         self.connections = connections
         self.ingest = ingest
         self.activity = activity
@@ -189,7 +206,9 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
     async def GetConnection(  # noqa: N802 - gRPC method names
         self, request: pb.GetConnectionRequest, context: Context
     ) -> pb.Connection:
-        return connection_pb(await self.connections.get(acting_user(context), request.id))
+        row = await self.connections.get(acting_user(context), request.id)
+        last = await self.connections.last_runs([row.id])
+        return connection_pb(row, last.get(row.id))
 
     async def ListConnections(  # noqa: N802 - gRPC method names
         self, request: pb.ListConnectionsRequest, context: Context
@@ -197,8 +216,9 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
         rows, token = await self.connections.page(
             acting_user(context), request.page_size, request.page_token
         )
+        last = await self.connections.last_runs([r.id for r in rows])
         return pb.ListConnectionsResponse(
-            connections=[connection_pb(r) for r in rows], next_page_token=token
+            connections=[connection_pb(r, last.get(r.id)) for r in rows], next_page_token=token
         )
 
     async def UpdateConnection(  # noqa: N802 - gRPC method names
@@ -237,6 +257,21 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
         payload = _plain(request.payload, request.HasField("payload"))
         return run_pb(await self.ingest.manual(connection, payload, "manual"))
 
+    async def PreviewDelivery(  # noqa: N802 - gRPC method names
+        self, request: pb.PreviewDeliveryRequest, context: Context
+    ) -> pb.PreviewDeliveryResponse:
+        acting_user(context)
+        event = _plain(request.event, request.HasField("event"))
+        sent = await self.preview.request(_action(request.action), event, request.credential_kind)
+        message = pb.PreviewDeliveryResponse()
+        message.request.update(sent)
+        return message
+
+    async def RetryRun(  # noqa: N802 - gRPC method names
+        self, request: pb.RetryRunRequest, context: Context
+    ) -> pb.Run:
+        return run_pb(await self.retries.retry(acting_user(context), request.id))
+
     async def IngestWebhook(  # noqa: N802 - gRPC method names
         self, request: pb.IngestWebhookRequest, context: Context
     ) -> pb.IngestWebhookResponse:
@@ -262,8 +297,17 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
     async def ListActivity(  # noqa: N802 - gRPC method names
         self, request: pb.ListRequest, context: Context
     ) -> pb.ListActivityResponse:
+        only = RunFilter(
+            request.status,
+            request.since.ToDatetime(UTC) if request.HasField("since") else None,
+            request.until.ToDatetime(UTC) if request.HasField("until") else None,
+        )
         rows, token = await self.activity.runs(
-            acting_user(context), request.connection_id, request.page_size, request.page_token
+            acting_user(context),
+            request.connection_id,
+            request.page_size,
+            request.page_token,
+            only,
         )
         return pb.ListActivityResponse(runs=[run_pb(r) for r in rows], next_page_token=token)
 
@@ -279,11 +323,21 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
         self, request: pb.ListRequest, context: Context
     ) -> pb.ListNotificationsResponse:
         rows, token = await self.activity.notifications(
-            acting_user(context), request.connection_id, request.page_size, request.page_token
+            acting_user(context),
+            request.connection_id,
+            request.page_size,
+            request.page_token,
+            request.unread,
         )
         return pb.ListNotificationsResponse(
             notifications=[notification_pb(r) for r in rows], next_page_token=token
         )
+
+    async def GetUnreadNotificationCount(  # noqa: N802 - gRPC method names
+        self, request: pb.GetUnreadNotificationCountRequest, context: Context
+    ) -> pb.UnreadNotificationCount:
+        count = await self.activity.unread_count(acting_user(context))
+        return pb.UnreadNotificationCount(unread_count=count)
 
     async def MarkNotificationRead(  # noqa: N802 - gRPC method names
         self, request: pb.MarkNotificationReadRequest, context: Context

@@ -14,7 +14,7 @@ from services.kit.clock import Clock
 from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.kit.tokens import cursor_number, page_cursor, page_token, sha256_hex
 from services.runner.guard import DestinationRefused, EgressPolicy, check_url
-from services.runner.model import Connection
+from services.runner.model import Connection, RunRecord
 from services.runner.settings import RunnerSettings
 from services.runner.store import Store
 from services.runner.template import TemplateError, compile_headers, compile_template
@@ -206,6 +206,11 @@ class Connections:
         async with self.store.read() as tx:
             rows = await tx.connections.page(user_id, after, size + 1)
         return next_page(rows, size)
+
+    async def last_runs(self, connection_ids: list[str]) -> dict[str, RunRecord]:
+        """The newest run of each (one query for a page of connections)."""
+        async with self.store.read() as tx:
+            return await tx.runs.newest_of(connection_ids)
 
     async def update(
         self, user_id: str, connection_id: str, paths: list[str], changes: dict[str, Any]

@@ -340,6 +340,14 @@ class Ingest:
             await tx.signatures.forget(now)
 
     async def manual(self, connection: Connection, payload: Any, trigger: str) -> RunRecord:
+        now = self.clock.now()
+        event = {"body": payload, "headers": {}, "query": {}, "received_at": now.isoformat()}
+        return await self.queue_event(connection, event, trigger)
+
+    async def queue_event(
+        self, connection: Connection, event: dict[str, Any], trigger: str
+    ) -> RunRecord:
+        """A new queued run of `event` (a manual run's, or a retried run's own)."""
         if connection.user_id in self.suspended:
             raise account_deleted()
         if connection.status != "active":
@@ -348,7 +356,6 @@ class Ingest:
         keys = await self.sealing.for_accepting(
             connection.user_id, [(EXECUTION_DETAILS.category, day_of(now))]
         )
-        event = {"body": payload, "headers": {}, "query": {}, "received_at": now.isoformat()}
         run = self.new_run(connection, trigger, event, now)
         async with self.store.begin() as tx:
             await tx.runs.add([self.sealing.seal(EXECUTION_DETAILS, keys, run)])

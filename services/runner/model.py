@@ -112,6 +112,19 @@ class RunRecord(_Row):
     seq: int | None = None  # the listing order, once stored
 
 
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """What the activity stream may be narrowed to: a status, runs created at or after
+    `since` and before `until` (None: open)."""
+
+    status: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+
+
 @dataclass(frozen=True)
 class Backlog:
     """The runs not finished (queued or running), those due now, and the oldest one's creation

@@ -38,9 +38,12 @@ from services.runner.ingest import Ingest
 from services.runner.notify import MailNotices
 from services.runner.operations import Operations
 from services.runner.outbound import make_client
+from services.runner.preview import Preview
 from services.runner.queue import DatabaseQueue, Queue, RedisQueue
 from services.runner.recorder import Recorder
+from services.runner.rendering import Renderer
 from services.runner.retention import RunnerParticipant
+from services.runner.retry import Retries
 from services.runner.schedules import Schedules
 from services.runner.sealed import Sealing
 from services.runner.settings import RunnerSettings
@@ -217,9 +220,12 @@ class Parts:
     schedules: Schedules
     # The runner's part in retention (RetentionParticipant).
     retention: RunnerParticipant
+    preview: Preview
+    retries: Retries
 
     async def close(self) -> None:
         await self.schedules.close()
+        self.preview.renderer.close()
         await self.core.close()
 
 
@@ -242,7 +248,11 @@ def build(settings: RunnerSettings, clock: Clock | None = None) -> Parts:
         keys=core.keys,
     )
     activity = Activity(core.store, core.clock, core.sealing)
-    return Parts(core, connections, ingest, activity, schedules, retention)
+    # Previews render on threads of their own: a large one never waits behind a delivery's.
+    renderer = Renderer(settings.max_render_bytes, "render-preview")
+    preview = Preview(core.policy, core.clock, renderer)
+    retries = Retries(activity, connections, ingest)
+    return Parts(core, connections, ingest, activity, schedules, retention, preview, retries)
 
 
 RunningRunner = RunningService[Parts]
@@ -265,6 +275,8 @@ async def start(
         settings.public_egress_addresses(),
         suspensions=parts.core.suspensions,
         operations=Operations(parts.core.store, parts.core.clock),
+        preview=parts.preview,
+        retries=parts.retries,
     )
 
     def register(server) -> None:

@@ -86,6 +86,9 @@ runs = Table(
     Column("details_purge_time", Time, nullable=True),
     Index("ix_runs_user_id_seq", "user_id", "seq"),
     Index("ix_runs_connection_id_seq", "connection_id", "seq"),
+    # The activity stream's filters: by status, by creation time (migration 0009).
+    Index("ix_runs_user_id_status_seq", "user_id", "status", "seq"),
+    Index("ix_runs_user_id_create_time", "user_id", "create_time"),
     Index("ix_runs_status_next_attempt_time", "status", "next_attempt_time"),
     # Retention: the activity purge (oldest runs first) and the execution-details purge (oldest
     # runs whose details are still kept: details_purge_time IS NULL, then by age).
@@ -157,6 +160,8 @@ notifications = Table(
     Column("create_time", Time, nullable=False, index=True),
     Column("read_time", Time, nullable=True),
     Index("ix_notifications_user_id_seq", "user_id", "seq"),
+    # Unread ones (read_time IS NULL): listed and counted for the navigation's badge.
+    Index("ix_notifications_user_id_read_time", "user_id", "read_time"),
 )
 
 # An Idempotency-Key seen on a connection: a repeat within 24 hours answers the first run.

@@ -379,6 +379,20 @@ def register_and_login(client: httpx.Client, address: str | None = None) -> str:
 TERMINAL = ("succeeded", "failed")
 
 
+def announced(client: httpx.Client, mesh: Mesh, inbox: Inbox) -> EmailMessage:
+    """The `new_features` mail of `leadmesh announce`, as the signed-in `client`'s account gets
+    it once it consents to that purpose."""
+    address = client.get("/v1/me").json()["email"]
+    grant = {"items": [{"purpose": "new_features", "granted": True}]}
+    assert client.put("/v1/me/consents", json=grant).status_code == 200
+    subject = f"What is new {time.monotonic_ns()}"
+    sent = mesh.leadmesh(
+        "announce", "--purpose", "new_features", "--subject", subject, "--body", "Hello."
+    )
+    assert sent.returncode == 0, sent.stderr
+    return inbox.wait_for(address, subject)
+
+
 def action(url: str, **fields: Any) -> dict[str, Any]:
     return {"type": "http", "method": "POST", "url": url, **fields}
 
@@ -415,9 +429,23 @@ def finished(client: httpx.Client, run_id: str, timeout: float = 20.0) -> dict[s
 # --- the web app in a browser (tests/e2e/web.py) ---
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
+def purging_mesh(
+    tmp_path_factory, inbox, oauth_provider, receiver: SharedReceiver
+) -> Iterator[Mesh]:
+    """A mesh of one test file's own, for a file that purges as of days ahead: that destroys
+    today's day keys, and a mesh without them takes no webhook for the rest of the day, so the
+    files after it in the process could not share it. Such a file overrides `mesh_up` with it."""
+    yield from _start_mesh(
+        tmp_path_factory.mktemp("purging"), inbox, oauth_provider, runner_env(receiver)
+    )
+
+
+@pytest.fixture(scope="module")
 def chromium():
-    """Debian's Chromium under Playwright, one per test process."""
+    """Debian's Chromium under Playwright, one per test file: Playwright's sync API keeps an
+    event loop running while it is open, which the asyncio tests after it in the same process
+    could not start theirs beside."""
     from playwright.sync_api import sync_playwright
 
     from tests.e2e.web import chromium_path
@@ -460,8 +488,15 @@ def sign_up_in_browser(page, address: str | None = None, password: str = PASSWOR
     page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Create account").click()
     page.wait_for_url("**/sign-in**")
+    sign_in_in_browser(page, address, password)
+    return address
+
+
+def sign_in_in_browser(page, address: str, password: str = PASSWORD) -> None:
+    """Signed in through the sign-in page, which leads to the connections."""
+    if "/sign-in" not in page.url:
+        page.goto("/sign-in")
     page.get_by_label("E-mail", exact=True).fill(address)
     page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url("**/connections")
-    return address

@@ -95,9 +95,12 @@ def test_a_webhook_connection_is_made_with_a_url_that_delivers(
     assert fetched.status_code == 200
     assert fetched.json()["webhook_url"] is None
     assert token not in fetched.text
-    assert {k: v for k, v in fetched.json().items() if k != "webhook_url"} == {
-        k: v for k, v in connection.items() if k != "webhook_url"
-    }
+    changing = ("webhook_url", "last_run")
+    shown = {k: v for k, v in fetched.json().items() if k not in changing}
+    assert shown == {k: v for k, v in connection.items() if k not in changing}
+    assert connection["last_run"] is None
+    assert fetched.json()["last_run"]["id"] == run_id
+    assert fetched.json()["last_run"]["status"] == "succeeded"
 
 
 def test_connections_are_listed_newest_first_page_by_page(alice: httpx.Client):

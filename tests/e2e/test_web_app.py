@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.e2e.conftest import PASSWORD, new_email, sign_up_in_browser
 from tests.e2e.web import assert_no_secrets, check_page, field_error, path_of
@@ -111,14 +112,16 @@ def test_the_keyboard_alone_signs_in_and_moves_between_pages(page, api):
     page.goto("/sign-in")
     page.get_by_role("heading", name="Sign in").wait_for()
     # The page's heading has the focus on arrival; the first Tab is the first field.
-    assert page.evaluate("document.activeElement.tagName") == "H1"
+    expect(page.get_by_role("heading", name="Sign in")).to_be_focused()
     page.keyboard.press("Tab")
-    assert page.evaluate("document.activeElement.name") == "email"
+    expect(page.get_by_label("E-mail", exact=True)).to_be_focused()
     page.keyboard.type(address)
     page.keyboard.press("Tab")
     page.keyboard.type(PASSWORD)
     page.keyboard.press("Enter")
     page.wait_for_url("**/connections")
+    expect(page.get_by_role("heading", name="Connections", exact=True)).to_be_focused()
+    page.keyboard.press("Shift+Tab")  # back from the heading into the navigation
     # The navigation's links are reached with Tab and followed with Enter.
     for _ in range(30):
         page.keyboard.press("Tab")
@@ -127,7 +130,7 @@ def test_the_keyboard_alone_signs_in_and_moves_between_pages(page, api):
     page.keyboard.press("Enter")
     page.wait_for_url("**/activity")
     # The new page's heading has the focus, so a screen reader announces where one is.
-    assert page.evaluate("document.activeElement.tagName") == "H1"
+    expect(page.get_by_role("heading", name="Activity")).to_be_focused()
 
 
 def test_a_page_that_does_not_exist_says_so(page):

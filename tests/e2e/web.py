@@ -79,7 +79,8 @@ def assert_no_secrets(page, secrets: Iterable[str]) -> None:
 
 
 def field_error(page, label: str):
-    """The error shown for the field labelled `label` (its aria-describedby's error)."""
+    """The error shown for the field labelled `label` (its aria-describedby's error); `page`
+    may be a part of one (a locator), where a label is used more than once."""
     from playwright.sync_api import expect
 
     control = page.get_by_label(label, exact=True)

@@ -40,14 +40,14 @@ async def test_an_unreachable_identity_is_a_503_problem_and_not_ready(mesh):
 async def test_an_unexpected_error_is_a_500_problem_with_hsts_and_no_details(mesh):
     app = create_app(GatewaySettings(mesh=mesh))
 
-    @app.get("/boom")
+    @app.get("/v1/boom")  # under /v1: other paths are the web app's
     async def boom() -> None:
         raise RuntimeError("secret internals: sk_live_do_not_show")
 
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="https://gw") as client:
-            response = await client.get("/boom")
+            response = await client.get("/v1/boom")
     assert response.status_code == 500
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == "INTERNAL"

@@ -57,8 +57,11 @@ export async function api(method, path, body, { signal, raw = false } = {}) {
   const data = type.includes("json") ? await response.json().catch(() => ({})) : {};
   if (response.ok) return data;
   const error = new ApiError(response.status, data);
+  // A wrong password on a re-authentication (password change, deletion) is the form's error,
+  // not an ended session: only the gateway's own 401s (SESSION_REQUIRED, SESSION_INVALID) are.
   const sessionGone =
-    (response.status === 401 && path !== "/v1/sessions") || error.code === "CSRF_TOKEN_INVALID";
+    (response.status === 401 && path !== "/v1/sessions" && error.code !== "INVALID_CREDENTIALS") ||
+    error.code === "CSRF_TOKEN_INVALID";
   if (sessionGone) listeners.forEach((listener) => listener(error));
   throw error;
 }

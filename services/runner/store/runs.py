@@ -10,14 +10,15 @@ from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 
 from services.kit.clock import as_utc
 from services.kit.db import RowTx, row_dict
-from services.runner.model import Backlog, NewRun, Run, RunRecord, RunResult
+from services.runner.model import Backlog, NewRun, Run, RunFilter, RunRecord, RunResult
 from services.runner.store.paging import page
-from services.runner.tables import runs
+from services.runner.tables import connections, runs
 
 # What a worker needs of a run; the event is loaded with it.
 _RUN_WORK = [runs.c.id, runs.c.user_id, runs.c.connection_id, runs.c.trigger, runs.c.attempts,
              runs.c.max_attempts, runs.c.event, runs.c.create_time,
              runs.c.trace_parent]  # fmt: skip
+ALL_RUNS = RunFilter()
 # What the owner reads of a run in a listing: all but the event (execution details, read alone).
 _LISTED = [c for c in runs.c if c.name != "event"]
 
@@ -49,12 +50,38 @@ class Runs(RowTx):
         return Backlog(int(count), int(due_count), None if oldest is None else as_utc(oldest))
 
     async def page(
-        self, user_id: str, connection_id: str | None, after: int | None, size: int
+        self,
+        user_id: str,
+        connection_id: str | None,
+        after: int | None,
+        size: int,
+        only: RunFilter = ALL_RUNS,
     ) -> list[RunRecord]:
         query = select(*_LISTED).where(runs.c.user_id == user_id)
         if connection_id:
             query = query.where(runs.c.connection_id == connection_id)
+        if only.status:
+            query = query.where(runs.c.status == only.status)
+        if only.since is not None:
+            query = query.where(runs.c.create_time >= only.since)
+        if only.until is not None:
+            query = query.where(runs.c.create_time < only.until)
         return [RunRecord.from_row(row) for row in await self._all(page(runs, query, after, size))]
+
+    async def newest_of(self, connection_ids: list[str]) -> dict[str, RunRecord]:
+        """Each connection's newest run, for a page of connections in one query: a max(seq)
+        per connection is one probe of the (connection_id, seq) index, where a GROUP BY would
+        read every run of theirs."""
+        if not connection_ids:
+            return {}
+        newest_seq = (
+            select(func.max(runs.c.seq))
+            .where(runs.c.connection_id == connections.c.id)
+            .scalar_subquery()
+        )
+        newest = select(newest_seq).where(connections.c.id.in_(connection_ids))
+        rows = await self._all(select(*_LISTED).where(runs.c.seq.in_(newest)))
+        return {row["connection_id"]: RunRecord.from_row(row) for row in rows}
 
     async def due(self, now: datetime, limit: int) -> list[str]:
         """Queued runs whose time has come and running runs whose worker went silent."""
