@@ -9,6 +9,7 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import RedirectResponse
 from leadmesh.vault.v1 import vault_pb2
+from pydantic import BaseModel
 
 from gateway.deps import CurrentUser, Services
 from gateway.resources import API_PREFIX
@@ -30,6 +31,32 @@ def _frontend(request: Request) -> str:
     return request.app.state.settings.mesh.frontend_url.rstrip("/")
 
 
+class OAuthProvider(BaseModel):
+    name: str
+    title: str
+    scopes: list[str]
+
+
+class OAuthProviders(BaseModel):
+    providers: list[OAuthProvider]
+
+
+@router.get("/providers", response_model=OAuthProviders)
+async def providers(who: CurrentUser, mesh: Services) -> OAuthProviders:
+    """The providers an account can be connected with (as the operator configured them)."""
+    reply = await call(
+        mesh.vault.ListOAuthProviders,
+        vault_pb2.ListOAuthProvidersRequest(),
+        user_id=who.account_id,
+    )
+    return OAuthProviders(
+        providers=[
+            OAuthProvider(name=p.name, title=p.title, scopes=list(p.scopes))
+            for p in reply.providers
+        ]
+    )
+
+
 @router.get(
     "/{provider}/start",
     status_code=302,
@@ -42,6 +69,15 @@ async def start(
     who: CurrentUser,
     mesh: Services,
     name: Annotated[str, Query(max_length=200, pattern=r"^[^\x00-\x1f]*$")] = "",
+    credential_id: Annotated[
+        str,
+        Query(
+            max_length=64,
+            pattern=r"^[0-9A-Fa-f-]*$",
+            description="reconnect this oauth2 credential (same id, new tokens) instead of "
+            "making a new one",
+        ),
+    ] = "",
 ) -> RedirectResponse:
     reply = await call(
         mesh.vault.StartOAuth,
@@ -50,6 +86,7 @@ async def start(
             name=name,
             session_id=who.session_id,
             redirect_uri=_callback_url(request, provider),
+            credential_id=credential_id,
         ),
         user_id=who.account_id,
     )

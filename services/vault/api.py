@@ -33,6 +33,7 @@ _BY_CALLER = {
         "ListCredentials",
         "UpdateCredential",
         "DeleteCredential",
+        "ListOAuthProviders",
         "StartOAuth",
         "CompleteOAuth",
         "SuspendUser",
@@ -180,6 +181,17 @@ class VaultApi(vault_pb2_grpc.VaultServiceServicer):
         await self.credentials.delete(self._peer(context), acting_user(context), request.id)
         return empty_pb2.Empty()
 
+    async def ListOAuthProviders(  # noqa: N802 - gRPC method names
+        self, request: pb.ListOAuthProvidersRequest, context: Context
+    ) -> pb.ListOAuthProvidersResponse:
+        acting_user(context)
+        return pb.ListOAuthProvidersResponse(
+            providers=[
+                pb.OAuthProvider(name=name, title=p.title or name, scopes=p.scopes)
+                for name, p in self.oauth_connect.providers.configured()
+            ]
+        )
+
     async def StartOAuth(  # noqa: N802 - gRPC method names
         self, request: pb.StartOAuthRequest, context: Context
     ) -> pb.StartOAuthResponse:
@@ -189,6 +201,7 @@ class VaultApi(vault_pb2_grpc.VaultServiceServicer):
             request.provider,
             request.name,
             request.redirect_uri,
+            credential_id=request.credential_id,
         )
         return pb.StartOAuthResponse(authorization_url=url)
 

@@ -44,6 +44,8 @@ class ProviderUnreachable(Exception):
 
 
 class Provider(BaseModel):
+    # For people (the web app's list of providers); the name when empty.
+    title: str = Field(default="", max_length=100)
     authorize_url: str
     token_url: str
     client_id: str = Field(min_length=1)
@@ -135,6 +137,10 @@ class OAuthProviders:
         self._providers = providers
         self._client_secret = client_secret  # a sealed secret from the vault, in production
         self._timeout = timeout
+
+    def configured(self) -> list[tuple[str, Provider]]:
+        """Every provider, by name."""
+        return sorted(self._providers.items())
 
     def get(self, name: str) -> Provider:
         provider = self._providers.get(name)

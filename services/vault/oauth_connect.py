@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from services.kit.clock import Clock
-from services.kit.errors import FailedPrecondition, InvalidArgument, Unavailable
+from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.kit.tokens import sha256_hex
 from services.vault.credentials import Credentials
 from services.vault.datakeys import DataKeys
@@ -46,13 +46,24 @@ class OAuthConnect:
         self.state_seconds = state_seconds
 
     async def start(
-        self, user_id: str, session_id: str, provider: str, name: str, redirect_uri: str
+        self,
+        user_id: str,
+        session_id: str,
+        provider: str,
+        name: str,
+        redirect_uri: str,
+        *,
+        credential_id: str = "",
     ) -> str:
+        """The provider's consent URL. With `credential_id`, the flow reconnects that oauth2
+        credential of the same provider (and keeps its name)."""
         if not session_id or not redirect_uri:
             raise InvalidArgument(
                 "OAUTH_REQUEST_INVALID", "a session and a redirect URI are needed"
             )
         name = name.strip() or provider
+        if credential_id:
+            name, credential_id = await self._reconnecting(user_id, credential_id, provider)
         url, state, verifier = await self.providers.authorization_url(provider, redirect_uri)
         now, state_sha256 = self.clock.now(), sha256_hex(state)
         async with self.store.begin() as tx:
@@ -64,6 +75,7 @@ class OAuthConnect:
                     "session_sha256": sha256_hex(session_id),
                     "provider": provider,
                     "name": name[:200],
+                    "credential_id": credential_id or None,
                     "verifier": seal(key, verifier.encode(), _state_aad(state_sha256)),
                     "expire_time": now + timedelta(seconds=self.state_seconds),
                 }
@@ -104,11 +116,38 @@ class OAuthConnect:
         except Tampered:
             raise invalid from None
         secret = await self._exchange(provider, code, verifier, redirect_uri)
+        if row["credential_id"]:
+            try:
+                credential = await self.credentials.update(
+                    caller, user_id, row["credential_id"], ["secret"], secret=secret
+                )
+            except NotFound:
+                credential = None  # deleted meanwhile: the user still asked to connect
+            if credential is not None:
+                log.info("oauth reconnected", extra={"credential_id": credential["id"]})
+                return credential
         credential = await self.credentials.create(
             caller, user_id, row["name"], "oauth2", provider, secret
         )
         log.info("oauth connected", extra={"credential_id": credential["id"], "provider": provider})
         return credential
+
+    async def _reconnecting(
+        self, user_id: str, credential_id: str, provider: str
+    ) -> tuple[str, str]:
+        """(name, canonical id) of the credential a flow is started to reconnect."""
+        credential = await self.credentials.get(user_id, credential_id)
+        if credential["kind"] != "oauth2":
+            raise FailedPrecondition(
+                "NOT_OAUTH2", "only a credential connected with OAuth is reconnected"
+            )
+        if credential["provider"] != provider:
+            raise InvalidArgument(
+                "PROVIDER_MISMATCH",
+                f"that credential was connected with {credential['provider']!r}",
+                field="provider",
+            )
+        return credential["name"], credential["id"]
 
     async def _exchange(
         self, provider: str, code: str, verifier: str, redirect_uri: str

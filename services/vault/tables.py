@@ -87,6 +87,8 @@ oauth_states = Table(
     Column("session_sha256", String(64), nullable=False),
     Column("provider", String(100), nullable=False),
     Column("name", String(200), nullable=False),
+    # Reconnecting: the oauth2 credential whose tokens the flow replaces; NULL makes a new one.
+    Column("credential_id", String(36), nullable=True),
     # The PKCE code verifier, sealed under the user's data key.
     Column("verifier", LargeBinary, nullable=False),
     Column("expire_time", Time, nullable=False, index=True),

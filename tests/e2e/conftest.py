@@ -240,6 +240,7 @@ def _start_mesh(
         VAULT_OAUTH_PROVIDERS=json.dumps(
             {
                 "crm": {
+                    "title": "Acme CRM",
                     "authorize_url": oauth_provider.authorize_url,
                     "token_url": oauth_provider.token_url,
                     "client_id": oauth_provider.client_id,

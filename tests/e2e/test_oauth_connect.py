@@ -86,3 +86,30 @@ def test_an_unknown_provider_is_a_422(api: httpx.Client):
     register_and_login(api)
     refused = api.get("/v1/oauth/nobody/start")
     assert refused.status_code == 422 and refused.json()["code"] == "UNKNOWN_PROVIDER"
+
+
+def test_the_configured_providers_are_listed_without_their_client(
+    api: httpx.Client, oauth_provider: OAuthServer
+):
+    assert api.get("/v1/oauth/providers").status_code == 401
+    register_and_login(api)
+    listed = api.get("/v1/oauth/providers")
+    assert listed.status_code == 200
+    assert listed.json() == {
+        "providers": [{"name": "crm", "title": "Acme CRM", "scopes": ["contacts.read"]}]
+    }
+    assert oauth_provider.client_id not in listed.text
+    assert oauth_provider.client_secret not in listed.text
+
+
+def test_a_reconnect_is_refused_for_another_users_credential(
+    mesh_up: Mesh, oauth_provider: OAuthServer
+):
+    with mesh_up.client() as owner, mesh_up.client() as other:
+        register_and_login(owner)
+        credential_id = _connect(mesh_up, owner, oauth_provider, "Mine")
+        register_and_login(other)
+        refused = other.get("/v1/oauth/crm/start", params={"credential_id": credential_id})
+        assert refused.status_code == 404 and refused.json()["code"] == "CREDENTIAL_NOT_FOUND"
+        odd = other.get("/v1/oauth/crm/start", params={"credential_id": "x'; drop"})
+        assert odd.status_code == 422

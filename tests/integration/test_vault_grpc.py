@@ -63,6 +63,7 @@ EXPECTED_CALLERS = {
     "ListCredentials": {"gateway"},
     "UpdateCredential": {"gateway"},
     "DeleteCredential": {"gateway"},
+    "ListOAuthProviders": {"gateway"},
     "StartOAuth": {"gateway"},
     "CompleteOAuth": {"gateway"},
     "ResolveCredential": {"runner"},

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -23,7 +24,7 @@ from pydantic import SecretStr
 
 from services.kit.callers import user_metadata
 from services.kit.config import MeshSettings
-from services.kit.errors import FailedPrecondition, InvalidArgument
+from services.kit.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.kit.grpcclient import open_channel
 from services.vault.server import Parts, build, migrate_database
 from tests.conftest import free_port
@@ -74,8 +75,12 @@ class _WallClock:
         return datetime.now(UTC)
 
 
-async def connect(parts: Parts, oauth: OAuthServer, session: str = "session-1") -> dict:
-    url = await parts.oauth_connect.start("user-a", session, "crm", "My CRM", CALLBACK)
+async def connect(
+    parts: Parts, oauth: OAuthServer, session: str = "session-1", credential_id: str = ""
+) -> dict:
+    url = await parts.oauth_connect.start(
+        "user-a", session, "crm", "My CRM", CALLBACK, credential_id=credential_id
+    )
     async with httpx.AsyncClient() as browser:
         consent = await browser.get(url, follow_redirects=False)
     back = parse_qs(urlsplit(consent.headers["location"]).query)
@@ -201,6 +206,65 @@ async def test_invalid_grant_marks_the_credential_for_reconnection(vaults: list[
     ]
     reconnected = await connect(parts, oauth, session="session-2")
     assert reconnected["status"] == "active"
+
+
+async def test_a_reconnect_gives_the_same_credential_new_tokens(vaults: list[Parts], oauth):
+    parts = vaults[0]
+    credential = await connect(parts, oauth)
+    await parts.credentials.update("gateway", "user-a", credential["id"], ["name"], name="Sales")
+    oauth.revoke_refresh_tokens()
+    with pytest.raises(FailedPrecondition):
+        await parts.resolver.resolve("runner", "user-a", credential["id"], "conn-1")
+
+    reconnected = await connect(parts, oauth, session="session-2", credential_id=credential["id"])
+    # Same id (the connections that use it keep it), same name, active, the only one there is.
+    assert (reconnected["id"], reconnected["name"]) == (credential["id"], "Sales")
+    assert reconnected["status"] == "active"
+    listed, _ = await parts.credentials.list("user-a", 10, "")
+    assert [c["id"] for c in listed] == [credential["id"]]
+    resolved = await parts.resolver.resolve("runner", "user-a", credential["id"], "conn-1")
+    async with httpx.AsyncClient() as api:
+        me = await api.get(
+            oauth.api_url, headers={"Authorization": f"Bearer {resolved.secret['access_token']}"}
+        )
+    assert me.status_code == 200
+
+
+async def test_only_an_oauth2_credential_of_that_provider_is_reconnected(vaults: list[Parts]):
+    parts = vaults[0]
+    login = await parts.credentials.create(
+        "gateway", "user-a", "Shop", "login", "crm", {"username": "ada", "password": "pw"}
+    )
+    other = await parts.credentials.create(
+        "gateway", "user-a", "Mail", "oauth2", "mailer", {"access_token": "t"}
+    )
+    start = parts.oauth_connect.start
+    with pytest.raises(FailedPrecondition) as refused:
+        await start("user-a", "s", "crm", "", CALLBACK, credential_id=login["id"])
+    assert refused.value.reason == "NOT_OAUTH2"
+    with pytest.raises(InvalidArgument) as refused:
+        await start("user-a", "s", "crm", "", CALLBACK, credential_id=other["id"])
+    assert refused.value.reason == "PROVIDER_MISMATCH"
+    for user, credential_id in (("user-b", other["id"]), ("user-a", str(uuid.uuid4()))):
+        with pytest.raises(NotFound):
+            await start(user, "s", "mailer", "", CALLBACK, credential_id=credential_id)
+
+
+async def test_a_reconnect_of_a_credential_deleted_meanwhile_makes_a_new_one(
+    vaults: list[Parts], oauth
+):
+    parts = vaults[0]
+    credential = await connect(parts, oauth)
+    url = await parts.oauth_connect.start(
+        "user-a", "session-1", "crm", "", CALLBACK, credential_id=credential["id"]
+    )
+    await parts.credentials.delete("gateway", "user-a", credential["id"])
+    async with httpx.AsyncClient() as browser:
+        back = parse_qs(urlsplit((await browser.get(url)).headers["location"]).query)
+    again = await parts.oauth_connect.complete(
+        "gateway", "user-a", "session-1", "crm", back["state"][0], back["code"][0], CALLBACK
+    )
+    assert again["id"] != credential["id"] and again["name"] == "My CRM"
 
 
 def test_providers_must_use_https_except_on_loopback():

@@ -1,8 +1,8 @@
 // The forms that add a credential: an API key, a login, or an account connected with OAuth (a
 // full-page round trip through the gateway to the provider and back to /credentials).
-import { useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import { html } from "../html.js";
-import { ApiError, post, withQuery } from "../api.js";
+import { get, post, withQuery } from "../api.js";
 import { Field, FormError, Notice, useForm } from "../ui.js";
 
 // The API's field names inside `secret` mapped to the form's.
@@ -75,53 +75,55 @@ export function LoginForm({ onAdded }) {
   </form>`;
 }
 
-function startUrl(provider, name) {
-  return withQuery(`/v1/oauth/${encodeURIComponent(provider)}/start`, { name });
+/**
+ * Off to the provider's consent page, through the gateway (a full-page round trip). The session is
+ * checked first, so an expired one leads to the sign-in page rather than to a page of JSON.
+ * `credentialId` reconnects that credential: same id, new tokens.
+ */
+export async function startOAuth(provider, name, credentialId) {
+  await get("/v1/me");
+  const query = credentialId ? { credential_id: credentialId } : { name };
+  window.location.assign(withQuery(`/v1/oauth/${encodeURIComponent(provider)}/start`, query));
 }
 
-/**
- * Off to the provider's consent page. The start is asked first without following its redirect,
- * so an unknown provider is an error beside the field rather than a page of JSON.
- */
-export async function startOAuth(provider, name) {
-  const url = startUrl(provider, name);
-  let response;
-  try {
-    response = await fetch(url, { redirect: "manual", credentials: "same-origin" });
-  } catch {
-    throw new ApiError(0, { detail: "leadmesh cannot be reached; check your connection and try again" });
-  }
-  if (response.type !== "opaqueredirect") {
-    const problem = await response.json().catch(() => ({}));
-    throw new ApiError(response.status, problem);
-  }
-  window.location.assign(url);
+/** The OAuth providers the operator set up; null while they load. */
+function useProviders() {
+  const [providers, setProviders] = useState(null);
+  const [error, setError] = useState("");
+  useEffect(() => {
+    get("/v1/oauth/providers")
+      .then((reply) => setProviders(reply.providers))
+      .catch((e) => setError(e.message));
+  }, []);
+  return { providers, error };
 }
 
 export function OAuthForm() {
-  const form = useForm({ provider: "", name: "" }, { provider: "provider" });
+  const { providers, error } = useProviders();
+  const form = useForm({ provider: "", name: "" });
   const { values, set, errors } = form;
-  const [providerError, setProviderError] = useState("");
-  const connect = form.submit(async (v) => {
-    setProviderError("");
-    if (!v.provider.trim()) return setProviderError("Name the provider to connect with.");
-    try {
-      await startOAuth(v.provider.trim(), v.name.trim());
-    } catch (error) {
-      if (error instanceof ApiError && error.status === 422 && !Object.keys(error.fields).length) {
-        return setProviderError(error.message);
-      }
-      throw error;
-    }
-    return undefined;
-  });
-  return html`<form class="card" onSubmit=${connect} novalidate aria-labelledby="oauth-title">
-    <h2 id="oauth-title">Connect with OAuth</h2>
+  const connect = form.submit((v) => startOAuth(v.provider || providers[0].name, v.name.trim()));
+  const intro = html`<h2 id="oauth-title">Connect with OAuth</h2>
     <p>The safest way where the service offers it: you sign in at the provider and allow leadmesh
-      in; no password is ever given to us.</p>
+      in; no password is ever given to us.</p>`;
+  if (!providers) {
+    return html`<section class="card" aria-labelledby="oauth-title">${intro}
+      ${error ? html`<${Notice} kind="error">${error}<//>` : html`<p class="loading" role="status">Loading…</p>`}
+    </section>`;
+  }
+  if (!providers.length) {
+    return html`<section class="card" aria-labelledby="oauth-title">${intro}
+      <p class="empty">Your leadmesh operator has not set up any OAuth provider yet; an API key or a
+        login works meanwhile.</p>
+    </section>`;
+  }
+  return html`<form class="card" onSubmit=${connect} novalidate aria-labelledby="oauth-title">
+    ${intro}
     <div class="split">
-      <${Field} label="Provider" name="provider" value=${values.provider} onInput=${set("provider")}
-        error=${providerError || errors.provider} hint="As your leadmesh operator set it up, for example crm." />
+      <${Field} label="Provider" name="provider" as="select" value=${values.provider || providers[0].name}
+        onChange=${set("provider")} error=${errors.provider}>
+        ${providers.map((p) => html`<option key=${p.name} value=${p.name}>${p.title}</option>`)}
+      <//>
       <${Field} label="Name" name="name" value=${values.name} onInput=${set("name")} error=${errors.name}
         hint="For you: for example Work CRM." />
     </div>

@@ -28,7 +28,8 @@ function OAuthNotice({ query }) {
 
 function CredentialRow({ credential, current, onDeleted }) {
   const [error, setError] = useState("");
-  const reconnectNow = () => startOAuth(credential.provider, credential.name).catch((e) => setError(e.message));
+  const reconnectNow = () =>
+    startOAuth(credential.provider, credential.name, credential.id).catch((e) => setError(e.message));
   const remove = async () => {
     await del(`/v1/credentials/${credential.id}`);
     onDeleted(credential.id);
