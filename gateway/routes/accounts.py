@@ -174,3 +174,29 @@ async def unsubscribe(token: UnsubscribeToken, mesh: Services) -> Unsubscribed:
 async def unsubscribe_one_click(token: UnsubscribeToken, mesh: Services) -> Unsubscribed:
     """RFC 8058 one-click: mail clients POST `List-Unsubscribe=One-Click` to the link."""
     return await unsubscribe(token, mesh)
+
+
+class PlanTerms(BaseModel):
+    name: str
+    amount: int = Field(description="per billing period, in the currency's minor unit (cents)")
+    currency: str
+
+
+class Terms(BaseModel):
+    plans: list[PlanTerms] = Field(description="cheapest first")
+    deletion_grace_days: int = Field(description="days a deletion's cancel link works (0: none)")
+    erase_after_days: int = Field(
+        description="a deleted account is erased within this many days of the request"
+    )
+
+
+@router.get("/terms", response_model=Terms)
+async def terms(mesh: Services) -> Terms:
+    """The plans on offer and how deleting an account goes; the same for everyone, no sign-in
+    needed."""
+    reply = await call(mesh.identity.GetTerms, identity_pb2.GetTermsRequest())
+    return Terms(
+        plans=[PlanTerms(name=p.name, amount=p.amount, currency=p.currency) for p in reply.plans],
+        deletion_grace_days=reply.deletion_grace_days,
+        erase_after_days=reply.erase_after_days,
+    )

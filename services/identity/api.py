@@ -29,6 +29,7 @@ _GATEWAY_METHODS = (
     "AuthenticateSession",
     "EndSession",
     "GetAccount",
+    "GetTerms",
     "ChangePassword",
     "UpdatePlan",
     "ListLoginAttempts",
@@ -173,6 +174,17 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
 
     async def GetAccount(self, request: pb.GetAccountRequest, context: Context) -> pb.Account:  # noqa: N802
         return account_pb(await self.accounts.account(acting_user(context)))
+
+    async def GetTerms(self, request: pb.GetTermsRequest, context: Context) -> pb.Terms:  # noqa: N802
+        plans = sorted(self.billing.plans.items(), key=lambda item: (item[1].amount, item[0]))
+        return pb.Terms(
+            plans=[
+                pb.PlanTerms(name=name, amount=plan.amount, currency=plan.currency)
+                for name, plan in plans
+            ],
+            deletion_grace_days=self.deletion.settings.deletion_grace_days,
+            erase_after_days=self.deletion.settings.erase_after_days,
+        )
 
     async def ChangePassword(  # noqa: N802
         self, request: pb.ChangePasswordRequest, context: Context

@@ -327,6 +327,21 @@ def test_the_openapi_document_describes_the_new_endpoints(api: httpx.Client):
     assert "/v1/notifications/unread-count" in paths
     notices = {p["name"] for p in paths["/v1/notifications"]["get"]["parameters"]}
     assert "unread" in notices
+    assert "/v1/terms" in paths and "/v1/oauth/providers" in paths
+
+
+def test_the_terms_are_public_and_the_defaults_the_privacy_policy_states(api: httpx.Client):
+    terms = api.get("/v1/terms")
+    assert terms.status_code == 200, terms.text
+    assert terms.json() == {
+        "plans": [
+            {"name": "free", "amount": 0, "currency": "EUR"},
+            {"name": "pro", "amount": 2900, "currency": "EUR"},
+            {"name": "business", "amount": 9900, "currency": "EUR"},
+        ],
+        "deletion_grace_days": 14,
+        "erase_after_days": 60,
+    }
 
 
 # --- the marketing mail's unsubscribe link ---

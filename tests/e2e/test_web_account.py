@@ -174,7 +174,12 @@ def test_the_account_page_shows_every_section_and_changes_the_password(page):
     expect(overview).to_contain_text("Free")
     history = page.get_by_role("region", name="Login history")
     expect(history.get_by_role("row").nth(1)).to_contain_text("Signed in")
-    expect(page.get_by_role("region", name="Delete account")).to_contain_text("14 days")
+    # The operator's terms (GET /v1/terms): the plans with their prices, the deletion periods.
+    deletion = page.get_by_role("region", name="Delete account")
+    expect(deletion).to_contain_text("it works for 14 days")
+    expect(deletion).to_contain_text("erased within 60 days of your request. Only the accounting")
+    offers = page.get_by_role("region", name="Plan").get_by_label("Plan", exact=True)
+    expect(offers.locator("option")).to_have_text(["Free", "Pro — €29.00", "Business — €99.00"])
     check_page(page, "account")
 
     page.get_by_label("Current password", exact=True).fill("not my password at all")

@@ -180,3 +180,32 @@ async def test_plaintext_only_when_asked_for_explicitly(mesh: MeshSettings, tmp_
 def test_internal_traffic_is_secure_by_default(monkeypatch):
     monkeypatch.delenv("LEADMESH_INSECURE_INTERNAL", raising=False)
     assert MeshSettings(_env_file=None).insecure_internal is False
+
+
+async def test_the_terms_are_the_operators_plans_cheapest_first_and_deletion_periods(
+    mesh: MeshSettings, database_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    # As an operator writes them in the environment (docs/OPERATIONS.md).
+    monkeypatch.setenv(
+        "IDENTITY_PLANS",
+        '{"team": {"amount": 4900, "currency": "USD"}, "free": {"amount": 0},'
+        ' "solo": {"amount": 900, "currency": "USD"}}',
+    )
+    monkeypatch.setenv("IDENTITY_DELETION_GRACE_DAYS", "7")
+    settings = identity_settings(mesh.var_dir, database_url)
+    migrate_database(settings)
+    running = await start(settings, port=0)
+    there = mesh.model_copy(update={"identity_addr": f"127.0.0.1:{running.port}"})
+    try:
+        async with open_channel(there, "identity", caller="gateway") as channel:
+            terms = await identity_pb2_grpc.IdentityServiceStub(channel).GetTerms(
+                pb.GetTermsRequest()
+            )
+    finally:
+        await running.stop(grace=1)
+    assert [(p.name, p.amount, p.currency) for p in terms.plans] == [
+        ("free", 0, "EUR"),
+        ("solo", 900, "USD"),
+        ("team", 4900, "USD"),
+    ]
+    assert (terms.deletion_grace_days, terms.erase_after_days) == (7, 60)

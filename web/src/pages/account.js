@@ -23,26 +23,43 @@ export const PURPOSES = {
   },
 };
 
-// IDENTITY_PLANS' defaults (services/identity/settings.py); the API refuses any other name.
-const PLANS = { free: "Free", pro: "Pro", business: "Business" };
-// IDENTITY_DELETION_GRACE_DAYS and IDENTITY_ERASE_AFTER_DAYS, as the privacy policy states them.
-const GRACE_DAYS = 14;
-const ERASE_DAYS = 60;
+/** A plan's name for people: "pro" → "Pro". */
+const planTitle = (name) => name.charAt(0).toUpperCase() + name.slice(1).replaceAll("_", " ");
+
+/** "Pro — €29.00" (the amount is in the currency's minor unit); "Free" at 0. */
+function planOffer(plan) {
+  if (!plan.amount) return planTitle(plan.name);
+  const money = new Intl.NumberFormat(undefined, { style: "currency", currency: plan.currency });
+  const price = money.format(plan.amount / 10 ** money.resolvedOptions().maximumFractionDigits);
+  return `${planTitle(plan.name)} — ${price}`;
+}
+
+/** The plans on offer and the deletion periods, as the operator set them (`GET /v1/terms`). */
+function useTerms() {
+  const [terms, setTerms] = useState(null);
+  const [error, setError] = useState("");
+  useEffect(() => {
+    get("/v1/terms").then(setTerms, (e) => setError(e.message));
+  }, []);
+  return { terms, error };
+}
 
 export function Account() {
   // Bumped when other sessions end (a password change ends them too), so the list is read again.
   const [sessionsVersion, setSessionsVersion] = useState(0);
   const sessionsChanged = useCallback(() => setSessionsVersion((n) => n + 1), []);
+  const { terms, error } = useTerms();
   return html`<${PageTitle}>Account<//>
     <${Overview} />
-    <${PlanSection} />
+    ${error && html`<${Notice} kind="error">${error}<//>`}
+    ${terms ? html`<${PlanSection} plans=${terms.plans} />` : html`<p class="loading" role="status">Loading…</p>`}
     <${PasswordSection} onChanged=${sessionsChanged} />
     <${SessionsSection} version=${sessionsVersion} />
     <${LoginHistory} />
     <${Consents} />
     <${EgressAddresses} />
     <${YourData} />
-    <${DeleteAccount} />`;
+    ${terms && html`<${DeleteAccount} terms=${terms} />`}`;
 }
 
 function Section({ id, title, children }) {
@@ -58,7 +75,7 @@ function Overview() {
   return html`<${Section} id="overview" title="Your account">
     <dl class="facts">
       <dt>E-mail</dt><dd>${account.email}</dd>
-      <dt>Plan</dt><dd>${PLANS[account.plan] ?? account.plan}</dd>
+      <dt>Plan</dt><dd>${planTitle(account.plan)}</dd>
       ${account.billing_name && html`<dt>Billing name</dt><dd>${account.billing_name}</dd>`}
       ${address && html`<dt>Billing address</dt>
         <dd>${[address.line1, address.line2, `${address.postal_code} ${address.city}`, address.country]
@@ -68,7 +85,7 @@ function Overview() {
   <//>`;
 }
 
-function PlanSection() {
+function PlanSection({ plans }) {
   const { account, setAccount } = useSession();
   const address = account.billing_address ?? {};
   const [saved, setSaved] = useState("");
@@ -78,13 +95,13 @@ function PlanSection() {
     country: address.country ?? "", payment_reference: "",
   });
   const { values, set, errors } = form;
-  const paid = values.plan !== "free";
+  const paid = (plans.find((p) => p.name === values.plan)?.amount ?? 0) > 0;
   const change = form.submit(async ({ plan, billing_name, payment_reference, ...billing_address }) => {
     setSaved("");
     const body = paid ? { plan, billing_name, billing_address, payment_reference } : { plan };
     const updated = await put("/v1/me/plan", body);
     setAccount(updated);
-    setSaved(`Your plan is now ${PLANS[updated.plan] ?? updated.plan}.`);
+    setSaved(`Your plan is now ${planTitle(updated.plan)}.`);
   });
   const text = (label, name, props = {}) => html`<${Field} label=${label} name=${name}
     value=${values[name]} onInput=${set(name)} error=${errors[name]} ...${props} />`;
@@ -94,7 +111,7 @@ function PlanSection() {
     <form class="account-form" onSubmit=${change} novalidate>
       <${Field} as="select" label="Plan" name="plan" value=${values.plan} onChange=${set("plan")}
         error=${errors.plan}>
-        ${Object.entries(PLANS).map(([name, label]) => html`<option value=${name}>${label}</option>`)}
+        ${plans.map((plan) => html`<option key=${plan.name} value=${plan.name}>${planOffer(plan)}</option>`)}
       <//>
       ${paid && html`
         ${text("Billing name", "billing_name", { autocomplete: "name" })}
@@ -307,11 +324,21 @@ function YourData() {
   <//>`;
 }
 
-function DeleteAccount() {
+const days = (n) => `${n} ${n === 1 ? "day" : "days"}`;
+
+function DeleteAccount({ terms }) {
   const { route } = useLocation();
   const { setAccount } = useSession();
   const form = useForm({ password: "" });
   const { values, set, errors } = form;
+  const grace = terms.deletion_grace_days;
+  const erasure = [
+    grace
+      ? `We send you an e-mail with a link to cancel the deletion; it works for ${days(grace)}. After that, everything`
+      : "A deletion cannot be cancelled: everything",
+    `of your account is irrevocably erased within ${days(terms.erase_after_days)} of your request.`,
+    "Only the accounting records of paid plans are kept, as the law requires.",
+  ].join(" ");
   const remove = form.submit(async ({ password }) => {
     await api("DELETE", "/v1/me", { password });
     route("/sign-in?deleted=1", true);
@@ -320,9 +347,7 @@ function DeleteAccount() {
   return html`<${Section} id="delete" title="Delete account">
     <p>Deleting your account signs you out everywhere at once: nobody can sign in to it any more,
       its webhooks stop accepting leads and its schedules stop.</p>
-    <p>We send you an e-mail with a link to cancel the deletion; it works for ${GRACE_DAYS} days.
-      After that, everything of your account is irrevocably erased within ${ERASE_DAYS} days of your
-      request. Only the accounting records of paid plans are kept, as the law requires.</p>
+    <p>${erasure}</p>
     <form class="account-form" onSubmit=${(event) => event.preventDefault()} novalidate>
       <${Field} label="Password" name="password" type="password" autocomplete="current-password"
         value=${values.password} onInput=${set("password")} error=${errors.password}
@@ -331,7 +356,9 @@ function DeleteAccount() {
       <div class="actions">
         <${ConfirmButton} label="Delete my account" question="Delete your account?"
           confirmLabel="Yes, delete my account" onConfirm=${remove}>
-          <p>You will be signed out now. You can cancel within ${GRACE_DAYS} days with the link in the e-mail.</p>
+          <p>You will be signed out now.${grace
+            ? ` You can cancel within ${days(grace)} with the link in the e-mail.`
+            : " This cannot be undone."}</p>
         <//>
       </div>
     </form>
