@@ -208,11 +208,11 @@ function SessionsSection({ version }) {
       <thead><tr><th scope="col">Device</th><th scope="col">IP address</th>
         <th scope="col">Signed in</th><th scope="col">Last used</th></tr></thead>
       <tbody>${sessions.map((s) => html`<tr key=${s.id}>
-        <td><span title=${s.user_agent}>${device(s.user_agent)}</span>
+        <td data-label="Device"><span title=${s.user_agent}>${device(s.user_agent)}</span>
           ${s.current && html` <span class="status status-active">This session</span>`}</td>
-        <td>${s.ip_address || "—"}</td>
-        <td><${Time} value=${s.create_time} /></td>
-        <td><${Time} value=${s.last_use_time} /></td>
+        <td data-label="IP address">${s.ip_address || "—"}</td>
+        <td data-label="Signed in"><${Time} value=${s.create_time} /></td>
+        <td data-label="Last used"><${Time} value=${s.last_use_time} /></td>
       </tr>`)}</tbody>
     </table></div>`}
     <${FormError} error=${error} />
@@ -245,11 +245,12 @@ function LoginHistory() {
       <tbody>${list.items.map((attempt, index) => {
         const [label, kind] = OUTCOMES[attempt.outcome] ?? [attempt.outcome, "failed"];
         return html`<tr key=${index}>
-          <td><${Time} value=${attempt.attempt_time} /></td>
-          <td><span class=${`status status-${kind}`}>${label}</span></td>
+          <td data-label="Time"><${Time} value=${attempt.attempt_time} /></td>
+          <td data-label="Outcome"><span class=${`status status-${kind}`}>${label}</span></td>
           ${attempt.details_purged
-            ? html`<td colspan="2" class="empty">Removed after the retention period</td>`
-            : html`<td>${attempt.ip_address || "—"}</td><td>${device(attempt.user_agent)}</td>`}
+            ? html`<td colspan="2" class="empty" data-label="Details">Removed after the retention period</td>`
+            : html`<td data-label="IP address">${attempt.ip_address || "—"}</td>
+              <td data-label="Device">${device(attempt.user_agent)}</td>`}
         </tr>`;
       })}</tbody>
     </table></div>`}

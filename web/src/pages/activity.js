@@ -90,11 +90,11 @@ function Filters({ query, connections, onChange }) {
 
 function RunRow({ run, connections }) {
   return html`<tr>
-    <td><a href=${`/runs/${run.run_id}`}><${Time} value=${run.create_time} /></a></td>
-    <td><${ConnectionLink} id=${run.connection_id} connections=${connections} /></td>
-    <td>${run.trigger}</td>
-    <td><${Status} value=${run.status} /></td>
-    <td>${duration(run.start_time, run.finish_time)}</td>
+    <td data-label="Time"><a href=${`/runs/${run.run_id}`}><${Time} value=${run.create_time} /></a></td>
+    <td data-label="Connection"><${ConnectionLink} id=${run.connection_id} connections=${connections} /></td>
+    <td data-label="Trigger">${run.trigger}</td>
+    <td data-label="Status"><${Status} value=${run.status} /></td>
+    <td data-label="Duration">${duration(run.start_time, run.finish_time)}</td>
   </tr>`;
 }
 

@@ -23,11 +23,11 @@ function LastRun({ run }) {
 
 function ConnectionRow({ connection }) {
   return html`<tr>
-    <td><a href=${`/connections/${connection.id}`}>${connection.name}</a></td>
-    <td><${Status} value=${connection.status} /></td>
-    <td>${triggerText(connection.trigger)}</td>
-    <td><${LastRun} run=${connection.last_run} /></td>
-    <td>${connection.consecutive_failures}</td>
+    <td data-label="Name"><a href=${`/connections/${connection.id}`}>${connection.name}</a></td>
+    <td data-label="Status"><${Status} value=${connection.status} /></td>
+    <td data-label="Trigger">${triggerText(connection.trigger)}</td>
+    <td data-label="Last run"><${LastRun} run=${connection.last_run} /></td>
+    <td data-label="Failures in a row">${connection.consecutive_failures}</td>
   </tr>`;
 }
 

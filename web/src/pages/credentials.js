@@ -36,12 +36,12 @@ function CredentialRow({ credential, current, onDeleted }) {
   };
   const reconnect = credential.kind === "oauth2" && credential.status === "needs_reconnect";
   return html`<tr class=${current ? "current" : undefined} aria-current=${current ? "true" : undefined}>
-    <td>${credential.name}</td>
-    <td>${KINDS[credential.kind] ?? credential.kind}</td>
-    <td>${credential.provider}</td>
-    <td><${Status} value=${credential.status} /></td>
-    <td><${Time} value=${credential.last_use_time} fallback="never" /></td>
-    <td class="row-actions">
+    <td data-label="Name">${credential.name}</td>
+    <td data-label="Kind">${KINDS[credential.kind] ?? credential.kind}</td>
+    <td data-label="Provider">${credential.provider}</td>
+    <td data-label="Status"><${Status} value=${credential.status} /></td>
+    <td data-label="Last use"><${Time} value=${credential.last_use_time} fallback="never" /></td>
+    <td data-label="Actions" class="row-actions">
       ${reconnect && html`<button type="button" class="secondary"
         onClick=${reconnectNow}>Reconnect</button>`}
       <${ConfirmButton} label="Delete" question=${`Delete “${credential.name}”?`} confirmLabel="Delete credential"

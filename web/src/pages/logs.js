@@ -13,13 +13,13 @@ const CONTENT = { json: "JSON", form: "Form", text: "Text", base64: "Binary" };
 
 function Delivery({ entry, connections }) {
   return html`<tr>
-    <td><${Time} value=${entry.receive_time} /></td>
-    <td><${ConnectionLink} id=${entry.connection_id} connections=${connections} /></td>
-    <td>${entry.method}</td>
-    <td>${entry.source_ip || "—"}</td>
-    <td>${entry.details_purged ? "Purged by retention" : CONTENT[entry.body_encoding] ?? entry.body_encoding}
+    <td data-label="Received"><${Time} value=${entry.receive_time} /></td>
+    <td data-label="Connection"><${ConnectionLink} id=${entry.connection_id} connections=${connections} /></td>
+    <td data-label="Method">${entry.method}</td>
+    <td data-label="From">${entry.source_ip || "—"}</td>
+    <td data-label="Content">${entry.details_purged ? "Purged by retention" : CONTENT[entry.body_encoding] ?? entry.body_encoding}
       ${entry.redacted.length > 0 && html`<br /><span class="hint">Hidden: ${entry.redacted.join(", ")}</span>`}</td>
-    <td>${entry.run_id ? html`<a href=${`/runs/${entry.run_id}`}>View run</a>` : "No run"}</td>
+    <td data-label="Run">${entry.run_id ? html`<a href=${`/runs/${entry.run_id}`}>View run</a>` : "No run"}</td>
   </tr>`;
 }
 
