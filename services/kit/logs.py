@@ -47,3 +47,7 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # Access logs print raw URLs, and some URLs carry tokens: the gateway logs routes itself.
     logging.getLogger("uvicorn.access").disabled = True
+    # APScheduler tells of every job it runs, twice, at INFO: the jobs log what they do themselves.
+    # Its warnings (a missed run, a job that raised) still come through; at DEBUG, all of it.
+    quiet = root.level > logging.DEBUG
+    logging.getLogger("apscheduler").setLevel(logging.WARNING if quiet else logging.NOTSET)
