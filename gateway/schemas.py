@@ -223,6 +223,12 @@ class Page(BaseModel, Generic[T]):
     next_page_token: str | None = None
 
 
+class RunAccepted(BaseModel):
+    """A run queued (a webhook, run now, a retry): follow it at /v1/runs/{run_id}."""
+
+    run_id: str
+
+
 # --- connections (gateway/routes/connections.py) ---
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from gateway.deps import CurrentUser, Services
 from gateway.openapi import errors
 from gateway.resources import Paged, PageRequest, listed
-from gateway.schemas import Page, timestamp
+from gateway.schemas import Page, RunAccepted, timestamp
 from gateway.upstreams import call
 from services.kit.timestamps import json_value
 
@@ -227,10 +227,6 @@ OfConnection = Annotated[str, Depends(_connection_filter)]
 
 class UnreadCount(BaseModel):
     unread_count: int
-
-
-class RunAccepted(BaseModel):
-    run_id: str
 
 
 def _list(page: PageRequest, connection_id: str) -> runner_pb2.ListRequest:

@@ -22,6 +22,7 @@ from gateway.schemas import (
     Preview,
     PreviewCredential,
     PreviewedRequest,
+    RunAccepted,
     Strict,
     timestamp,
 )
@@ -151,10 +152,6 @@ class NewRun(Strict):
     """The payload becomes the event's `body`."""
 
     payload: Any = None
-
-
-class RunAccepted(BaseModel):
-    run_id: str
 
 
 class PreviewRequest(Strict):

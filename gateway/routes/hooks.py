@@ -9,10 +9,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, Response, status
 from fastapi.responses import JSONResponse
 from leadmesh.runner.v1 import runner_pb2
-from pydantic import BaseModel
 
 from gateway.auth import client
 from gateway.openapi import calls_upstream, errors
+from gateway.schemas import RunAccepted
 from gateway.upstreams import call
 
 router = APIRouter(tags=["webhooks"])
@@ -20,14 +20,10 @@ router = APIRouter(tags=["webhooks"])
 Token = Annotated[str, Path(min_length=1, max_length=200)]
 
 
-class Accepted(BaseModel):
-    run_id: str
-
-
 @router.post(
     "/hooks/{token}",
     status_code=status.HTTP_202_ACCEPTED,
-    response_model=Accepted,
+    response_model=RunAccepted,
     responses=errors(
         {
             401: "SIGNATURE_INVALID",

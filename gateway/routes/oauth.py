@@ -12,6 +12,7 @@ from leadmesh.vault.v1 import vault_pb2
 from pydantic import BaseModel
 
 from gateway.deps import CurrentUser, Services
+from gateway.openapi import errors
 from gateway.resources import API_PREFIX
 from gateway.upstreams import UpstreamError, call
 
@@ -20,6 +21,9 @@ router = APIRouter(prefix="/oauth", tags=["credentials"])
 Provider = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
 # Reasons that end the browser's round trip at the frontend rather than in a JSON problem.
 _FLOW_ERRORS = {"OAUTH_STATE_INVALID", "OAUTH_DENIED", "OAUTH_EXCHANGE_FAILED"}
+# Reasons a start is refused for; a browser (asking for a page) is sent back to the frontend with
+# them, any other client gets the problem.
+_START_ERRORS = {"UNKNOWN_PROVIDER", "CREDENTIAL_NOT_FOUND", "NOT_OAUTH2", "PROVIDER_MISMATCH"}
 
 
 def _callback_url(request: Request, provider: str) -> str:
@@ -29,6 +33,12 @@ def _callback_url(request: Request, provider: str) -> str:
 
 def _frontend(request: Request) -> str:
     return request.app.state.settings.mesh.frontend_url.rstrip("/")
+
+
+def _failed(request: Request, reason: str) -> RedirectResponse:
+    """Back to the frontend's credentials page, saying why."""
+    query = urlencode({"oauth_error": reason})
+    return RedirectResponse(f"{_frontend(request)}/credentials?{query}", status_code=302)
 
 
 class OAuthProvider(BaseModel):
@@ -61,7 +71,19 @@ async def providers(who: CurrentUser, mesh: Services) -> OAuthProviders:
     "/{provider}/start",
     status_code=302,
     response_class=RedirectResponse,
-    responses={302: {"description": "to the provider's consent page"}},
+    responses={
+        302: {
+            "description": "to the provider's consent page; a browser (Accept: text/html) whose "
+            "start is refused is sent to the frontend's /credentials?oauth_error=<code> instead"
+        },
+        **errors(
+            {
+                400: "NOT_OAUTH2",
+                404: "CREDENTIAL_NOT_FOUND",
+                422: ("UNKNOWN_PROVIDER", "PROVIDER_MISMATCH"),
+            }
+        ),
+    },
 )
 async def start(
     provider: Provider,
@@ -79,17 +101,23 @@ async def start(
         ),
     ] = "",
 ) -> RedirectResponse:
-    reply = await call(
-        mesh.vault.StartOAuth,
-        vault_pb2.StartOAuthRequest(
-            provider=provider,
-            name=name,
-            session_id=who.session_id,
-            redirect_uri=_callback_url(request, provider),
-            credential_id=credential_id,
-        ),
-        user_id=who.account_id,
-    )
+    try:
+        reply = await call(
+            mesh.vault.StartOAuth,
+            vault_pb2.StartOAuthRequest(
+                provider=provider,
+                name=name,
+                session_id=who.session_id,
+                redirect_uri=_callback_url(request, provider),
+                credential_id=credential_id,
+            ),
+            user_id=who.account_id,
+        )
+    except UpstreamError as failed:
+        browser = "text/html" in request.headers.get("accept", "")
+        if not browser or failed.remote.reason not in _START_ERRORS:
+            raise
+        return _failed(request, failed.remote.reason)
     return RedirectResponse(reply.authorization_url, status_code=302)
 
 
@@ -124,7 +152,6 @@ async def callback(
     except UpstreamError as failed:
         if failed.remote.reason not in _FLOW_ERRORS:
             raise
-        query = urlencode({"oauth_error": failed.remote.reason})
-        return RedirectResponse(f"{_frontend(request)}/credentials?{query}", status_code=302)
+        return _failed(request, failed.remote.reason)
     query = urlencode({"oauth": "connected"})
     return RedirectResponse(f"{_frontend(request)}/credentials/{created.id}?{query}", 302)

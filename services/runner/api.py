@@ -206,7 +206,12 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
     async def GetConnection(  # noqa: N802 - gRPC method names
         self, request: pb.GetConnectionRequest, context: Context
     ) -> pb.Connection:
-        row = await self.connections.get(acting_user(context), request.id)
+        return await self._with_last_run(
+            await self.connections.get(acting_user(context), request.id)
+        )
+
+    async def _with_last_run(self, row: Connection) -> pb.Connection:
+        """A connection as every answer gives it: with its last run."""
         last = await self.connections.last_runs([row.id])
         return connection_pb(row, last.get(row.id))
 
@@ -235,7 +240,7 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
         row = await self.connections.update(
             acting_user(context), request.id, list(request.update_mask.paths), changes
         )
-        return connection_pb(row)
+        return await self._with_last_run(row)
 
     async def DeleteConnection(  # noqa: N802 - gRPC method names
         self, request: pb.DeleteConnectionRequest, context: Context
@@ -247,7 +252,9 @@ class RunnerApi(runner_pb2_grpc.RunnerServiceServicer):
         self, request: pb.RotateWebhookTokenRequest, context: Context
     ) -> pb.ConnectionWithToken:
         row, token = await self.connections.rotate_token(acting_user(context), request.id)
-        return pb.ConnectionWithToken(connection=connection_pb(row), webhook_token=token)
+        return pb.ConnectionWithToken(
+            connection=await self._with_last_run(row), webhook_token=token
+        )
 
     async def StartRun(  # noqa: N802 - gRPC method names
         self, request: pb.StartRunRequest, context: Context

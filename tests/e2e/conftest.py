@@ -96,6 +96,19 @@ class Mesh:
             timeout=120,
         )
 
+    def pid(self, module: str) -> int:
+        """The process `leadmesh up` runs as `python -m <module>` (services.vault, gateway …)."""
+        listed = subprocess.run(
+            ["ps", "--ppid", str(self.process.pid), "-o", "pid=,args="],
+            capture_output=True,
+            text=True,
+        ).stdout
+        for line in listed.splitlines():
+            pid, _, args = line.strip().partition(" ")
+            if args.split()[1:3] == ["-m", module]:
+                return int(pid)
+        raise AssertionError(f"no {module} process under leadmesh up:\n{listed}")
+
     def metrics_ports(self) -> dict[str, int]:
         """{process: the port of its GET /metrics} (runner workers run inside the runner)."""
         names = ("gateway", "identity", "vault", "runner", "retention")

@@ -297,7 +297,7 @@ def test_unread_notifications_are_counted_and_listed_alone(
 def test_connections_carry_their_last_run(alice: httpx.Client, receiver: SharedReceiver):
     path = receiver.path("last")
     quiet = create(alice, action=action(receiver.https_url(path)))
-    busy = create(alice, action=action(receiver.https_url(path)))
+    busy = create(alice, trigger={"type": "webhook"}, action=action(receiver.https_url(path)))
     finished(alice, start_run(alice, busy["id"], 1))
     last = finished(alice, start_run(alice, busy["id"], 2))
     listed = {c["id"]: c for c in alice.get("/v1/connections").json()["items"]}
@@ -308,6 +308,11 @@ def test_connections_carry_their_last_run(alice: httpx.Client, receiver: SharedR
     assert shown["finish_time"] == last["finish_time"]
     one = alice.get(f"/v1/connections/{busy['id']}").json()
     assert one["last_run"] == shown
+    # Every answer that carries the connection carries its last run: a change, a new URL.
+    paused = alice.patch(f"/v1/connections/{busy['id']}", json={"status": "paused"})
+    assert paused.status_code == 200 and paused.json()["last_run"] == shown
+    rotated = alice.post(f"/v1/connections/{busy['id']}/rotate-token")
+    assert rotated.status_code == 200 and rotated.json()["last_run"] == shown
 
 
 # --- the OpenAPI document ---

@@ -113,3 +113,15 @@ def test_a_reconnect_is_refused_for_another_users_credential(
         assert refused.status_code == 404 and refused.json()["code"] == "CREDENTIAL_NOT_FOUND"
         odd = other.get("/v1/oauth/crm/start", params={"credential_id": "x'; drop"})
         assert odd.status_code == 422
+        # A browser following a link is sent to the frontend's page with the reason instead.
+        page = {"accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+        for params, reason in (
+            ({"credential_id": credential_id}, "CREDENTIAL_NOT_FOUND"),
+            ({}, "UNKNOWN_PROVIDER"),
+        ):
+            provider = "crm" if params else "nobody"
+            sent = other.get(f"/v1/oauth/{provider}/start", params=params, headers=page)
+            assert sent.status_code == 302, sent.text
+            landing = urlsplit(sent.headers["location"])
+            assert f"{landing.scheme}://{landing.netloc}" == mesh_up.env["LEADMESH_FRONTEND_URL"]
+            assert (landing.path, landing.query) == ("/credentials", f"oauth_error={reason}")

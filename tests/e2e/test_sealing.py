@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -80,17 +79,6 @@ def _runner_bytes(up: Mesh) -> bytes:
     return b"".join(path.read_bytes() for path in files if path.is_file())
 
 
-def _vault_pid(up: Mesh) -> int:
-    listed = subprocess.run(
-        ["ps", "--ppid", str(up.process.pid), "-o", "pid=,args="], capture_output=True, text=True
-    ).stdout
-    for line in listed.splitlines():
-        pid, _, args = line.strip().partition(" ")
-        if args.split()[1:3] == ["-m", "services.vault"]:
-            return int(pid)
-    raise AssertionError(f"no vault process under leadmesh up:\n{listed}")
-
-
 def _purge_day_keys(up: Mesh, before: str) -> None:
     """DestroyExpiredEpochKeys as retention calls it, with retention's mesh certificate."""
 
@@ -139,7 +127,7 @@ def test_with_the_vault_stopped_known_users_are_accepted_others_told_to_retry(
         register_and_login(stranger)
         never_seen = _connection(stranger, receiver, receiver.path("never"))
         assert _hook(api, known, "first@example.com").status_code == 202  # its keys fetched
-        vault = _vault_pid(up)
+        vault = up.pid("services.vault")
         os.kill(vault, signal.SIGSTOP)
         try:
             accepted = [_hook(api, known, f"held-{n}@example.com") for n in range(3)]

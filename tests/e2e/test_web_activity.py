@@ -81,7 +81,8 @@ def status_of(page, connection: dict):
 
 def test_runs_appear_and_turn_succeeded_without_a_reload(page, owner, receiver):
     connection, path = connection_to(owner, receiver)
-    receiver.answer(path, 200, {"ok": True}, delay=4)
+    # The delivery takes longer than the idle list's refresh (5 s): one refresh sees it under way.
+    receiver.answer(path, 200, {"ok": True}, delay=8)
     page.goto("/activity")
     expect(page.get_by_text("No runs yet")).to_be_visible()
     expect(page.get_by_role("link", name="Go to your connections")).to_have_attribute(
@@ -137,12 +138,22 @@ def test_filters_narrow_the_runs_and_live_in_the_address(page, owner, receiver):
     today = date.fromisoformat(page.evaluate("new Date().toLocaleDateString('sv')"))
     page.get_by_label("From", exact=True).fill((today + timedelta(days=1)).isoformat())
     expect(page.get_by_text("No runs match these filters.")).to_be_visible()
+    expect(page.locator("p.empty")).to_have_text("No runs match these filters. Show all runs")
     assert "from=" in path_of(page.url)
     page.get_by_role("button", name="Show all runs").click()
     expect(rows).to_have_count(2)
     page.get_by_label("From", exact=True).fill(today.isoformat())
     page.get_by_label("To", exact=True).fill(today.isoformat())
     expect(rows).to_have_count(2)
+
+
+def test_the_connection_filter_offers_every_connection_past_the_apis_page(page, owner, receiver):
+    # 101 connections: more than the API's largest page (100), so the names take two pages.
+    made = [connection_to(owner, receiver)[0] for _ in range(101)]
+    page.goto("/activity")
+    options = page.get_by_label("Connection", exact=True).locator("option")
+    expect(options).to_have_count(102)  # "All connections" and every one
+    expect(options.last).to_have_text(made[0]["name"])  # the oldest, listed last
 
 
 def test_more_runs_than_a_page_load_with_load_more(page, owner, receiver):

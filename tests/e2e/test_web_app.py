@@ -4,12 +4,14 @@ beside it; and the first steps of a person in a browser: sign up, sign in, sign 
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import PASSWORD, new_email, sign_up_in_browser
+from tests.e2e.conftest import PASSWORD, Mesh, new_email, sign_up_in_browser
 from tests.e2e.web import assert_no_secrets, check_page, field_error, path_of
 
 APP_PATHS = [
@@ -139,3 +141,19 @@ def test_a_page_that_does_not_exist_says_so(page):
     check_page(page, "not-found")
     page.get_by_role("link", name="Go to the start page").click()
     page.get_by_role("heading", name="Sign in").wait_for()
+
+
+def test_an_outage_says_so_and_the_page_comes_back_on_retry(page, mesh_up: Mesh):
+    sign_up_in_browser(page)
+    identity = mesh_up.pid("services.identity")
+    os.kill(identity, signal.SIGSTOP)  # as if hung: the gateway's calls to it time out
+    try:
+        page.goto("/connections")
+        outage = page.get_by_role("alert")
+        expect(outage).to_be_visible(timeout=30_000)
+        expect(outage.get_by_role("button", name="Try again")).to_be_visible()
+        check_page(page, "outage")
+    finally:
+        os.kill(identity, signal.SIGCONT)
+    outage.get_by_role("button", name="Try again").click()
+    expect(page.get_by_role("heading", name="Connections")).to_be_visible(timeout=30_000)

@@ -63,6 +63,12 @@ def test_a_webhook_connection_made_in_the_browser_delivers_what_its_preview_show
     page.get_by_label("Sample event", exact=True).fill('{"email": "grace@example.com"}')
     page.get_by_label("Body template", exact=True).fill(json.dumps(TEMPLATE))
     expect(preview).to_contain_text('"email": "grace@example.com"')
+    # So is a URL the preview refuses, at the URL field, and it goes once the URL is right.
+    page.get_by_label("URL", exact=True).fill("ftp://crm.example/leads")
+    expect(field_error(page, "URL")).to_be_visible()
+    page.get_by_label("URL", exact=True).fill(receiver.https_url(destination))
+    expect(preview).to_contain_text('"email": "grace@example.com"')
+    expect(page.get_by_label("URL", exact=True)).not_to_have_attribute("aria-invalid", "true")
 
     page.get_by_role("button", name="Create connection").click()
     page.wait_for_url(re.compile(r".*/connections/(?!new$)[^/]+$"))

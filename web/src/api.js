@@ -34,7 +34,7 @@ export function onSignedOut(listener) {
   return () => listeners.delete(listener);
 }
 
-export async function api(method, path, body, { signal, raw = false } = {}) {
+export async function api(method, path, body, { signal } = {}) {
   const headers = { Accept: "application/json, application/problem+json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (UNSAFE.has(method)) headers["X-CSRF-Token"] = cookie("lm_csrf");
@@ -51,7 +51,6 @@ export async function api(method, path, body, { signal, raw = false } = {}) {
     if (error.name === "AbortError") throw error;
     throw new ApiError(0, { detail: "leadmesh cannot be reached; check your connection and try again" });
   }
-  if (raw && response.ok) return response;
   if (response.status === 204) return null;
   const type = response.headers.get("content-type") || "";
   const data = type.includes("json") ? await response.json().catch(() => ({})) : {};
@@ -80,4 +79,19 @@ export function withQuery(path, query = {}) {
   }
   const text = params.toString();
   return text ? `${path}?${text}` : path;
+}
+
+/**
+ * Every item of a paged list (the API's largest pages, following `next_page_token`), for pickers
+ * and names; stops at `most` items.
+ */
+export async function getAll(path, { most = 2000 } = {}) {
+  const items = [];
+  let token = "";
+  do {
+    const page = await get(withQuery(path, { page_size: 100, page_token: token }));
+    items.push(...page.items);
+    token = page.next_page_token;
+  } while (token && items.length < most);
+  return items;
 }

@@ -3,7 +3,7 @@
 import { LocationProvider, Router, Route, useLocation } from "preact-iso";
 import { html } from "./html.js";
 import { del } from "./api.js";
-import { RequireSession, SessionProvider, useSession } from "./session.js";
+import { Pending, RequireSession, SessionProvider, useSession } from "./session.js";
 import { PageTitle } from "./ui.js";
 import { DeletionCancel, PasswordReset, SignIn, SignUp, Unsubscribe } from "./pages/auth.js";
 import { ConnectionDetail, ConnectionList, ConnectionNew } from "./pages/connections.js";
@@ -71,7 +71,7 @@ const Page = Object.fromEntries(
 /** `/`: a signed-in person's connections, the sign-in page for anyone else. */
 function Home(props) {
   const { account } = useSession();
-  if (account === undefined) return html`<p class="loading" role="status">Loading…</p>`;
+  if (account === undefined) return html`<${Pending} />`;
   return account ? html`<${ConnectionList} ...${props} />` : html`<${SignIn} ...${props} />`;
 }
 

@@ -20,16 +20,23 @@ export function safeNext(next) {
 export function SessionProvider({ children }) {
   const [account, setAccount] = useState(undefined); // undefined: not asked yet; null: signed out
   const [unread, setUnread] = useState(0);
+  // Why it is not known who is signed in (leadmesh unreachable, an outage): shown with a retry.
+  const [failure, setFailure] = useState("");
   const location = useLocation();
 
   const refresh = useCallback(async () => {
+    setFailure("");
     try {
       setAccount(await get("/v1/me"));
     } catch (error) {
       if (error.status === 401 || error.code === "CSRF_TOKEN_INVALID") setAccount(null);
-      else throw error;
+      else {
+        setFailure(error.message || "leadmesh did not answer.");
+        throw error; // to a caller that waits for it (signing in); the pages show `failure`
+      }
     }
   }, []);
+  const retry = useCallback(() => refresh().catch(() => {}), [refresh]);
 
   const refreshUnread = useCallback(async () => {
     try {
@@ -41,8 +48,8 @@ export function SessionProvider({ children }) {
   }, []);
 
   useEffect(() => {
-    refresh();
-  }, [refresh]);
+    retry();
+  }, [retry]);
 
   useEffect(() => {
     if (!account) return undefined;
@@ -68,7 +75,7 @@ export function SessionProvider({ children }) {
     [location],
   );
 
-  const value = { account, setAccount, refresh, unread, refreshUnread };
+  const value = { account, setAccount, refresh, retry, failure, unread, refreshUnread };
   return html`<${SessionContext.Provider} value=${value}>${children}<//>`;
 }
 
@@ -89,6 +96,16 @@ export function RequireSession({ children }) {
       location.route(`/sign-in?next=${encodeURIComponent(location.url)}`, true);
     }
   }, [account, location]);
-  if (!account) return html`<p class="loading" role="status">Loading…</p>`;
+  if (!account) return html`<${Pending} />`;
   return children;
+}
+
+/** While it is not known who is signed in: "Loading…", or why not, with a retry. */
+export function Pending() {
+  const { failure, retry } = useSession();
+  if (!failure) return html`<p class="loading" role="status">Loading…</p>`;
+  return html`<div class="notice notice-error" role="alert">
+    <p>${failure}</p>
+    <p><button type="button" onClick=${retry}>Try again</button></p>
+  </div>`;
 }

@@ -210,11 +210,19 @@ export function Status({ value }) {
   return html`<span class=${`status status-${String(value).toLowerCase()}`}>${String(value).replaceAll("_", " ")}</span>`;
 }
 
-/** Calls `refresh` every `seconds` while `active`, and when the tab is shown again. */
+/**
+ * Calls `refresh` every `seconds` while `active` and the tab is in view (a hidden tab asks the API
+ * nothing), and at once when it comes back into view.
+ */
 export function useInterval(refresh, seconds, active = true) {
   useEffect(() => {
     if (!active) return undefined;
-    const timer = setInterval(refresh, seconds * 1000);
-    return () => clearInterval(timer);
+    const timer = setInterval(() => document.hidden || refresh(), seconds * 1000);
+    const shown = () => document.hidden || refresh();
+    document.addEventListener("visibilitychange", shown);
+    return () => {
+      clearInterval(timer);
+      document.removeEventListener("visibilitychange", shown);
+    };
   }, [refresh, seconds, active]);
 }

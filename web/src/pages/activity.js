@@ -100,7 +100,7 @@ function RunRow({ run, connections }) {
 
 function Empty({ filtered, clear }) {
   if (filtered) {
-    return html`<p class="empty">No runs match these filters.
+    return html`<p class="empty">No runs match these filters.${" "}
       <button type="button" class="link" onClick=${clear}>Show all runs</button></p>`;
   }
   return html`<p class="empty">No runs yet — connections run when a webhook arrives, on their

@@ -3,7 +3,7 @@
 // event the person can edit, so a template is checked before it is saved.
 import { useEffect, useState } from "preact/hooks";
 import { html } from "../html.js";
-import { ApiError, get, post } from "../api.js";
+import { ApiError, getAll, post } from "../api.js";
 import { Field, FormError } from "../ui.js";
 
 const SAMPLE_LEAD = {
@@ -118,7 +118,7 @@ export function fieldErrors(error, known) {
   return mapped;
 }
 
-const PLACED = ["body_template", "headers", "sample"];
+const PLACED = ["method", "url", "body_template", "headers", "sample"];
 
 const LABELS = { method: "Method", url: "URL", headers: "Headers", credential_id: "Credential",
   body_template: "Body template", sample: "Sample event" };
@@ -195,11 +195,11 @@ function Preview({ preview }) {
   </section>`;
 }
 
-/** The person's credentials for the picker (the first pages; names only, never a secret). */
+/** The person's credentials for the picker (names only, never a secret). */
 function useCredentials() {
   const [credentials, setCredentials] = useState([]);
   useEffect(() => {
-    get("/v1/credentials?page_size=100").then((page) => setCredentials(page.items), () => setCredentials([]));
+    getAll("/v1/credentials").then(setCredentials, () => setCredentials([]));
   }, []);
   return credentials;
 }

@@ -1,16 +1,16 @@
 // The names of a person's connections, for the lists that only carry a connection's id (runs,
-// webhook log, notifications): one GET /v1/connections per page, never one per row.
+// webhook log, notifications): GET /v1/connections a page of 100 at a time, never one per row.
 import { useEffect, useState } from "preact/hooks";
 import { html } from "../html.js";
-import { get } from "../api.js";
+import { getAll } from "../api.js";
 
-/** [{id, name}] of the first 100 connections (the API's largest page); [] until they arrive. */
+/** The person's connections ({id, name, …}); [] until they arrive. */
 export function useConnections() {
   const [connections, setConnections] = useState([]);
   useEffect(() => {
     let live = true;
-    get("/v1/connections?page_size=100")
-      .then((page) => live && setConnections(page.items))
+    getAll("/v1/connections")
+      .then((items) => live && setConnections(items))
       // Names are a courtesy: without them the rows still link to each connection.
       .catch(() => {});
     return () => {

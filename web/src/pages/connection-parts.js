@@ -21,7 +21,7 @@ export function WebhookUrl({ connection, url, onRotated }) {
     ${url
       ? html`<${ShownOnce} label="Your new webhook URL" value=${url} copyLabel="Copy webhook URL" />`
       : html`<p>Your form sends each lead with a POST to this connection's own URL. It was shown once,
-          when it was made${connection.webhook_token_hint ? html` (it ends in a token starting
+          when it was made${connection.webhook_token_hint ? html` (it ends in a token starting${" "}
           <code>${connection.webhook_token_hint}</code>)` : ""}. Lost it? Rotate it to get a new one.</p>`}
     <div class="actions">
       <${ConfirmButton} label="Rotate webhook URL" question="Make a new webhook URL?" confirmLabel="Rotate"

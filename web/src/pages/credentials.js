@@ -15,6 +15,10 @@ const OAUTH_ERRORS = {
   OAUTH_STATE_INVALID:
     "That sign-in with the provider expired, or was started in another browser session. Please start again.",
   OAUTH_EXCHANGE_FAILED: "The provider did not hand over access. Please try again in a moment.",
+  UNKNOWN_PROVIDER: "That provider is not set up here (any more). Pick one from the list below.",
+  CREDENTIAL_NOT_FOUND: "That credential no longer exists, so there was nothing to reconnect.",
+  NOT_OAUTH2: "Only a credential connected with OAuth can be reconnected.",
+  PROVIDER_MISMATCH: "That credential belongs to another provider than the one asked for.",
 };
 
 function OAuthNotice({ query }) {

@@ -37,7 +37,7 @@ export function WebhookLog() {
           <tbody>${list.items.map((e) => html`<${Delivery} key=${e.id} entry=${e} connections=${connections} />`)}</tbody>
         </table></div>`
       : !list.loading && !list.error && html`<p class="empty">No webhooks received yet. A connection with a
-          webhook trigger shows its address once, when it is made or its address is renewed:
+          webhook trigger shows its address once, when it is made or its address is renewed:${" "}
           <a href="/connections">go to your connections</a>.</p>`}
     ${list.loading && html`<p class="loading" role="status">Loading…</p>`}
     <${Pager} list=${list} />`;
