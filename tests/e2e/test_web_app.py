@@ -150,7 +150,7 @@ def test_an_outage_says_so_and_the_page_comes_back_on_retry(page, mesh_up: Mesh)
     try:
         page.goto("/connections")
         outage = page.get_by_role("alert")
-        expect(outage).to_be_visible(timeout=30_000)
+        expect(outage).to_contain_text("could not load your account", timeout=30_000)
         expect(outage.get_by_role("button", name="Try again")).to_be_visible()
         check_page(page, "outage")
     finally:

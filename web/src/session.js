@@ -105,7 +105,7 @@ export function Pending() {
   const { failure, retry } = useSession();
   if (!failure) return html`<p class="loading" role="status">Loading…</p>`;
   return html`<div class="notice notice-error" role="alert">
-    <p>${failure}</p>
+    <p><strong>leadmesh could not load your account.</strong> ${failure}</p>
     <p><button type="button" onClick=${retry}>Try again</button></p>
   </div>`;
 }
