@@ -121,11 +121,10 @@ class OAuthConnect:
                 credential = await self.credentials.update(
                     caller, user_id, row["credential_id"], ["secret"], secret=secret
                 )
-            except NotFound:
-                credential = None  # deleted meanwhile: the user still asked to connect
-            if credential is not None:
                 log.info("oauth reconnected", extra={"credential_id": credential["id"]})
                 return credential
+            except NotFound:
+                pass  # deleted meanwhile: the user still asked to connect, so a new one
         credential = await self.credentials.create(
             caller, user_id, row["name"], "oauth2", provider, secret
         )
