@@ -226,3 +226,13 @@ export function useInterval(refresh, seconds, active = true) {
     };
   }, [refresh, seconds, active]);
 }
+
+/** One GET when the page opens: `{ value, error }`, value null while it loads. */
+export function useLoad(path) {
+  const [value, setValue] = useState(null);
+  const [error, setError] = useState("");
+  useEffect(() => {
+    get(path).then(setValue, (e) => setError(e.message));
+  }, [path]);
+  return { value, error };
+}

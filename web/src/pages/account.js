@@ -5,7 +5,7 @@ import { useLocation } from "preact-iso";
 import { html } from "../html.js";
 import { api, del, get, put } from "../api.js";
 import { useSession } from "../session.js";
-import { ConfirmButton, CopyButton, Field, FormError, Notice, PageTitle, Pager, Time, useForm, usePaged } from "../ui.js";
+import { ConfirmButton, CopyButton, Field, FormError, Notice, PageTitle, Pager, Time, useForm, useLoad, usePaged } from "../ui.js";
 
 /** The purposes of identity's consents (services/identity/consents.py), in plain words. */
 export const PURPOSES = {
@@ -34,21 +34,12 @@ function planOffer(plan) {
   return `${planTitle(plan.name)} — ${price}`;
 }
 
-/** The plans on offer and the deletion periods, as the operator set them (`GET /v1/terms`). */
-function useTerms() {
-  const [terms, setTerms] = useState(null);
-  const [error, setError] = useState("");
-  useEffect(() => {
-    get("/v1/terms").then(setTerms, (e) => setError(e.message));
-  }, []);
-  return { terms, error };
-}
-
 export function Account() {
   // Bumped when other sessions end (a password change ends them too), so the list is read again.
   const [sessionsVersion, setSessionsVersion] = useState(0);
   const sessionsChanged = useCallback(() => setSessionsVersion((n) => n + 1), []);
-  const { terms, error } = useTerms();
+  // The plans on offer and the deletion periods, as the operator set them.
+  const { value: terms, error } = useLoad("/v1/terms");
   return html`<${PageTitle}>Account<//>
     <${Overview} />
     ${error && html`<${Notice} kind="error">${error}<//>`}

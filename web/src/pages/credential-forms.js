@@ -1,9 +1,9 @@
 // The forms that add a credential: an API key, a login, or an account connected with OAuth (a
 // full-page round trip through the gateway to the provider and back to /credentials).
-import { useEffect, useState } from "preact/hooks";
+import { useState } from "preact/hooks";
 import { html } from "../html.js";
 import { get, post, withQuery } from "../api.js";
-import { Field, FormError, Notice, useForm } from "../ui.js";
+import { Field, FormError, Notice, useForm, useLoad } from "../ui.js";
 
 // The API's field names inside `secret` mapped to the form's.
 const SECRET_FIELDS = { "secret.key": "key", "secret.header": "header", secret: "key" };
@@ -86,20 +86,9 @@ export async function startOAuth(provider, name, credentialId) {
   window.location.assign(withQuery(`/v1/oauth/${encodeURIComponent(provider)}/start`, query));
 }
 
-/** The OAuth providers the operator set up; null while they load. */
-function useProviders() {
-  const [providers, setProviders] = useState(null);
-  const [error, setError] = useState("");
-  useEffect(() => {
-    get("/v1/oauth/providers")
-      .then((reply) => setProviders(reply.providers))
-      .catch((e) => setError(e.message));
-  }, []);
-  return { providers, error };
-}
-
 export function OAuthForm() {
-  const { providers, error } = useProviders();
+  const { value, error } = useLoad("/v1/oauth/providers");
+  const providers = value?.providers;
   const form = useForm({ provider: "", name: "" });
   const { values, set, errors } = form;
   const connect = form.submit((v) => startOAuth(v.provider || providers[0].name, v.name.trim()));
